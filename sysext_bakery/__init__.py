@@ -1,0 +1,1 @@
+"""sysext-bakery: declarative recipes -> doit graph -> reproducible systemd-sysext images."""

@@ -1,0 +1,58 @@
+"""One image to bake, fully resolved from a recipe, a pinned version and an arch.
+
+These are plain frozen values: fetch, stage, validate and pack take them and never look
+at recipes or the lock themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Install:
+    """One install-map entry: archive member(s) -> destination in the image."""
+    pattern: str             # posix path or glob inside the source ("docker/*", "bin/wasmtime", "lib/**")
+    dest: str                # absolute, under /usr or /opt; a trailing "/" means "into this directory"
+    mode: int | None = None  # None: 0755 if the member is executable else 0644
+
+
+@dataclass(frozen=True)
+class Source:
+    """One download of one image, with everything needed to fetch and unpack it."""
+    url: str                       # real upstream URL (https); BAKERY_MIRROR rewrites it at fetch time
+    sha256: str | None             # pinned in the lock; None = not fetched yet
+    checksum_url: str | None       # where upstream publishes the sha256 of `url`, if it does
+    kind: str                      # "tar.gz" | "tar.xz" | "tar.zst" | "tar.bz2" | "zip" | "file"
+    install: tuple[Install, ...]
+    allow_setuid: bool = False
+    origin: str = ""               # for messages: "recipes/docker.toml: sources[0]"
+
+    @property
+    def filename(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    version: str
+    arch: str                                   # systemd spelling: "x86-64" | "arm64"
+    sources: tuple[Source, ...]
+    files_dir: Path | None = None               # recipes/<name>/files, copied into the tree
+    upholds: tuple[tuple[str, tuple[str, ...]], ...] = ()   # ((target, (unit, ...)), ...)
+    reload_manager: bool = False                # EXTENSION_RELOAD_MANAGER=1
+    os_id: str = "_any"                         # extension-release ID=
+    sysext_level: str | None = None             # SYSEXT_LEVEL= (set with an OS profile)
+    fmt: str = "squashfs"                       # "squashfs" | "erofs"
+    compression: str = "zstd"                   # squashfs: zstd|gzip|xz|lz4; erofs: lz4|lz4hc|none
+    recipe_file: Path | None = field(default=None, compare=False)
+
+    @property
+    def id(self) -> str:
+        """`<name>-<version>-<arch>`: the image file stem and the per-image task name."""
+        return f"{self.name}-{self.version}-{self.arch}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.id}.raw"
