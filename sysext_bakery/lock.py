@@ -1,0 +1,87 @@
+"""The lock, `release/lock.toml`: which versions are pinned, with per-arch URLs and sha256.
+
+Format (hand-editable; the bakery rewrites it canonically when it records a sha256):
+
+    [docker."24.0.9".x86-64]
+    sources = [
+        { url = "https://download.docker.com/linux/static/stable/x86_64/docker-24.0.9.tgz", sha256 = "…" },
+    ]
+
+    [wasmtime."29.0.1"]          # pinned by hand: URLs come from the recipe, sha256 on first fetch
+
+The graph is computed from recipes + lock alone, so listing tasks never needs the network.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from .errors import BakeryError
+from .recipe import version_problem
+
+HEADER = ("# Pinned versions per recipe: per arch, each source's URL and sha256.\n"
+          "# A version pinned by hand needs only its table, e.g. [wasmtime.\"29.0.1\"];\n"
+          "# URLs then come from the recipe and the sha256 is recorded on first fetch.\n\n")
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    # arch -> list of {"url", "sha256"}; an arch missing here is derived from the recipe
+    arches: dict[str, list[dict[str, str]]]
+
+
+def load(path: Path) -> dict[str, list[Pin]]:
+    """recipe name -> its pins; raises BakeryError naming the lock and the key."""
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise BakeryError(f"{path}: not valid TOML: {e}", "fix the syntax by hand") from None
+    pins: dict[str, list[Pin]] = {}
+    for name, versions in data.items():
+        if not isinstance(versions, dict):
+            raise BakeryError(f"{path}: {name}: expected a table of versions")
+        for version, arches in versions.items():
+            where = f"{path}: {name}.{version}"
+            if what := version_problem(version):
+                raise BakeryError(f"{where}: {what}", "map the upstream version to one without '-'")
+            if not isinstance(arches, dict):
+                raise BakeryError(f"{where}: expected a table of arches")
+            parsed: dict[str, list[dict[str, str]]] = {}
+            for arch, entry in arches.items():
+                sources = entry.get("sources") if isinstance(entry, dict) else None
+                if not isinstance(sources, list) or not all(
+                        isinstance(s, dict) and set(s) <= {"url", "sha256"} for s in sources):
+                    raise BakeryError(f"{where}.{arch}: expected sources = [{{ url = \"…\", sha256 = \"…\" }}, …]")
+                parsed[arch] = sources
+            pins.setdefault(name, []).append(Pin(name, version, parsed))
+    return pins
+
+
+def record_sha256(path: Path, name: str, version: str, arch: str,
+                  sources: list[dict[str, str]]) -> None:
+    """Write the URLs and sha256 of one image's sources into the lock (trust on first use).
+
+    Read-modify-write under an flock so parallel fetch tasks do not lose each other's entry;
+    the new file is renamed into place so a crash never leaves half a lock.
+    """
+    guard = os.open(path.parent, os.O_RDONLY)   # flock on the directory: no stray lock file
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        data = tomllib.loads(path.read_text()) if path.exists() else {}
+        data.setdefault(name, {}).setdefault(version, {})[arch] = {"sources": sources}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(HEADER + tomli_w.dumps(data))
+        os.replace(tmp, path)
+    finally:
+        os.close(guard)

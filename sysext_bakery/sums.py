@@ -1,0 +1,64 @@
+"""SHA256SUMS files: the manifest format systemd-sysupdate reads next to the images."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import BakeryError
+
+NAME = "SHA256SUMS"
+
+
+def parse(text: str, origin: str = NAME) -> dict[str, str]:
+    """file name -> sha256 from `sha256sum` output (`<hex>  <name>` or `<hex> *<name>`)."""
+    sums: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition(" ")
+        name = name.lstrip(" *")
+        if not sep or len(digest) != 64 or not name:
+            raise BakeryError(f"{origin}:{n}: not a sha256sum line: {line!r}",
+                              "each line must be '<64 hex digits>  <file name>'")
+        sums[name] = digest.lower()
+    return sums
+
+
+def render(sums: dict[str, str]) -> str:
+    return "".join(f"{sums[name]}  {name}\n" for name in sorted(sums))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> bool:
+    """Replace `path` with `text` via a temp file; False (and no write) when already equal."""
+    if path.exists() and path.read_text() == text:
+        return False
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+def update(directory: Path, entries: dict[str, str]) -> None:
+    """Set `entries` in directory/SHA256SUMS and drop entries whose file is gone, under an
+    flock so parallel pack tasks do not lose each other's line."""
+    guard = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        path = directory / NAME
+        sums = parse(path.read_text(), str(path)) if path.exists() else {}
+        sums.update(entries)
+        write_atomic(path, render({n: d for n, d in sums.items() if (directory / n).exists()}))
+    finally:
+        os.close(guard)

@@ -1,0 +1,384 @@
+"""The doit task factory: recipes + lock -> tasks. `dodo.py` only calls `doit_config` and
+`generate`.
+
+Per image `<img>` = `<name>-<version>-<arch>`:
+  fetch:<img>  downloads into the content-addressed cache; writes build/state/fetch/<img>.json
+  stage:<img>  builds build/stage/<img>/; writes build/state/stage/<img>.json (digest of inputs)
+  pack:<img>   packs build/images/<img>.raw, writes build/state/images/<img>.json (provenance)
+               and sets the image's line in build/images/SHA256SUMS
+Groups: build:<name>-<version>, build:<name>-<stream>, build:<name>, build; plus sums, inspect.
+
+Each task's up-to-date check is cheap (small JSON files, stat calls, doit's mtime checks) so
+a no-op run hashes nothing big.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from doit.exceptions import TaskFailed
+from doit.tools import config_changed
+
+from . import lock, sums
+from .arch import ARCHES
+from .errors import BakeryError
+from .image import Image
+from .recipe import (EROFS_COMPRESSIONS, SQUASHFS_COMPRESSIONS, Recipe, load_recipes,
+                     resolve_image, stream_of, version_key)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a build reads from the environment, read once at the edge."""
+    root: Path
+    mirror: str | None = None
+    cache: Path | None = None
+    arches: tuple[str, ...] | None = None      # BAKERY_ARCH: restrict builds to these arches
+    fmt: str | None = None                     # BAKERY_FORMAT overrides recipes' format
+    compression: str | None = None             # BAKERY_COMPRESSION overrides recipes' compression
+
+    @property
+    def build(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def state(self) -> Path:
+        return self.build / "state"
+
+    @property
+    def images(self) -> Path:
+        return self.build / "images"
+
+    @property
+    def download_cache(self) -> Path:
+        return self.cache or self.build / "cache"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "release" / "lock.toml"
+
+
+def settings_from_env(root: Path, env: Mapping[str, str] = os.environ) -> Settings:
+    arches = tuple(a.strip() for a in env.get("BAKERY_ARCH", "").split(",") if a.strip()) or None
+    for a in arches or ():
+        if a not in ARCHES:
+            raise BakeryError(f"BAKERY_ARCH: unknown arch {a!r}", f"use one of {', '.join(ARCHES)}")
+    fmt = env.get("BAKERY_FORMAT") or None
+    if fmt not in (None, "squashfs", "erofs"):
+        raise BakeryError(f"BAKERY_FORMAT: unknown format {fmt!r}", "use squashfs or erofs")
+    compression = env.get("BAKERY_COMPRESSION") or None
+    allowed = EROFS_COMPRESSIONS if fmt == "erofs" else SQUASHFS_COMPRESSIONS
+    if compression is not None and compression not in allowed:
+        raise BakeryError(f"BAKERY_COMPRESSION: {compression!r} is not available for {fmt or 'squashfs'}",
+                          f"use one of {', '.join(allowed)}")
+    return Settings(root=root, mirror=env.get("BAKERY_MIRROR") or None,
+                    cache=Path(env["BAKERY_CACHE"]) if env.get("BAKERY_CACHE") else None,
+                    arches=arches, fmt=fmt, compression=compression)
+
+
+# --- the plan: pure, offline ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Build:
+    """A `build:<name>-<x>` group: the images it packs and what the doc line says."""
+    images: tuple[str, ...]
+    doc: str
+    alias_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    images: tuple[Image, ...]
+    builds: dict[str, Build]
+    unbuildable: dict[str, str] = field(default_factory=dict)   # build name -> why it cannot run
+    problems: tuple[BakeryError, ...] = ()
+
+
+def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: Settings) -> Plan:
+    images: list[Image] = []
+    builds: dict[str, Build] = {}
+    unbuildable: dict[str, str] = {}
+    problems: list[BakeryError] = []
+    for name in sorted(pins):
+        if name not in recipes:
+            problems.append(BakeryError(
+                f"{settings.lock_path}: pins {name!r}, but there is no loadable recipes/{name}.toml",
+                "fix or add the recipe, or remove its versions from the lock"))
+    for name, recipe in sorted(recipes.items()):
+        versions = sorted(pins.get(name, []), key=lambda p: version_key(p.version))
+        if not versions:
+            unbuildable[f"{name}"] = unpinned_message(name, None, settings)
+            continue
+        for pin in versions:
+            arches = [a for a in recipe.arches if settings.arches is None or a in settings.arches]
+            ids = []
+            try:
+                for arch in arches:
+                    image = resolve_image(recipe, pin.version, arch, pin.arches.get(arch),
+                                          fmt=settings.fmt, compression=settings.compression)
+                    images.append(image)
+                    ids.append(image.id)
+            except BakeryError as e:
+                problems.append(e)
+                continue
+            builds[f"{name}-{pin.version}"] = Build(
+                tuple(ids), f"{name} {pin.version} for {', '.join(arches) or 'no arch selected'}")
+        newest_by_stream: dict[str, str] = {}
+        for pin in versions:
+            stream = stream_of(pin.version, recipe.streams)
+            if stream is not None:
+                newest_by_stream[stream] = pin.version
+        for stream, version in newest_by_stream.items():
+            if f"{name}-{version}" in builds and f"{name}-{stream}" not in builds:
+                builds[f"{name}-{stream}"] = Build((), f"newest pinned {name} {stream}.x: {version}",
+                                                   alias_of=f"{name}-{version}")
+        newest = versions[-1].version
+        if f"{name}-{newest}" in builds:
+            builds[name] = Build((), f"newest pinned {name}: {newest}", alias_of=f"{name}-{newest}")
+    return Plan(tuple(images), builds, unbuildable, tuple(problems))
+
+
+def unpinned_message(name: str, wanted: str | None, settings: Settings) -> str:
+    what = f"{name} {wanted}" if wanted else f"{name} (any version)"
+    example = wanted or "<version>"
+    return (f"{what} is not pinned in {settings.lock_path.relative_to(settings.root)}. "
+            f"Pin it by adding a table [{name}.\"{example}\"] to the lock (URLs come from "
+            f"recipes/{name}.toml, the sha256 is recorded on first fetch); `doit update` will "
+            "pin new upstream versions once upstream tracking lands.")
+
+
+# --- actions: the side-effect edge -------------------------------------------------------------
+
+def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """doit action wrapper: a BakeryError becomes a clean task failure (no traceback)."""
+    def action(*args: Any, **kwargs: Any) -> Any:
+        try:
+            fn(*args, **kwargs)
+        except BakeryError as e:
+            return TaskFailed(f"error: {e}")
+        return None
+    action.__name__ = fn.__name__
+    action.__doc__ = fn.__doc__
+    return action
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sums.write_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fetch_image(image: Image, settings: Settings, manifest: Path) -> None:
+    """Download every source of `image` (verified) and record what was fetched."""
+    from .fetch import fetch   # imported lazily: `doit list` should not pay for requests
+
+    settings.download_cache.mkdir(parents=True, exist_ok=True)
+    fetched = []
+    record = False
+    for source in image.sources:
+        got = fetch(source.url, source.sha256, settings.download_cache,
+                    checksum_url=source.checksum_url, mirror=settings.mirror)
+        if got.first_use:
+            print(f"WARNING: trust on first use: {source.url} has no pinned sha256 and no upstream "
+                  f"checksum; recorded sha256 {got.sha256} in {settings.lock_path}. Review it "
+                  "(git diff) before you commit.", file=sys.stderr)
+        record = record or source.sha256 is None
+        fetched.append({"url": source.url, "sha256": got.sha256})
+    if record:
+        lock.record_sha256(settings.lock_path, image.name, image.version, image.arch, fetched)
+    _write_json(manifest, {"sources": fetched})
+
+
+def _fetch_current(image: Image, manifest: Path, cache: Path) -> Callable[..., bool]:
+    def check(task: Any, values: Any) -> bool:
+        recorded = (_read_json(manifest) or {}).get("sources")
+        if not isinstance(recorded, list) or len(recorded) != len(image.sources):
+            return False
+        return all(r.get("url") == s.url and (s.sha256 in (None, r.get("sha256")))
+                   and (cache / r.get("sha256", "-")).is_file()
+                   for s, r in zip(image.sources, recorded))
+    return check
+
+
+def _static_files(files_dir: Path | None) -> list[Path]:
+    if files_dir is None:
+        return []
+    return sorted(p for p in files_dir.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def stage_config(image: Image) -> dict[str, Any]:
+    """What shapes the staged tree besides the downloads' bytes and the static files."""
+    return {"name": image.name, "version": image.version, "arch": image.arch,
+            "sources": [{"url": s.url, "kind": s.kind, "allow_setuid": s.allow_setuid,
+                         "install": [[i.pattern, i.dest, i.mode] for i in s.install]}
+                        for s in image.sources],
+            "files": str(image.files_dir) if image.files_dir else None,
+            "upholds": image.upholds, "reload_manager": image.reload_manager,
+            "os": [image.os_id, image.sysext_level]}
+
+
+def stage_image_task(image: Image, settings: Settings, fetch_manifest: Path, tree: Path,
+                     manifest: Path) -> None:
+    """Stage and validate the image tree, then record a digest of everything that shaped it."""
+    from .stage import stage_image
+
+    fetched = _read_json(fetch_manifest)["sources"]
+    downloads = [settings.download_cache / s["sha256"] for s in fetched]
+    stage_image(image, downloads, tree)
+    files = {}
+    for path in _static_files(image.files_dir):
+        data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+        files[str(path.relative_to(image.files_dir))] = hashlib.sha256(data).hexdigest()
+    _write_json(manifest, {"config": stage_config(image), "sources": fetched, "files": files})
+
+
+def pack_image_task(image: Image, settings: Settings, tree: Path, stage_manifest: Path,
+                    out: Path, provenance: Path, stream: str | None) -> None:
+    """Pack the staged tree, check it by reading it back, record provenance and SHA256SUMS."""
+    from .pack import pack
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    digest = pack(tree, out, image.fmt, image.compression)
+    staged = _read_json(stage_manifest)
+    _write_json(provenance, {
+        "name": image.name, "version": image.version, "arch": image.arch, "stream": stream,
+        "file": out.name, "sha256": digest, "size": out.stat().st_size,
+        "format": image.fmt, "compression": image.compression, "sources": staged["sources"]})
+    sums.update(out.parent, {out.name: digest})
+
+
+def write_sums(settings: Settings) -> None:
+    """Rewrite build/images/SHA256SUMS for every image present (hashing only images whose
+    provenance record does not match their size)."""
+    settings.images.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for image in sorted(settings.images.glob("*.raw")):
+        record = _read_json(settings.state / "images" / f"{image.stem}.json") or {}
+        size_ok = record.get("size") == image.stat().st_size and record.get("file") == image.name
+        entries[image.name] = record["sha256"] if size_ok else sums.sha256_file(image)
+    changed = sums.write_atomic(settings.images / sums.NAME, sums.render(entries))
+    print(f"{settings.images / sums.NAME}: {len(entries)} images, {'updated' if changed else 'unchanged'}")
+
+
+def print_image(path: Path) -> None:
+    from .inspect import format_image
+
+    if not path.exists():
+        raise BakeryError(f"{path}: no such image", "build it first")
+    print(format_image(path))
+
+
+def fail_with(message: str) -> None:
+    raise BakeryError(message)
+
+
+# --- doit tasks ------------------------------------------------------------------------------
+
+def doit_config(root: Path) -> dict[str, Any]:
+    state = root / "build" / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    return {"backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
+            "default_tasks": ["build"], "verbosity": 1}
+
+
+def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """All tasks of the bakery for the project at `root`."""
+    try:
+        settings = settings_from_env(root)
+        recipes, errors = load_recipes(root / "recipes")
+        pins = lock.load(settings.lock_path)
+    except BakeryError as e:
+        print(f"bakery: {e}", file=sys.stderr)
+        yield {"basename": "build", "doc": "build every pinned image (broken configuration)",
+               "actions": [(_edge(fail_with), [str(e)])]}
+        return
+    the_plan = plan(recipes, pins, settings)
+    for problem in (*errors, *the_plan.problems):
+        print(f"bakery: skipped: {problem}", file=sys.stderr)
+    yield from image_tasks(the_plan, settings, recipes)
+    yield from build_tasks(the_plan, settings, recipes, sys.argv[1:] if argv is None else argv)
+
+
+def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) -> Iterator[dict]:
+    for basename, doc in (("fetch", "download and verify an image's sources"),
+                          ("stage", "build and validate an image's tree"),
+                          ("pack", "pack an image into build/images/"),
+                          ("inspect", "print an image's extension-release and tree")):
+        yield {"basename": basename, "name": None, "doc": doc}
+    state = settings.state
+    for image in the_plan.images:
+        fetch_manifest = state / "fetch" / f"{image.id}.json"
+        stage_manifest = state / "stage" / f"{image.id}.json"
+        tree = settings.build / "stage" / image.id
+        out = settings.images / image.filename
+        provenance = state / "images" / f"{image.id}.json"
+        yield {"basename": "fetch", "name": image.id,
+               "actions": [(_edge(fetch_image), [image, settings, fetch_manifest])],
+               "targets": [fetch_manifest],
+               "uptodate": [_fetch_current(image, fetch_manifest, settings.download_cache)],
+               "doc": f"download {image.id}'s sources"}
+        yield {"basename": "stage", "name": image.id,
+               "actions": [(_edge(stage_image_task), [image, settings, fetch_manifest, tree, stage_manifest])],
+               "file_dep": [fetch_manifest, *_static_files(image.files_dir)],
+               "targets": [stage_manifest],
+               "uptodate": [config_changed(json.dumps(stage_config(image), sort_keys=True)),
+                            lambda tree=tree: tree.is_dir()],
+               "doc": f"stage {image.id}"}
+        stream = stream_of(image.version, recipes[image.name].streams)
+        yield {"basename": "pack", "name": image.id,
+               "actions": [(_edge(pack_image_task), [image, settings, tree, stage_manifest, out,
+                                                     provenance, stream])],
+               "file_dep": [stage_manifest],
+               "targets": [out, provenance],
+               "uptodate": [config_changed(f"{image.fmt}:{image.compression}")],
+               "doc": f"pack {out.relative_to(settings.root)}"}
+        yield {"basename": "inspect", "name": image.id,
+               "actions": [(_edge(print_image), [out])], "task_dep": [f"pack:{image.id}"],
+               "uptodate": [False], "verbosity": 2, "doc": f"show {image.filename}"}
+    yield {"basename": "sums", "actions": [(_edge(write_sums), [settings])], "verbosity": 2,
+           "uptodate": [False], "doc": "rewrite build/images/SHA256SUMS for the images present"}
+
+
+def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
+                argv: list[str]) -> Iterator[dict]:
+    for name, build in sorted(the_plan.builds.items()):
+        deps = [f"build:{build.alias_of}"] if build.alias_of else [f"pack:{i}" for i in build.images]
+        yield {"basename": f"build:{name}", "actions": None, "task_dep": deps, "doc": build.doc}
+    unbuildable = dict(the_plan.unbuildable)
+    for wanted in requested_unknown_builds(argv, the_plan, recipes):
+        name, _, version = wanted.partition("=")
+        unbuildable[f"{name}-{version}"] = unpinned_message(name, version, settings)
+    for name, why in sorted(unbuildable.items()):
+        yield {"basename": f"build:{name}", "actions": [(_edge(fail_with), [why])],
+               "doc": "not pinned yet"}
+    yield {"basename": "build", "actions": None, "doc": "build every pinned image",
+           "task_dep": [f"build:{n}" for n, b in sorted(the_plan.builds.items()) if not b.alias_of]}
+
+
+def requested_unknown_builds(argv: list[str], the_plan: Plan,
+                             recipes: dict[str, Recipe]) -> list[str]:
+    """`build:<recipe>-<x>` named on the command line that the plan lacks, as "<recipe>=<x>",
+    so asking for an unpinned version fails with a message that says how to pin it instead
+    of doit's generic "not a task"."""
+    wanted = []
+    for arg in argv:
+        m = re.fullmatch(r"build:(.+)", arg)
+        if not m or m.group(1) in the_plan.builds:
+            continue
+        for name in sorted(recipes, key=len, reverse=True):
+            if m.group(1).startswith(name + "-"):
+                wanted.append(f"{name}={m.group(1)[len(name) + 1:]}")
+                break
+    return wanted
