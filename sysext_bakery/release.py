@@ -1,0 +1,227 @@
+"""What a release publishes, computed from plain values: no files are read or written here.
+
+`publish.py` gathers the inputs (provenance files, what is already published, templates)
+and writes the results; everything it writes is rendered by the functions below, so the
+rules of a release (names, patterns, merge and immutability) can be read in one place.
+"""
+from __future__ import annotations
+
+import json
+import re
+import string
+import tomllib
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from .arch import ARCHES
+from .errors import BakeryError
+from .sums import NAME as SUMS
+
+SIGNATURE = "SHA256SUMS.gpg"
+PUBLIC_KEY = "bakery-signing-key.gpg"
+INDEX = "index.json"
+NOOP = "noop.conf"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_IMAGE_FILE = re.compile(r"(?P<name>[a-z0-9][a-z0-9._+]*(?:-[a-z0-9][a-z0-9._+]*)*?)"
+                         r"-(?P<version>[^-/]+)-(?P<arch>" + "|".join(map(re.escape, ARCHES)) + r")\.raw")
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """release/release.toml: where the published directory is served and how hosts use it."""
+    base_url: str                  # public URL of the published directory, ends with "/"
+    instances_max: int = 3         # InstancesMax= of the transfer files
+    github_repo: str | None = None           # owner/name for the GitHub Releases publisher
+    github_metadata_tag: str = "metadata"    # the release holding aggregated SHA256SUMS + confs
+
+
+@dataclass(frozen=True)
+class PublishedImage:
+    """One image as the release describes it (an entry of index.json)."""
+    name: str
+    version: str
+    arch: str
+    sha256: str
+    size: int
+    stream: str | None = None
+    sources: tuple[tuple[str, str | None], ...] = ()   # (url, sha256): provenance
+    revision: str | None = None    # bakery git revision that built it
+    built: str | None = None       # build time, ISO 8601 UTC
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}-{self.version}-{self.arch}.raw"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The text files of a release, by file name (images and SHA256SUMS are not in here)."""
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def parse_config(text: str, origin: str) -> ReleaseConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise BakeryError(f"{origin}: not valid TOML: {e}", "fix the syntax") from None
+    known = {"base_url", "instances_max", "github"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise BakeryError(f"{origin}: unknown key(s): {', '.join(unknown)}",
+                          f"known keys: {', '.join(sorted(known))}")
+    base_url = data.get("base_url")
+    if not isinstance(base_url, str) or not re.match(r"https?://[^/\s]+", base_url):
+        raise BakeryError(f"{origin}: base_url: must be an http(s) URL, got {base_url!r}",
+                          "set base_url to the public URL the release directory is served at")
+    instances_max = data.get("instances_max", 3)
+    if not isinstance(instances_max, int) or isinstance(instances_max, bool) or instances_max < 2:
+        raise BakeryError(f"{origin}: instances_max: must be an integer >= 2, got {instances_max!r}",
+                          "systemd-sysupdate keeps the current and the new instance: use 2 or more")
+    github = data.get("github", {})
+    if not isinstance(github, dict) or set(github) - {"repo", "metadata_tag"}:
+        raise BakeryError(f"{origin}: github: expected a table with keys repo, metadata_tag",
+                          'e.g. [github]\nrepo = "owner/name"')
+    repo = github.get("repo")
+    if repo is not None and not (isinstance(repo, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", repo)):
+        raise BakeryError(f"{origin}: github.repo: must be 'owner/name', got {repo!r}")
+    return ReleaseConfig(base_url=with_slash(base_url), instances_max=instances_max,
+                         github_repo=repo,
+                         github_metadata_tag=str(github.get("metadata_tag", "metadata")))
+
+
+def with_slash(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
+
+
+def parse_provenance(text: str, origin: str) -> PublishedImage:
+    """A `build/state/images/<img>.json` written by the pack step."""
+    try:
+        data = json.loads(text)
+        image = PublishedImage(
+            name=data["name"], version=data["version"], arch=data["arch"],
+            sha256=data["sha256"], size=int(data["size"]), stream=data.get("stream"),
+            sources=tuple((s["url"], s.get("sha256")) for s in data.get("sources", ())),
+            revision=data.get("revision"), built=data.get("built"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise BakeryError(f"{origin}: not a valid image provenance file ({type(e).__name__}: {e})",
+                          "rebuild the image: doit build:<name>") from None
+    if not _SHA256.fullmatch(image.sha256) or image.arch not in ARCHES:
+        raise BakeryError(f"{origin}: bad sha256 or arch ({image.sha256!r}, {image.arch!r})",
+                          "rebuild the image: doit build:<name>")
+    return image
+
+
+def parse_image_filename(filename: str) -> tuple[str, str, str] | None:
+    """`docker-24.0.9-x86-64.raw` -> ("docker", "24.0.9", "x86-64"); None if not an image name."""
+    m = _IMAGE_FILE.fullmatch(filename)
+    return (m["name"], m["version"], m["arch"]) if m else None
+
+
+def check_immutable(filename: str, published: str | None, new: str) -> bool:
+    """True if `filename` must be copied; False if the same bytes are already published."""
+    if published is None:
+        return True
+    if published != new:
+        raise BakeryError(
+            f"{filename} is already published with sha256 {published}; "
+            f"the new build has sha256 {new}",
+            "a published image never changes: bump the version (or remove the published "
+            "file by hand if it was never served)")
+    return False
+
+
+def merge_sums(published: Mapping[str, str], new: Mapping[str, str],
+               present: Iterable[str]) -> dict[str, str]:
+    """Every image still in the directory keeps its entry; new images are added."""
+    present = set(present)
+    merged = {name: sha for name, sha in published.items() if name in present}
+    for name, sha in new.items():
+        check_immutable(name, merged.get(name), sha)
+        merged[name] = sha
+    return merged
+
+
+def version_key(version: str) -> tuple:
+    """Natural order close to systemd's strverscmp_improved: 1.10 > 1.9, digits > letters."""
+    return tuple((1, int(part), "") if part.isdigit() else (0, 0, part)
+                 for part in re.findall(r"\d+|[^\d.+~_]+", version))
+
+
+def stream_pattern(name: str, stream: str | None) -> str:
+    """MatchPattern of a transfer: any version, or only versions of one stream (`<stream>.x`)."""
+    return f"{name}-{stream}.@v-%a.raw" if stream else f"{name}-@v-%a.raw"
+
+
+def index_json(images: Iterable[PublishedImage]) -> str:
+    entries = [{
+        "name": i.name, "version": i.version, "arch": i.arch, "stream": i.stream,
+        "file": i.filename, "sha256": i.sha256, "size": i.size,
+        "sources": [{"url": url, "sha256": sha} for url, sha in i.sources],
+        "revision": i.revision, "built": i.built,
+    } for i in sorted(images, key=lambda i: (i.name, version_key(i.version), i.arch))]
+    return json.dumps({"images": entries}, indent=2) + "\n"
+
+
+def parse_index(text: str, origin: str) -> list[PublishedImage]:
+    try:
+        return [PublishedImage(
+            name=e["name"], version=e["version"], arch=e["arch"], sha256=e["sha256"],
+            size=e["size"], stream=e.get("stream"),
+            sources=tuple((s["url"], s.get("sha256")) for s in e.get("sources", ())),
+            revision=e.get("revision"), built=e.get("built"))
+            for e in json.loads(text)["images"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise BakeryError(f"{origin}: not a bakery index.json ({type(e).__name__}: {e})",
+                          f"remove {origin}; the next publish rewrites it from the images") from None
+
+
+def render_release(images: Iterable[PublishedImage], config: ReleaseConfig,
+                   templates: Mapping[str, str], signed: bool) -> Rendered:
+    """Transfer files, stream transfer files, Butane snippets, noop.conf and index.json
+    for every published image. `templates` maps template file names to their text."""
+    images = list(images)
+    files: dict[str, str] = {NOOP: templates["noop.conf"], INDEX: index_json(images)}
+    verify = {
+        "verify": "yes" if signed else "false",
+        "verify_comment": ("# SHA256SUMS.gpg is checked against /etc/systemd/import-pubring.gpg"
+                           if signed else
+                           "# Verify=false: this release is not signed (no signing key was "
+                           "configured when it was published)"),
+    }
+    by_name: dict[str, list[PublishedImage]] = {}
+    for image in images:
+        by_name.setdefault(image.name, []).append(image)
+    for name, group in sorted(by_name.items()):
+        streams = sorted({i.stream for i in group if i.stream})
+        for stream in [None, *streams]:
+            stem = f"{name}-{stream}" if stream else name
+            conf = _fill(templates["transfer.conf"], "transfer.conf", name=name, conf=stem,
+                         base_url=config.base_url, pattern=stream_pattern(name, stream),
+                         instances_max=str(config.instances_max), **verify)
+            files[f"{stem}.conf"] = conf
+            files[f"{stem}.transfer"] = conf
+        for arch in sorted({i.arch for i in group}):
+            newest = max((i for i in group if i.arch == arch), key=lambda i: version_key(i.version))
+            suffix = "" if arch == "x86-64" or len({i.arch for i in group}) == 1 else f"-{arch}"
+            files[f"{name}{suffix}.butane.yaml"] = _butane(newest, config, templates, signed)
+    return Rendered(files)
+
+
+def _butane(image: PublishedImage, config: ReleaseConfig, templates: Mapping[str, str],
+            signed: bool) -> str:
+    keyring = (_fill(templates["butane-keyring.yaml"], "butane-keyring.yaml",
+                     key_url=config.base_url + PUBLIC_KEY) if signed else "")
+    return _fill(templates["butane.yaml"], "butane.yaml", name=image.name,
+                 version=image.version, arch=image.arch, image=image.filename,
+                 image_url=config.base_url + image.filename, sha256=image.sha256,
+                 conf_url=f"{config.base_url}{image.name}.conf",
+                 noop_url=config.base_url + NOOP, keyring=keyring.rstrip("\n"))
+
+
+def _fill(template: str, origin: str, **values: str) -> str:
+    try:
+        return string.Template(template).substitute(values)
+    except (KeyError, ValueError) as e:
+        raise BakeryError(f"release/templates/{origin}: unknown or malformed placeholder {e}",
+                          f"placeholders available here: {', '.join('$' + k for k in sorted(values))}"
+                          " (write $$ for a literal $)") from None

@@ -1,0 +1,154 @@
+"""Helpers for the release tests: the real systemd-sysupdate, a loopback web server for a
+published directory, test images with their provenance files, and a throwaway gpg key."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import os
+import platform
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+# where scripts/install-sysupdate unpacks the bookworm-backports packages on Debian 12
+PRIVATE_DIR = Path(os.environ.get("BAKERY_SYSUPDATE_DIR", "/opt/bakery-sysupdate"))
+
+
+@dataclass(frozen=True)
+class Sysupdate:
+    binary: Path
+    env: dict[str, str]
+
+    def run(self, definitions: Path, root: Path, *args: str,
+            keyring: Path | None = None) -> subprocess.CompletedProcess:
+        """`systemd-sysupdate --definitions=D --root=R ARGS`; with `keyring`, inside a private
+        mount namespace where /etc/systemd/import-pubring.gpg is that keyring (Verify=yes)."""
+        cmd = [str(self.binary), f"--definitions={definitions}", f"--root={root}", *args]
+        if keyring is not None:
+            # a directory bind-mounted over /etc/systemd: the host's /etc stays untouched
+            etc = root.parent / f"{root.name}-etc-systemd"
+            etc.mkdir(exist_ok=True)
+            shutil.copyfile(keyring, etc / "import-pubring.gpg")
+            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                   f'mount --bind "{etc}" /etc/systemd && exec "$@"', "sh", *cmd]
+        return subprocess.run(cmd, env={**os.environ, **self.env}, capture_output=True,
+                              text=True, timeout=120)
+
+
+@functools.cache
+def find_sysupdate() -> Sysupdate | None:
+    """The binary the way scripts/install-sysupdate provides it: installed, else unpacked."""
+    for d in (Path("/usr/lib/systemd"), Path("/lib/systemd")):
+        if (d / "systemd-sysupdate").is_file() and (d / "systemd-pull").is_file():
+            return Sysupdate(d / "systemd-sysupdate", {})
+    binary = PRIVATE_DIR / "lib/systemd/systemd-sysupdate"
+    if not binary.is_file():
+        return None
+    multiarch = f"{platform.machine()}-linux-gnu"
+    return Sysupdate(binary, {
+        "LD_LIBRARY_PATH": str(PRIVATE_DIR / "usr/lib" / multiarch / "systemd"),
+        "SYSTEMD_PULL_PATH": str(PRIVATE_DIR / "lib/systemd/systemd-pull"),
+    })
+
+
+@pytest.fixture
+def sysupdate() -> Sysupdate:
+    found = find_sysupdate()
+    if found is None:
+        pytest.skip("systemd-sysupdate not found: run scripts/install-sysupdate (CI does)")
+    if os.geteuid() != 0:
+        pytest.skip("systemd-sysupdate --root and the keyring bind mount need root")
+    return found
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """Serve `directory` read-only on 127.0.0.1; yields the base URL ending in '/'."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def make_image(workdir: Path, name: str, version: str, *, stream: str | None = None,
+               arch: str = "x86-64") -> tuple[Path, Path]:
+    """Pack a tiny real sysext (usr/bin/<name> printing its version) into
+    workdir/images/<img>.raw and write its provenance to workdir/state/images/<img>.json,
+    as the pack step does. Returns (images dir, state dir)."""
+    from sysext_bakery.pack import pack
+
+    img = f"{name}-{version}-{arch}"
+    tree = workdir / "trees" / img
+    (tree / "usr/bin").mkdir(parents=True)
+    tool = tree / "usr/bin" / name
+    tool.write_text(f"#!/bin/sh\necho {name} {version}\n")
+    tool.chmod(0o755)
+    release_dir = tree / "usr/lib/extension-release.d"
+    release_dir.mkdir(parents=True)
+    (release_dir / f"extension-release.{name}").write_text(
+        f"ID=_any\nARCHITECTURE={arch}\nSYSEXT_VERSION_ID={version}\n")
+    images, state = workdir / "images", workdir / "state"
+    images.mkdir(exist_ok=True)
+    (state / "images").mkdir(parents=True, exist_ok=True)
+    raw = images / f"{img}.raw"
+    sha256 = pack(tree, raw, fmt="squashfs", compression="zstd")
+    write_provenance(state, name, version, arch, sha256, raw.stat().st_size, stream)
+    return images, state
+
+
+def write_provenance(state: Path, name: str, version: str, arch: str, sha256: str, size: int,
+                     stream: str | None = None) -> Path:
+    path = state / "images" / f"{name}-{version}-{arch}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "name": name, "version": version, "arch": arch, "stream": stream,
+        "sha256": sha256, "size": size,
+        "sources": [{"url": f"https://example.invalid/{name}-{version}.tar.gz",
+                     "sha256": "ab" * 32}],
+    }))
+    return path
+
+
+@dataclass(frozen=True)
+class GpgKey:
+    gnupghome: Path
+    fingerprint: str
+    armored_secret: str
+    public: bytes      # binary export: usable as /etc/systemd/import-pubring.gpg
+
+
+def make_gpg_key(directory: Path) -> GpgKey:
+    """A fresh passphrase-less ed25519 signing key in its own GNUPGHOME."""
+    home = directory / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+
+    def gpg(*args: str) -> str:
+        return subprocess.run(["gpg", "--batch", "--quiet", *args], env=env, check=True,
+                              capture_output=True, text=True).stdout
+
+    gpg("--passphrase", "", "--quick-gen-key", "Bakery Test <bakery@example.invalid>",
+        "ed25519", "sign", "never")
+    fingerprint = next(line.split(":")[9] for line in
+                       gpg("--list-secret-keys", "--with-colons").splitlines()
+                       if line.startswith("fpr:"))
+    public = subprocess.run(["gpg", "--batch", "--export", fingerprint], env=env, check=True,
+                            capture_output=True).stdout
+    return GpgKey(home, fingerprint, gpg("--armor", "--export-secret-keys", fingerprint), public)
