@@ -173,7 +173,7 @@ SCHEMA = (
     Key("units", "table", "Enabling units without /etc symlinks.", keys=(
         Key("upholds", "map", "Target or unit -> units it keeps running (`Upholds=` drop-ins "
             "`usr/lib/systemd/system/<target>.d/10-<name>-<unit>.conf`).", values="string list",
-            example='{ "sockets.target" = ["docker.socket"] }'),
+            check=_unit_name, example='{ "sockets.target" = ["docker.socket"] }'),
     )),
 )
 
@@ -268,6 +268,10 @@ def _check_value(key: Key, value: Any, path: str, problems: _Problems) -> None:
         for k, v in value.items():
             _check_map_value(key.values, v, f"{path}.{k}" if key.values != "install target" else path,
                              k, problems)
+            if key.check:   # a map's check applies to its keys and string-list items
+                for item in (k, *(v if isinstance(v, list) else ())):
+                    if what := key.check(item):
+                        problems.add(path, what)
         return
     if key.choices and value not in key.choices:
         problems.add(path, f"{value!r} is not one of {', '.join(key.choices)}")
@@ -357,10 +361,6 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None) -> R
 
     upholds = tuple((target, tuple(units))
                     for target, units in sorted(data.get("units", {}).get("upholds", {}).items()))
-    for target, units in upholds:
-        for unit in (target, *units):
-            if what := _unit_name(unit):
-                problems.add("units.upholds", what)
 
     if files_dir is not None:
         for top in sorted(files_dir.iterdir()):
@@ -518,6 +518,20 @@ def reference_markdown() -> str:
     return "\n".join(out)
 
 
+START, END = "<!-- reference:start (generated from SCHEMA) -->\n", "<!-- reference:end -->"
+
+
+def update_docs(path: Path) -> None:
+    """Replace the generated part of the recipe reference."""
+    text = path.read_text()
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{START}{reference_markdown()}{END}{tail}")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--docs"]:
-        print(reference_markdown())
+    if sys.argv[1:2] == ["--docs"] and len(sys.argv) == 3:
+        update_docs(Path(sys.argv[2]))
+    else:
+        print("usage: python -m sysext_bakery.recipe --docs docs/recipes.md", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,153 @@
+"""Recipe schema, loading and resolution: every refusal names the file and the key."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.image import Install
+from sysext_bakery.recipe import (load_recipe, load_recipes, reference_markdown, resolve_image,
+                                  stream_of, version_key)
+
+GOOD = """\
+description = "Tool"
+homepage = "https://example.org/"
+arches = ["x86-64", "arm64"]
+
+[[sources]]
+url = "https://example.org/tool-{version}-{arch}.tar.gz"
+install = { "tool/*" = "/usr/bin/" }
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "tool") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(BakeryError) as e:
+        load_recipe(path)
+    return e.value.message
+
+
+def test_repo_recipes_load() -> None:
+    recipes, errors = load_recipes(REPO / "recipes")
+    assert errors == []
+    assert {"docker", "containerd", "wasmtime"} <= set(recipes)
+    docker = recipes["docker"]
+    assert docker.streams == "major" and docker.reload_manager
+    assert docker.upholds == (("multi-user.target", ("containerd.service",)),
+                              ("sockets.target", ("docker.socket",)))
+    assert docker.sources[0].install == (Install("docker/*", "/usr/bin/"),)
+    assert docker.files_dir == REPO / "recipes" / "docker" / "files"
+    assert recipes["wasmtime"].sources[0].kind == "tar.xz"
+    assert not recipes["wasmtime"].reload_manager
+
+
+def test_malformed_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, 'description = "x\n')
+    assert error_of(path).startswith(f"{path}: not valid TOML: ")
+
+
+def test_unknown_key_suggests(tmp_path: Path) -> None:
+    path = write(tmp_path, 'stream = "major"\n' + GOOD)
+    assert error_of(path) == f"{path}: stream: unknown key (did you mean 'streams'?)"
+
+
+def test_unknown_nested_key(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("install =", 'sha = "x"\ninstall ='))
+    assert f"{path}: sources[0].sha: unknown key" in error_of(path)
+
+
+def test_destination_outside_usr(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('"/usr/bin/"', '"/etc/foo"'))
+    assert error_of(path) == f"{path}: sources[0].install: destination /etc/foo is outside /usr and /opt"
+
+
+def test_usr_sbin_destination(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('"/usr/bin/"', '"/usr/sbin/"'))
+    assert error_of(path) == (f"{path}: sources[0].install: destination /usr/sbin/ is under /usr/sbin, "
+                              "which is a symlink to bin on Flatcar; install into /usr/bin instead")
+
+
+def test_bad_arch(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('"arm64"]', '"amd64"]'))
+    assert error_of(path) == f"{path}: arches: 'amd64' is not one of x86-64, arm64"
+
+
+def test_bad_type_and_missing_required_all_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('description = "Tool"\n', "").replace(
+        'arches = ["x86-64", "arm64"]', 'arches = "x86-64"'))
+    message = error_of(path)
+    assert f"{path}: arches: expected a string list, got str 'x86-64'" in message
+    assert f"{path}: description: missing (required)" in message
+
+
+def test_bad_template(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("{arch}.tar.gz", "{arc}.tar.gz"))
+    assert error_of(path).startswith(f"{path}: sources[0].url: unknown placeholder {{arc}} in ")
+
+
+def test_plain_http_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("https://example.org/tool", "http://example.org/tool"))
+    assert error_of(path) == f"{path}: sources[0].url: must be an https:// URL"
+
+
+def test_bad_install_mode_and_unit(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('"/usr/bin/"', '{ to = "/usr/bin/", mode = "rwx" }')
+                 + '[units]\nupholds = { "multi-user.target" = ["tool"] }\n')
+    message = error_of(path)
+    assert "sources[0].install: 'tool/*': mode 'rwx' is not an octal string" in message
+    assert "units.upholds: 'tool' is not a unit name" in message
+
+
+def test_files_dir_only_usr_and_opt(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    (tmp_path / "tool" / "files" / "etc").mkdir(parents=True)
+    assert error_of(path) == f"{path}: {tmp_path}/tool/files/etc: static files may only live under usr/ and opt/"
+
+
+def test_broken_recipe_does_not_hide_others(tmp_path: Path) -> None:
+    write(tmp_path, GOOD, "good")
+    write(tmp_path, "bogus = 1\n" + GOOD, "bad")
+    recipes, errors = load_recipes(tmp_path)
+    assert list(recipes) == ["good"]
+    assert len(errors) == 1 and "bad.toml: bogus: unknown key" in str(errors[0])
+
+
+def test_resolve_image_templates_and_lock() -> None:
+    recipe = load_recipe(REPO / "recipes" / "containerd.toml")
+    image = resolve_image(recipe, "1.7.27", "arm64", None)
+    assert image.id == "containerd-1.7.27-arm64"
+    containerd, runc = image.sources
+    assert containerd.url == ("https://github.com/containerd/containerd/releases/download/v1.7.27/"
+                              "containerd-static-1.7.27-linux-arm64.tar.gz")
+    assert containerd.checksum_url == containerd.url + ".sha256sum"
+    assert runc.url == "https://github.com/opencontainers/runc/releases/download/v1.2.5/runc.arm64"
+    assert runc.kind == "file" and runc.install == (Install("runc.*", "/usr/bin/runc", 0o755),)
+    pinned = resolve_image(recipe, "1.7.27", "arm64", [{"url": "https://m/a.tar.gz", "sha256": "ab" * 32},
+                                                        {"url": "https://m/runc", "sha256": ""}])
+    assert pinned.sources[0].url == "https://m/a.tar.gz" and pinned.sources[0].sha256 == "ab" * 32
+    assert pinned.sources[1].sha256 is None
+    with pytest.raises(BakeryError, match="pins 1 sources, .* has 2 for arm64"):
+        resolve_image(recipe, "1.7.27", "arm64", [{"url": "https://m/a.tar.gz"}])
+
+
+def test_streams_and_version_order() -> None:
+    assert stream_of("24.0.9", "major") == "24"
+    assert stream_of("v1.32.2+k3s1", "minor") == "v1.32"
+    assert stream_of("1.7.27", "none") is None
+    assert sorted(["24.0.10", "24.0.9", "3.0.0"], key=version_key) == ["3.0.0", "24.0.9", "24.0.10"]
+
+
+def test_reference_is_rendered_from_schema() -> None:
+    text = reference_markdown()
+    for key in ("`description`", "`arch-names`", "`checksum-url`", "`allow-setuid`", "`upholds`"):
+        assert key in text
+    docs = (REPO / "docs" / "recipes.md").read_text()
+    assert text in docs, "docs/recipes.md is stale: run `python -m sysext_bakery.recipe --docs`"

@@ -1,0 +1,143 @@
+"""Upstream-shaped files for the tests, laid out as a BAKERY_MIRROR tree (`<root>/HOST/PATH`),
+and a loopback HTTP server that serves such a tree and remembers what was asked of it."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import lzma
+import tarfile
+import threading
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from elf import make_elf
+
+DOCKER_BINARIES = ("docker", "dockerd", "containerd", "containerd-shim-runc-v2", "ctr", "runc",
+                   "docker-init", "docker-proxy")
+DOCKER_ARCH = {"x86-64": "x86_64", "arm64": "aarch64"}
+GO_ARCH = {"x86-64": "amd64", "arm64": "arm64"}
+
+
+def tar_bytes(members: list[tuple[str, bytes | None, int]], compress: str = "gz",
+              links: list[tuple[str, str, bytes]] = ()) -> bytes:
+    """A tarball of (name, content or None for a directory, mode) plus (name, target, type)
+    links, deterministic (fixed mtimes, no owner names)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, content, mode in members:
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = mode, 1700000000
+            if content is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        for name, target, kind in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mtime = kind, target, 1700000000
+            tar.addfile(info)
+    data = raw.getvalue()
+    if compress == "gz":
+        return gzip.compress(data, mtime=0)
+    if compress == "xz":
+        return lzma.compress(data)
+    return data
+
+
+def docker_tgz(arch: str, version: str, binary_arch: str | None = None) -> bytes:
+    """Shaped like download.docker.com's static tarball: a docker/ dir of executables."""
+    members: list[tuple[str, bytes | None, int]] = [("docker/", None, 0o755)]
+    for b in DOCKER_BINARIES:
+        members.append((f"docker/{b}", make_elf(binary_arch or arch, f"{b} {version}\n".encode() * 64), 0o755))
+    return tar_bytes(members)
+
+
+@dataclass
+class Upstream:
+    """The generated tree and the sha256 of every file in it, by upstream URL."""
+    root: Path
+    sha256: dict[str, str] = field(default_factory=dict)
+
+    def add(self, url: str, content: bytes) -> str:
+        assert url.startswith("https://")
+        path = self.root / url[len("https://"):]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        self.sha256[url] = hashlib.sha256(content).hexdigest()
+        return self.sha256[url]
+
+
+def docker_url(arch: str, version: str) -> str:
+    return f"https://download.docker.com/linux/static/stable/{DOCKER_ARCH[arch]}/docker-{version}.tgz"
+
+
+def containerd_url(arch: str, version: str) -> str:
+    return (f"https://github.com/containerd/containerd/releases/download/v{version}/"
+            f"containerd-static-{version}-linux-{GO_ARCH[arch]}.tar.gz")
+
+
+def runc_url(arch: str, version: str = "1.2.5") -> str:
+    return f"https://github.com/opencontainers/runc/releases/download/v{version}/runc.{GO_ARCH[arch]}"
+
+
+def wasmtime_url(arch: str, version: str) -> str:
+    uname = DOCKER_ARCH[arch]
+    return (f"https://github.com/bytecodealliance/wasmtime/releases/download/v{version}/"
+            f"wasmtime-v{version}-{uname}-linux.tar.xz")
+
+
+def populate(root: Path) -> Upstream:
+    """Every upstream file the test lock pins, for both arches."""
+    up = Upstream(root)
+    runc_sums = []
+    for arch in ("x86-64", "arm64"):
+        for version in ("24.0.8", "24.0.9", "25.0.0"):
+            up.add(docker_url(arch, version), docker_tgz(arch, version))
+        for version in ("1.7.27",):
+            url = containerd_url(arch, version)
+            digest = up.add(url, tar_bytes([
+                ("bin/", None, 0o755),
+                *((f"bin/{b}", make_elf(arch, b.encode() * 50), 0o755)
+                  for b in ("containerd", "ctr", "containerd-shim-runc-v2"))]))
+            up.add(url + ".sha256sum", f"{digest}  {url.rsplit('/', 1)[1]}\n".encode())
+        digest = up.add(runc_url(arch), make_elf(arch, b"runc" * 100))
+        runc_sums.append(f"{digest}  runc.{GO_ARCH[arch]}\n")
+        version = "29.0.1"
+        top = f"wasmtime-v{version}-{DOCKER_ARCH[arch]}-linux"
+        up.add(wasmtime_url(arch, version), tar_bytes([
+            (f"{top}/", None, 0o755), (f"{top}/wasmtime", make_elf(arch, b"wasm" * 100), 0o755),
+            (f"{top}/LICENSE", b"Apache-2.0\n", 0o644), (f"{top}/README.md", b"readme\n", 0o644)],
+            compress="xz"))
+    up.add(runc_url("x86-64").rsplit("/", 1)[0] + "/runc.sha256sum", "".join(runc_sums).encode())
+    return up
+
+
+class MirrorServer:
+    """Serves a directory on 127.0.0.1 and records each requested path."""
+
+    def __init__(self, directory: Path):
+        requests: list[str] = []
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(directory), **kwargs)
+
+            def do_GET(self):
+                requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = requests
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
