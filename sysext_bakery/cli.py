@@ -1,0 +1,46 @@
+"""`bakery`: commands that work on files rather than the recipe catalogue (which is doit's).
+
+BakeryError is caught here, once, and printed with its hint.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import BakeryError
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from .inspect import format_image
+
+    print(format_image(args.image))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bakery", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    inspect = sub.add_parser("inspect", help="print an image's extension-release and tree")
+    inspect.add_argument("image", type=Path)
+    inspect.set_defaults(run=_inspect)
+
+    from . import torcx
+    convert = sub.add_parser("torcx-convert", help="turn torcx images or a torcx profile into sysexts",
+                             description=torcx.__doc__)
+    torcx.add_arguments(convert)
+    convert.set_defaults(run=torcx.run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except BakeryError as e:
+        print(f"bakery: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
