@@ -28,16 +28,25 @@ class Sysupdate:
 
     def run(self, definitions: Path, root: Path, *args: str,
             keyring: Path | None = None) -> subprocess.CompletedProcess:
-        """`systemd-sysupdate --definitions=D --root=R ARGS`; with `keyring`, inside a private
-        mount namespace where /etc/systemd/import-pubring.gpg is that keyring (Verify=yes)."""
-        cmd = [str(self.binary), f"--definitions={definitions}", f"--root={root}", *args]
+        """`systemd-sysupdate --definitions=D ARGS` as on a host whose /etc and /opt are
+        root/etc and root/opt: inside a private mount namespace, each is an overlay with the
+        host's directory below and the test root's directory as the writable layer, so the
+        host is never changed. (Not --root: with --root, sysupdate resolves an existing
+        CurrentSymlink and overwrites the old image with a symlink.) With `keyring`, it is
+        the host's /etc/systemd/import-pubring.gpg (for Verify=yes)."""
+        script = ["set -e"]
+        for top in ("etc", "opt"):
+            (root / top).mkdir(parents=True, exist_ok=True)
+            work = root / f".overlay-work-{top}"
+            work.mkdir(exist_ok=True)
+            script.append(f'mount -t overlay overlay -o "lowerdir=/{top},upperdir={root / top},'
+                          f'workdir={work}" /{top}')
         if keyring is not None:
-            # a directory bind-mounted over /etc/systemd: the host's /etc stays untouched
-            etc = root.parent / f"{root.name}-etc-systemd"
-            etc.mkdir(exist_ok=True)
-            shutil.copyfile(keyring, etc / "import-pubring.gpg")
-            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                   f'mount --bind "{etc}" /etc/systemd && exec "$@"', "sh", *cmd]
+            (root / "etc/systemd").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(keyring, root / "etc/systemd/import-pubring.gpg")
+        script.append('exec "$@"')
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(script), "sh",
+               str(self.binary), f"--definitions={definitions}", *args]
         return subprocess.run(cmd, env={**os.environ, **self.env}, capture_output=True,
                               text=True, timeout=120)
 

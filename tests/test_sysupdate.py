@@ -1,0 +1,140 @@
+"""The published directory, consumed by the real systemd-sysupdate (254 from bookworm-backports
+on Debian 12) over a loopback HTTP server, the way a Flatcar host consumes it."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sysext_bakery import publish, release
+from sysupdate import Sysupdate, make_gpg_key, make_image, serve, sysupdate  # noqa: F401
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.root
+
+
+def publish_dir(work: Path, dest: Path, base_url: str, signer=None) -> publish.PublishReport:
+    templates = publish.load_templates(REPO / "release/templates")
+    config = release.ReleaseConfig(base_url=base_url)
+    built = publish.built_images(work / "images", work / "state")
+    return publish.publish_directory(built, dest, config, templates, signer, "test-revision")
+
+
+def host(tmp: Path, name: str, *confs: Path) -> tuple[Path, Path]:
+    """A host root as the Butane snippet leaves it, and a definitions dir holding `confs`."""
+    root = tmp / "root"
+    (root / "opt/extensions" / name).mkdir(parents=True, exist_ok=True)
+    (root / "etc/extensions").mkdir(parents=True, exist_ok=True)
+    defs = tmp / "defs"
+    shutil.rmtree(defs, ignore_errors=True)
+    defs.mkdir()
+    for conf in confs:
+        shutil.copyfile(conf, defs / conf.name)
+    return root, defs
+
+
+def current(root: Path, name: str) -> str:
+    link = root / "etc/extensions" / f"{name}.raw"
+    assert link.is_symlink(), f"{link} is not a symlink"
+    target = (link.parent / link.readlink()).resolve()
+    assert target.is_file() and target.parent == (root / "opt/extensions" / name).resolve()
+    return target.name
+
+
+def installed(root: Path, name: str) -> list[str]:
+    return sorted(p.name for p in (root / "opt/extensions" / name).glob("*.raw"))
+
+
+def update(su: Sysupdate, defs: Path, root: Path, keyring: Path | None = None) -> None:
+    proc = su.run(defs, root, "update", keyring=keyring)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_update_installs_newest_then_upgrades_and_prunes(tmp_path, sysupdate):
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    with serve(dest) as url:
+        make_image(tmp_path, "hello", "1.0.0")
+        publish_dir(tmp_path, dest, url)
+        root, defs = host(tmp_path, "hello", dest / "hello.conf")
+        update(sysupdate, defs, root)
+        assert current(root, "hello") == "hello-1.0.0-x86-64.raw"
+
+        make_image(tmp_path, "hello", "1.1.0")
+        publish_dir(tmp_path, dest, url)
+        update(sysupdate, defs, root)
+        assert current(root, "hello") == "hello-1.1.0-x86-64.raw"
+        assert installed(root, "hello") == ["hello-1.0.0-x86-64.raw", "hello-1.1.0-x86-64.raw"]
+
+        # InstancesMax=3: installing a 4th version removes the oldest
+        for version in ("1.2.0", "1.10.0"):
+            make_image(tmp_path, "hello", version)
+            publish_dir(tmp_path, dest, url)
+            update(sysupdate, defs, root)
+        assert current(root, "hello") == "hello-1.10.0-x86-64.raw"
+        assert installed(root, "hello") == ["hello-1.1.0-x86-64.raw", "hello-1.10.0-x86-64.raw",
+                                            "hello-1.2.0-x86-64.raw"]
+
+
+def test_signed_release_verifies_and_tampering_is_refused(tmp_path, sysupdate):
+    key = make_gpg_key(tmp_path)
+    keyring = tmp_path / "pubring.gpg"
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    with serve(dest) as url:
+        make_image(tmp_path, "hello", "1.0.0")
+        with publish.signer_from_env({"BAKERY_SIGNING_KEY": key.armored_secret}) as signer:
+            publish_dir(tmp_path, dest, url, signer)
+        assert "Verify=yes" in (dest / "hello.conf").read_text()
+        keyring.write_bytes((dest / "bakery-signing-key.gpg").read_bytes())
+
+        root, defs = host(tmp_path / "good", "hello", dest / "hello.conf")
+        update(sysupdate, defs, root, keyring=keyring)
+        assert current(root, "hello") == "hello-1.0.0-x86-64.raw"
+
+        manifest = bytearray((dest / "SHA256SUMS").read_bytes())
+        manifest[0] = ord("0") if manifest[0] != ord("0") else ord("1")
+        (dest / "SHA256SUMS").write_bytes(bytes(manifest))
+        root, defs = host(tmp_path / "bad", "hello", dest / "hello.conf")
+        proc = sysupdate.run(defs, root, "update", keyring=keyring)
+        assert proc.returncode != 0
+        assert "Signature verification failed" in proc.stdout + proc.stderr
+        assert installed(root, "hello") == []
+        assert not (root / "etc/extensions/hello.raw").exists()
+
+
+def test_stream_conf_takes_patch_updates_only(tmp_path, sysupdate):
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    with serve(dest) as url:
+        make_image(tmp_path, "hello", "1.0.0", stream="1")
+        publish_dir(tmp_path, dest, url)
+        root, defs = host(tmp_path, "hello", dest / "hello-1.conf")
+        update(sysupdate, defs, root)
+        assert current(root, "hello") == "hello-1.0.0-x86-64.raw"
+
+        make_image(tmp_path, "hello", "2.0.0", stream="2")
+        publish_dir(tmp_path, dest, url)
+        update(sysupdate, defs, root)
+        assert current(root, "hello") == "hello-1.0.0-x86-64.raw"
+
+        make_image(tmp_path, "hello", "1.0.1", stream="1")
+        publish_dir(tmp_path, dest, url)
+        update(sysupdate, defs, root)
+        assert current(root, "hello") == "hello-1.0.1-x86-64.raw"
+        assert "hello-2.0.0-x86-64.raw" not in installed(root, "hello")
+
+
+def test_noop_conf_lets_a_plain_update_succeed(tmp_path, sysupdate):
+    dest = tmp_path / "pub"
+    make_image(tmp_path, "hello", "1.0.0")
+    publish_dir(tmp_path, dest, "http://127.0.0.1:9/")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    # the failure noop.conf works around
+    assert sysupdate.run(empty, root, "update").returncode != 0
+    _, defs = host(tmp_path, "hello", dest / "noop.conf")
+    update(sysupdate, defs, root)
