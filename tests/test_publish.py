@@ -1,0 +1,240 @@
+"""Publishing into a directory: contents, idempotence, immutability, signing, locking and
+crash safety, with real files, real gpg and a real killed publisher process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sysext_bakery import publish, release, sums
+from sysext_bakery.errors import BakeryError
+from sysupdate import make_gpg_key, write_provenance
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = "https://sysexts.example.invalid/bakery/"
+
+
+def fake_image(work: Path, name: str, version: str, data: bytes, stream: str | None = None,
+               arch: str = "x86-64") -> None:
+    """Image bytes need not be a file system for the publisher: it only copies and hashes."""
+    import hashlib
+    images = work / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    raw = images / f"{name}-{version}-{arch}.raw"
+    raw.write_bytes(data)
+    write_provenance(work / "state", name, version, arch, hashlib.sha256(data).hexdigest(),
+                     len(data), stream)
+
+
+def run(work: Path, dest: Path, signer=None) -> publish.PublishReport:
+    return publish.publish_directory(
+        publish.built_images(work / "images", work / "state"), dest,
+        release.ReleaseConfig(base_url=BASE), publish.load_templates(REPO / "release/templates"),
+        signer, "0123abcd")
+
+
+def test_publishes_everything_and_a_second_run_changes_nothing(tmp_path):
+    fake_image(tmp_path, "docker", "24.0.9", b"docker one", stream="24")
+    fake_image(tmp_path, "docker", "24.0.9", b"docker arm", stream="24", arch="arm64")
+    fake_image(tmp_path, "wasmtime", "20.0.0", b"wasm")
+    dest = tmp_path / "pub"
+    report = run(tmp_path, dest)
+    assert set(report.copied) == {"docker-24.0.9-x86-64.raw", "docker-24.0.9-arm64.raw",
+                                  "wasmtime-20.0.0-x86-64.raw"}
+    names = {p.name for p in dest.iterdir()}
+    assert {"SHA256SUMS", "noop.conf", "index.json", "docker.conf", "docker.transfer",
+            "docker-24.conf", "docker-24.transfer", "wasmtime.conf", "docker.butane.yaml",
+            "docker-arm64.butane.yaml", "wasmtime.butane.yaml"} <= names
+    assert "SHA256SUMS.gpg" not in names
+    conf = (dest / "docker.conf").read_text()
+    assert f"Path={BASE}\n" in conf and "MatchPattern=docker-@v-%a.raw" in conf
+    assert "Verify=false" in conf and "# Verify=false: this release is not signed" in conf
+    assert "CurrentSymlink=/etc/extensions/docker.raw" in conf and "InstancesMax=3" in conf
+    assert "MatchPattern=docker-24.@v-%a.raw" in (dest / "docker-24.conf").read_text()
+    assert (dest / "docker.transfer").read_text() == conf
+    # every image is in SHA256SUMS with its real hash
+    manifest = sums.parse((dest / "SHA256SUMS").read_text())
+    assert manifest == {p.name: sums.sha256_file(p) for p in dest.glob("*.raw")}
+
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in dest.iterdir()}
+    again = run(tmp_path, dest)
+    assert not again.changed and "nothing to publish" in again.summary()
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in dest.iterdir()} == before
+
+
+def test_index_and_butane_snippets_describe_the_published_files(tmp_path):
+    fake_image(tmp_path, "docker", "24.0.9", b"old")
+    fake_image(tmp_path, "docker", "24.0.10", b"new")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    index = json.loads((dest / "index.json").read_text())["images"]
+    assert [(i["version"], i["size"]) for i in index] == [("24.0.9", 3), ("24.0.10", 3)]
+    for entry in index:
+        assert entry["sha256"] == sums.sha256_file(dest / entry["file"])
+        assert entry["revision"] == "0123abcd" and entry["built"].endswith("Z")
+        assert entry["sources"] == [{"url": "https://example.invalid/docker-"
+                                     f"{entry['version']}.tar.gz", "sha256": "ab" * 32}]
+    snippet = yaml.safe_load((dest / "docker.butane.yaml").read_text())
+    assert snippet["variant"] == "flatcar"
+    files = {f["path"]: f for f in snippet["storage"]["files"]}
+    image = files["/opt/extensions/docker/docker-24.0.10-x86-64.raw"]   # the newest (24.0.10 > 24.0.9)
+    assert image["contents"]["verification"]["hash"] == "sha256-" + sums.sha256_file(
+        dest / "docker-24.0.10-x86-64.raw")
+    for f in files.values():   # every downloaded file exists in the published directory
+        url = f["contents"]["source"]
+        assert url.startswith(BASE) and (dest / url[len(BASE):]).is_file()
+    assert snippet["storage"]["links"][0] == {
+        "path": "/etc/extensions/docker.raw", "hard": False,
+        "target": "/opt/extensions/docker/docker-24.0.10-x86-64.raw"}
+    units = {u["name"]: u for u in snippet["systemd"]["units"]}
+    assert units["systemd-sysupdate.timer"]["enabled"] is True
+    assert "-C docker update" in units["systemd-sysupdate.service"]["dropins"][0]["contents"]
+
+
+def test_merges_with_what_is_published_and_drops_only_vanished_files(tmp_path):
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    other = tmp_path / "other"   # a later build directory that no longer has 24.0.9
+    fake_image(other, "docker", "24.0.10", b"two")
+    fake_image(other, "docker", "25.0.0", b"three")
+    run(other, dest)
+    manifest = sums.parse((dest / "SHA256SUMS").read_text())
+    assert set(manifest) == {"docker-24.0.9-x86-64.raw", "docker-24.0.10-x86-64.raw",
+                             "docker-25.0.0-x86-64.raw"}
+    assert len(json.loads((dest / "index.json").read_text())["images"]) == 3
+    (dest / "docker-25.0.0-x86-64.raw").unlink()   # removed by the operator
+    (tmp_path / "nothing/images").mkdir(parents=True)
+    run(tmp_path / "nothing", dest)
+    assert set(sums.parse((dest / "SHA256SUMS").read_text())) == {
+        "docker-24.0.9-x86-64.raw", "docker-24.0.10-x86-64.raw"}
+
+
+def test_a_published_image_is_immutable(tmp_path):
+    fake_image(tmp_path, "docker", "24.0.9", b"first build")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    published = sums.sha256_file(dest / "docker-24.0.9-x86-64.raw")
+    fake_image(tmp_path, "docker", "24.0.9", b"different bytes")
+    rebuilt = sums.sha256_file(tmp_path / "images/docker-24.0.9-x86-64.raw")
+    with pytest.raises(BakeryError) as err:
+        run(tmp_path, dest)
+    assert published in str(err.value) and rebuilt in str(err.value)
+    assert "docker-24.0.9-x86-64.raw" in str(err.value)
+    assert sums.sha256_file(dest / "docker-24.0.9-x86-64.raw") == published
+
+
+def test_image_not_matching_its_provenance_is_refused(tmp_path):
+    fake_image(tmp_path, "docker", "24.0.9", b"as built")
+    (tmp_path / "images/docker-24.0.9-x86-64.raw").write_bytes(b"changed after the build")
+    dest = tmp_path / "pub"
+    with pytest.raises(BakeryError, match="provenance"):
+        run(tmp_path, dest)
+    assert not list(dest.glob("*.raw")) and not list(dest.glob(".*.tmp"))
+
+
+def test_signed_release(tmp_path):
+    key = make_gpg_key(tmp_path)
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    with publish.signer_from_env({"BAKERY_SIGNING_KEY": key.armored_secret}) as signer:
+        assert signer is not None and signer.key == key.fingerprint
+        run(tmp_path, dest, signer)
+        assert "Verify=yes" in (dest / "docker.conf").read_text()
+        assert (dest / "bakery-signing-key.gpg").read_bytes() == key.public
+        snippet = yaml.safe_load((dest / "docker.butane.yaml").read_text())
+        assert "/etc/systemd/import-pubring.gpg" in {f["path"] for f in snippet["storage"]["files"]}
+        signature = (dest / "SHA256SUMS.gpg").read_bytes()
+        assert not run(tmp_path, dest, signer).changed   # a valid signature is kept
+        assert (dest / "SHA256SUMS.gpg").read_bytes() == signature
+        (dest / "SHA256SUMS.gpg").write_bytes(b"garbage")
+        assert run(tmp_path, dest, signer).written == ("SHA256SUMS.gpg",)
+    # gpg itself (with only the published key) accepts the signature
+    keyring = tmp_path / "pubring.gpg"
+    keyring.write_bytes(key.public)
+    subprocess.run(["gpg", "--batch", "--no-default-keyring", "--keyring", str(keyring),
+                    "--verify", str(dest / "SHA256SUMS.gpg"), str(dest / "SHA256SUMS")],
+                   check=True, capture_output=True, env={**os.environ, "GNUPGHOME": str(tmp_path)})
+
+
+def test_signing_key_id_from_the_users_keyring(tmp_path, monkeypatch):
+    key = make_gpg_key(tmp_path)
+    monkeypatch.setenv("GNUPGHOME", str(key.gnupghome))
+    with publish.signer_from_env({"BAKERY_SIGNING_KEY_ID": key.fingerprint}) as signer:
+        assert publish.export_public_key(signer) == key.public
+    with publish.signer_from_env({"BAKERY_SIGNING_KEY_ID": "0000DEADBEEF"}) as signer:
+        with pytest.raises(BakeryError, match="0000DEADBEEF"):
+            publish.export_public_key(signer)
+    with publish.signer_from_env({}) as signer:
+        assert signer is None
+
+
+def test_lock_stops_a_second_publisher(tmp_path):
+    import fcntl
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    with open(dest / publish.LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(BakeryError, match="another publisher"):
+            run(tmp_path, dest)
+    assert not list(dest.glob("*.raw"))
+    run(tmp_path, dest)
+    assert (dest / "docker-24.0.9-x86-64.raw").exists()
+
+
+PUBLISHER = """
+import sys
+from pathlib import Path
+from sysext_bakery import publish, release
+work, dest = Path(sys.argv[1]), Path(sys.argv[2])
+publish.publish_directory(publish.built_images(work / "images", work / "state"), dest,
+                          release.ReleaseConfig(base_url=sys.argv[3]),
+                          publish.load_templates(Path(sys.argv[4])), None, "rev")
+"""
+
+
+def consistent(dest: Path) -> None:
+    """What a reader may rely on at any moment: every file SHA256SUMS names is there, whole."""
+    assert not [p for p in dest.iterdir() if p.suffix == ".raw" and p.name.startswith(".")]
+    if (dest / "SHA256SUMS").exists():
+        for name, sha in sums.parse((dest / "SHA256SUMS").read_text()).items():
+            assert sums.sha256_file(dest / name) == sha, name
+
+
+def test_killed_between_image_copy_and_manifest_the_next_run_completes(tmp_path):
+    big = os.urandom(48 << 20)
+    for n in range(3):
+        fake_image(tmp_path, "big", f"1.0.{n}", big[n:] + bytes([n]))
+    dest = tmp_path / "pub"
+    for attempt in range(5):   # kill as soon as an image is in place, before SHA256SUMS
+        proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(tmp_path), str(dest), BASE,
+                                 str(REPO / "release/templates")], cwd=REPO)
+        deadline = time.monotonic() + 60
+        while not list(dest.glob("big-*.raw")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if not (dest / "SHA256SUMS").exists():
+            break
+        for p in dest.iterdir():   # too late this time: start over
+            p.unlink()
+    else:
+        pytest.fail("never caught the publisher between image copy and manifest")
+    copied = [p.name for p in dest.glob("big-*.raw")]
+    assert copied and not (dest / "SHA256SUMS").exists()
+    consistent(dest)
+    report = run(tmp_path, dest)
+    consistent(dest)
+    assert not list(dest.glob(".*.tmp"))   # the killed run's temp file is cleaned up
+    assert set(sums.parse((dest / "SHA256SUMS").read_text())) == {
+        f"big-1.0.{n}-x86-64.raw" for n in range(3)}
+    assert not set(report.copied) & set(copied)   # adopted, not copied again
+    assert not run(tmp_path, dest).changed
