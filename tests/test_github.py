@@ -1,0 +1,199 @@
+"""The GitHub Releases publisher against a loopback server implementing the documented REST
+endpoints it uses (release by tag, create release, list/upload/delete assets)."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import threading
+import urllib.parse
+from pathlib import Path
+
+import git
+import pytest
+
+from sysext_bakery import publish, release
+from sysext_bakery.errors import BakeryError
+from test_publish import fake_image, run
+
+TOKEN = "ghp_secret_token_value_123"
+
+
+class FakeGitHub:
+    def __init__(self) -> None:
+        self.releases: dict[int, dict] = {}
+        self.assets: dict[int, dict] = {}      # asset id -> asset (+ "release_id", "data")
+        self.log: list[tuple[str, str]] = []
+        self.failures: list[tuple[int, dict]] = []   # (status, headers) served before real answers
+        self.next_id = 1
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+
+def make_handler(gh: FakeGitHub, base: list[str]):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def reply(self, status: int, body=None, headers: dict | None = None) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def handle_any(self, method: str) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            query = dict(urllib.parse.parse_qsl(url.query))
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            gh.log.append((method, url.path))
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return self.reply(401, {"message": "Bad credentials"})
+            if gh.failures:
+                status, headers = gh.failures.pop(0)
+                return self.reply(status, {"message": "try again"}, headers)
+            parts = url.path.strip("/").split("/")
+            if parts[:1] == ["uploads"]:   # POST /uploads/repos/o/r/releases/{id}/assets?name=
+                rid = int(parts[5])
+                asset = {"id": gh.new_id(), "name": query["name"], "size": len(body),
+                         "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
+                         "release_id": rid, "data": body}
+                gh.assets[asset["id"]] = asset
+                return self.reply(201, {k: v for k, v in asset.items() if k != "data"})
+            if parts[:1] != ["repos"] or parts[3:4] != ["releases"]:
+                return self.reply(404, {"message": "Not Found"})
+            rest = parts[4:]
+            if method == "GET" and rest[:1] == ["tags"]:
+                found = [r for r in gh.releases.values() if r["tag_name"] == rest[1]]
+                return self.reply(200, found[0]) if found else self.reply(404, {"message": "Not Found"})
+            if method == "POST" and not rest:
+                data = json.loads(body)
+                if any(r["tag_name"] == data["tag_name"] for r in gh.releases.values()):
+                    return self.reply(422, {"message": "Validation Failed"})
+                rid = gh.new_id()
+                gh.releases[rid] = {
+                    "id": rid, "tag_name": data["tag_name"], "name": data.get("name"),
+                    "target_commitish": data.get("target_commitish", "main"),
+                    "upload_url": f"{base[0]}/uploads/repos/{parts[1]}/{parts[2]}/releases/"
+                                  f"{rid}/assets{{?name,label}}"}
+                return self.reply(201, gh.releases[rid])
+            if method == "GET" and len(rest) == 2 and rest[1] == "assets":
+                mine = [{k: v for k, v in a.items() if k != "data"} for a in gh.assets.values()
+                        if a["release_id"] == int(rest[0])]
+                per_page, page = int(query.get("per_page", 30)), int(query.get("page", 1))
+                return self.reply(200, mine[(page - 1) * per_page: page * per_page])
+            if method == "DELETE" and rest[:1] == ["assets"]:
+                gh.assets.pop(int(rest[1]), None)
+                return self.reply(204)
+            return self.reply(404, {"message": "Not Found"})
+
+        def do_GET(self):
+            self.handle_any("GET")
+
+        def do_POST(self):
+            self.handle_any("POST")
+
+        def do_DELETE(self):
+            self.handle_any("DELETE")
+
+    return Handler
+
+
+@pytest.fixture
+def github():
+    gh, base = FakeGitHub(), [""]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_handler(gh, base))
+    base[0] = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield gh, base[0]
+    server.shutdown()
+    server.server_close()
+
+
+def assets_of(gh: FakeGitHub, tag: str) -> dict[str, bytes]:
+    rid = next(r["id"] for r in gh.releases.values() if r["tag_name"] == tag)
+    return {a["name"]: a["data"] for a in gh.assets.values() if a["release_id"] == rid}
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    repo = git.Repo.init(tmp_path / "project")
+    (tmp_path / "project/README").write_text("x\n")
+    repo.index.add(["README"])
+    repo.index.commit("init", author=git.Actor("t", "t@example.invalid"),
+                      committer=git.Actor("t", "t@example.invalid"))
+    return tmp_path / "project"
+
+
+def test_publishes_releases_and_skips_equal_assets(tmp_path, github, project, capsys):
+    gh, api = github
+    env = {"GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": api}
+    fake_image(tmp_path, "docker", "24.0.9", b"amd", stream="24")
+    fake_image(tmp_path, "docker", "24.0.9", b"arm", stream="24", arch="arm64")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    config = release.ReleaseConfig(base_url="https://x.invalid/")
+    uploaded = publish.publish_github(dest, "owner/bakery", config, project, env)
+    assert "docker-24.0.9/docker-24.0.9-x86-64.raw" in uploaded
+
+    per_version = assets_of(gh, "docker-24.0.9")
+    assert set(per_version) == {"docker-24.0.9-x86-64.raw", "docker-24.0.9-arm64.raw", "SHA256SUMS",
+                                "docker.conf", "docker.transfer", "docker-24.conf", "docker-24.transfer"}
+    assert per_version["docker-24.0.9-x86-64.raw"] == b"amd"
+    assert per_version["SHA256SUMS"] == (dest / "SHA256SUMS").read_bytes()
+    meta = assets_of(gh, "metadata")
+    assert {"SHA256SUMS", "noop.conf", "docker.conf", "index.json"} <= set(meta)
+    assert not any(n.endswith(".raw") for n in meta)
+    tag = git.Repo(project).tags["docker-24.0.9"]
+    assert tag.tag is not None and tag.tag.message == "sysext docker 24.0.9"   # annotated
+
+    gh.log.clear()
+    assert publish.publish_github(dest, "owner/bakery", config, project, env) == []
+    assert not [p for m, p in gh.log if m in ("POST", "DELETE")]
+
+    # a new version: its own release; the metadata SHA256SUMS is replaced
+    fake_image(tmp_path, "docker", "24.0.10", b"newer", stream="24")
+    run(tmp_path, dest)
+    uploaded = publish.publish_github(dest, "owner/bakery", config, project, env)
+    assert "metadata/SHA256SUMS" in uploaded and "docker-24.0.10/docker-24.0.10-x86-64.raw" in uploaded
+    assert assets_of(gh, "metadata")["SHA256SUMS"] == (dest / "SHA256SUMS").read_bytes()
+    assert TOKEN not in capsys.readouterr().out
+
+
+def test_retries_rate_limits_and_server_errors(tmp_path, github, project):
+    gh, api = github
+    fake_image(tmp_path, "docker", "24.0.9", b"amd")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    gh.failures = [(502, {}), (429, {"Retry-After": "0"}),
+                   (403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "0"}), (503, {})]
+    client = publish.GitHub("owner/bakery", TOKEN, api, backoff=0.01)
+    rel = client.release("docker-24.0.9", None, "body")
+    assert not gh.failures and rel["tag_name"] == "docker-24.0.9"
+    assert client.sync(rel, {"a.raw": b"x"}) == ["a.raw"]
+
+
+def test_errors_name_the_request_but_never_the_token(tmp_path, github, project):
+    gh, api = github
+    fake_image(tmp_path, "docker", "24.0.9", b"amd")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    config = release.ReleaseConfig(base_url="https://x.invalid/")
+    with pytest.raises(BakeryError) as err:
+        publish.publish_github(dest, "owner/bakery", config, project,
+                               {"GITHUB_TOKEN": "wrong-token", "GITHUB_API_URL": api})
+    assert "401" in str(err.value) and "wrong-token" not in str(err.value)
+    gh.failures = [(500, {})] * 10
+    client = publish.GitHub("owner/bakery", TOKEN, api, attempts=3, backoff=0.01)
+    with pytest.raises(BakeryError, match="HTTP 500") as err:
+        client.release("x-1", None, "")
+    assert TOKEN not in str(err.value)
+    with pytest.raises(BakeryError, match="GITHUB_TOKEN"):
+        publish.publish_github(dest, "owner/bakery", config, project, {})
