@@ -39,6 +39,7 @@ MANIFEST = ".torcx/manifest.json"
 ARCHIVE_SUFFIXES = {".torcx.tgz": "tar.gz", ".torcx.squashfs": "squashfs"}
 UNIT_DIR = "usr/lib/systemd/system"
 BUILTIN_SYSEXTS = {"usr/bin/dockerd": "docker-flatcar", "usr/bin/containerd": "containerd-flatcar"}
+RECIPE_MARK = "# Converted by `bakery torcx-convert`"
 FLATCAR_SYSEXT_DOCS = "https://www.flatcar.org/docs/latest/provisioning/sysext/"
 
 # Top-level directories of a torcx image and where they live in a sysext. `sbin` joins
@@ -566,11 +567,8 @@ def convert(source: TorcxImage, work: Path, *, name: str | None = None,
 
 
 def archive_kind(path: Path) -> str:
-    """"tar.gz" or "squashfs": from the torcx file name, else (a download cache entry,
-    named by its hash) from the file's first bytes."""
-    for suffix, kind in ARCHIVE_SUFFIXES.items():
-        if path.name.endswith(suffix):
-            return kind
+    """"tar.gz" or "squashfs", told by the file's first bytes: the name may be a download
+    cache entry, and a wrong suffix must not send garbage to the tar reader."""
     try:
         with path.open("rb") as f:
             magic = f.read(4)
@@ -618,12 +616,11 @@ def butane(built: Sequence[Built], base_url: str) -> str:
     Flatcar's own docker/containerd sysexts out of the way when an image replaces them, and
     points torcx back at the vendor profile."""
     base = base_url if base_url.endswith("/") else base_url + "/"
-    files: list[dict] = [{
-        "path": "/etc/torcx/next-profile", "overwrite": True, "mode": 0o644,
-        "contents": {"inline": "vendor\n"}}]
+    files: list[dict] = [{"path": "/etc/torcx/next-profile", "overwrite": True,
+                          "contents": {"inline": "vendor"}}]
     links: list[dict] = []
     for b in built:
-        files.append({"path": f"/opt/extensions/{b.name}/{b.path.name}", "mode": 0o644,
+        files.append({"path": f"/opt/extensions/{b.name}/{b.path.name}",
                       "contents": {"source": base + b.path.name,
                                    "verification": {"hash": f"sha256-{b.sha256}"}}})
         links.append({"path": f"/etc/extensions/{b.name}.raw", "hard": False,
@@ -660,8 +657,18 @@ def recipe_toml(converted: Converted, arch: str, source: TorcxImage, os_id: str)
         data["os"] = os_id
     if converted.upholds:
         data["units"] = {"upholds": {t: list(u) for t, u in converted.upholds}}
-    return ("# Converted by `bakery torcx-convert`; the image content is in "
-            f"{converted.name}/files/.\n" + tomli_w.dumps(data))
+    return (f"{RECIPE_MARK}; the image content is in {converted.name}/files/.\n"
+            + tomli_w.dumps(data))
+
+
+def check_recipe_free(recipes_dir: Path, name: str) -> Path:
+    """recipes/<name>.toml, unless a recipe not made by torcx-convert already has that name."""
+    recipe = recipes_dir / f"{name}.toml"
+    if recipe.exists() and not recipe.read_text().startswith(RECIPE_MARK):
+        raise BakeryError(f"{recipe}: a recipe of that name exists and was not made by "
+                          "torcx-convert; not replacing it",
+                          f"pass --name {name}-custom (or another free name)")
+    return recipe
 
 
 def emit_recipe(converted: Converted, arch: str, source: TorcxImage, os_id: str,
@@ -669,7 +676,7 @@ def emit_recipe(converted: Converted, arch: str, source: TorcxImage, os_id: str,
     """Writes recipes/<name>.toml and recipes/<name>/files/ (replacing both atomically) and
     pins the version in the lock, so `doit build:<name>` rebuilds the image."""
     recipes_dir.mkdir(parents=True, exist_ok=True)
-    recipe = recipes_dir / f"{converted.name}.toml"
+    recipe = check_recipe_free(recipes_dir, converted.name)
     files = recipes_dir / converted.name / "files"
     files.parent.mkdir(exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".files.", dir=files.parent))
@@ -724,6 +731,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     sources = _sources(args)
     compression = args.compression or ("zstd" if args.fmt == "squashfs" else "lz4hc")
+    if args.emit_recipe:
+        for source in sources:      # before anything is built
+            check_recipe_free(args.emit_recipe, args.name or source.name)
     args.out.mkdir(parents=True, exist_ok=True)
     built = []
     with tempfile.TemporaryDirectory(prefix=".torcx-", dir=args.out) as tmp:
