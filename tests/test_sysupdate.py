@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sysext_bakery import publish, release
+from sysext import make_root, requires_sysext, run_merged
 from sysupdate import Sysupdate, make_gpg_key, make_image, serve, sysupdate  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,3 +139,19 @@ def test_noop_conf_lets_a_plain_update_succeed(tmp_path, sysupdate):
     assert sysupdate.run(empty, root, "update").returncode != 0
     _, defs = host(tmp_path, "hello", dest / "noop.conf")
     update(sysupdate, defs, root)
+
+
+@requires_sysext
+def test_installed_image_merges_with_systemd_sysext(tmp_path, sysupdate):
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    with serve(dest) as url:
+        make_image(tmp_path, "hello", "1.2.3")
+        publish_dir(tmp_path, dest, url)
+        root, defs = host(tmp_path / "host", "hello", dest / "hello.conf")
+        update(sysupdate, defs, root)
+    installed_image = (root / "etc/extensions/hello.raw").resolve()
+    sysext_root = make_root(tmp_path / "sysext")
+    done = run_merged(sysext_root, {"hello": installed_image}, '"$ROOT/usr/bin/hello"')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "hello 1.2.3"
