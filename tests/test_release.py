@@ -1,0 +1,84 @@
+"""The pure release rules: config, names and patterns, merge and immutability, templates;
+and the `release` doit task run on a project directory."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sysext_bakery import publish, release
+from sysext_bakery.errors import BakeryError
+from test_publish import fake_image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_release_toml_of_the_repo_parses():
+    config = release.parse_config((REPO / "release/release.toml").read_text(), "release.toml")
+    assert config.base_url.endswith("/") and config.instances_max == 3
+
+
+@pytest.mark.parametrize("text, key", [
+    ('base_url = "ftp://x/"', "base_url"),
+    ('base_url = "https://x/"\ninstances_max = 1', "instances_max"),
+    ('base_url = "https://x/"\nbogus = 1', "bogus"),
+    ('base_url = "https://x/"\n[github]\nrepo = "no-slash"', "github.repo"),
+    ('base_url = ', "TOML"),
+])
+def test_bad_config_names_the_key(text, key):
+    with pytest.raises(BakeryError) as err:
+        release.parse_config(text, "release/release.toml")
+    assert "release/release.toml" in str(err.value) and key in str(err.value)
+
+
+def test_patterns_names_and_version_order():
+    assert release.stream_pattern("kubernetes", "v1.32") == "kubernetes-v1.32.@v-%a.raw"
+    assert release.stream_pattern("docker", None) == "docker-@v-%a.raw"
+    assert release.parse_image_filename("docker-24.0.9-x86-64.raw") == ("docker", "24.0.9", "x86-64")
+    assert release.parse_image_filename("docker-compose-2.1.0-arm64.raw") == (
+        "docker-compose", "2.1.0", "arm64")
+    assert release.parse_image_filename("SHA256SUMS") is None
+    versions = ["1.10.0", "1.9.2", "v1.32.2+k3s1", "1.9.10"]
+    assert sorted(versions[:2] + versions[3:], key=release.version_key) == ["1.9.2", "1.9.10", "1.10.0"]
+
+
+def test_merge_keeps_present_entries_and_refuses_changed_bytes():
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    merged = release.merge_sums({"x.raw": a, "gone.raw": b}, {"y.raw": c}, ["x.raw", "y.raw"])
+    assert merged == {"x.raw": a, "y.raw": c}
+    with pytest.raises(BakeryError) as err:
+        release.merge_sums({"x.raw": a}, {"x.raw": b}, ["x.raw"])
+    assert a in str(err.value) and b in str(err.value)
+
+
+def test_a_bad_template_placeholder_is_named():
+    templates = publish.load_templates(REPO / "release/templates")
+    templates["transfer.conf"] += "Foo=${nope}\n"
+    image = release.PublishedImage("x", "1.0", "x86-64", "a" * 64, 1)
+    with pytest.raises(BakeryError, match=r"transfer.conf.*nope"):
+        release.render_release([image], release.ReleaseConfig("https://x/"), templates, False)
+
+
+def test_bad_provenance_is_named(tmp_path):
+    with pytest.raises(BakeryError, match="state/images/x.json"):
+        release.parse_provenance('{"name": "x"}', "build/state/images/x.json")
+
+
+def test_release_task_publishes_what_is_built(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "project"
+    shutil.copytree(REPO / "release", root / "release")
+    fake_image(root / "build", "docker", "24.0.9", b"img")
+    monkeypatch.delenv("BAKERY_SIGNING_KEY", raising=False)
+    monkeypatch.delenv("BAKERY_SIGNING_KEY_ID", raising=False)
+    task = next(publish.doit_tasks(root))
+    assert task["basename"] == "release" and task["uptodate"] == [False]
+    assert {p["name"] for p in task["params"]} == {"dest", "base_url", "github", "repo"}
+    action = task["actions"][0]
+    assert action(dest="out", base_url="https://mirror.example.invalid/x", github=False, repo="") is None
+    assert "published 1 image(s)" in capsys.readouterr().out
+    assert "Path=https://mirror.example.invalid/x/" in (root / "out/docker.conf").read_text()
+    assert action(dest="out", base_url="https://mirror.example.invalid/x", github=False, repo="") is None
+    assert "nothing to publish" in capsys.readouterr().out
+    failed = action(dest="out", base_url="", github=True, repo="")
+    assert "GitHub repository" in str(failed)
