@@ -1,0 +1,524 @@
+"""Building the /usr (and /opt) tree of one image from its verified downloads.
+
+Archives are read in one streaming pass and never unpacked as a whole: each member is
+checked (no absolute paths, no `..`, no device nodes, no links leaving the archive) and, when
+an install pattern matches it, written straight to its place in the tree. The tree is built
+in a temporary directory next to `dest`, validated, then renamed into place.
+"""
+from __future__ import annotations
+
+import bz2
+import fnmatch
+import gzip
+import io
+import lzma
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from .errors import BakeryError
+from .image import Image, Install, Source
+from .validate import iter_tree, validate_tree
+
+BUFSIZE = 1 << 20   # copy buffer: large enough that Python overhead disappears behind the I/O
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
+
+_SUFFIXES = (
+    (".tar.gz", "tar.gz"), (".tgz", "tar.gz"),
+    (".tar.xz", "tar.xz"), (".txz", "tar.xz"),
+    (".tar.zst", "tar.zst"), (".tzst", "tar.zst"),
+    (".tar.bz2", "tar.bz2"), (".tbz2", "tar.bz2"),
+    (".zip", "zip"), (".tar", "tar"),
+)
+
+# Decompression wraps the raw file so tarfile only ever sees a plain tar stream ("r|"):
+# one code path for every compression, and zstd needs no tarfile support.
+_DECOMPRESS = {
+    "tar": lambda raw: raw,
+    "tar.gz": lambda raw: gzip.GzipFile(fileobj=raw),
+    "tar.xz": lambda raw: lzma.LZMAFile(raw),
+    "tar.bz2": lambda raw: bz2.BZ2File(raw),
+    "tar.zst": lambda raw: zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True),
+}
+
+# What a truncated or corrupt download raises somewhere in the stdlib / zstandard stack.
+_READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError,
+                zstandard.ZstdError, OSError)
+
+
+def archive_kind(filename: str) -> str | None:
+    """The archive kind told by a file name's suffix; None for anything else (a plain file)."""
+    lower = filename.lower()
+    for suffix, kind in _SUFFIXES:
+        if lower.endswith(suffix):
+            return kind
+    return None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One archive entry, after its name was checked and normalised."""
+    name: str           # relative posix path without "." or ".." segments
+    type: str           # "file" | "dir" | "symlink" | "hardlink"
+    mode: int           # permission bits, setuid/setgid included
+    size: int = 0
+    linkname: str = ""  # symlink: the target as stored; hardlink: the normalised member name
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading archives safely
+
+
+def iter_members(archive: Path, kind: str, origin: str,
+                 name: str | None = None) -> Iterator[tuple[Member, BinaryIO | None]]:
+    """Each member of `archive` with, for files, a stream of its content.
+
+    A stream is only valid until the next member is requested (archives are read in one
+    pass). `name` is the archive's name for messages and the member name of a "file" (the
+    download cache names files by hash); it defaults to the file's own name.
+    Raises BakeryError naming `origin`, the archive and the member for unsafe members and
+    unreadable archives, also while a member's stream is read.
+    """
+    label = name or archive.name
+    where = f"{origin}: {label}"
+    try:
+        if kind == "file":
+            yield from _file_members(archive, label, where)
+        elif kind == "zip":
+            yield from _zip_members(archive, where)
+        elif kind in _DECOMPRESS:
+            yield from _tar_members(archive, kind, where)
+        else:
+            raise BakeryError(f"{where}: unknown archive kind {kind!r}",
+                              hint=f"use one of: {', '.join([*_DECOMPRESS, 'zip', 'file'])}")
+    except _READ_ERRORS as e:
+        raise _unreadable(where, kind, e) from e
+
+
+def _unreadable(where: str, kind: str, error: Exception) -> BakeryError:
+    return BakeryError(f"{where}: cannot be read as {kind}: {error}",
+                       hint="the download is corrupt or of another kind; check the source's URL "
+                            "and `type`, then delete it from the download cache and fetch again")
+
+
+class _Content(io.RawIOBase):
+    """A member's content stream that reports a corrupt archive as BakeryError."""
+
+    def __init__(self, raw: BinaryIO, where: str, kind: str):
+        super().__init__()
+        self._raw, self._where, self._kind = raw, where, kind
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._raw.read(size)
+        except _READ_ERRORS as e:
+            raise _unreadable(self._where, self._kind, e) from e
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _tar_members(archive: Path, kind: str, where: str) -> Iterator[tuple[Member, BinaryIO | None]]:
+    files_seen: set[str] = set()   # hardlinks may only point back to these
+    with open(archive, "rb") as raw, _DECOMPRESS[kind](raw) as plain, \
+            tarfile.open(fileobj=plain, mode="r|", bufsize=64 * 1024) as tar:
+        for info in tar:
+            member = _tar_member(info, where, files_seen)
+            if member is None:
+                continue
+            if member.type == "file":
+                files_seen.add(member.name)
+                yield member, _Content(tar.extractfile(info), f"{where}: {member.name}", kind)
+            else:
+                yield member, None
+
+
+def _tar_member(info: tarfile.TarInfo, where: str, files_seen: set[str]) -> Member | None:
+    name = member_name(info.name, where)
+    mode = info.mode & 0o7777
+    if info.isdir():
+        return Member(name, "dir", mode) if name else None
+    if not name:
+        raise BakeryError(f"{where}: member '{info.name}' has an empty name",
+                          hint="the archive is malformed; check the source URL")
+    if info.isreg():
+        return Member(name, "file", mode, info.size)
+    if info.issym():
+        check_symlink(name, info.linkname, where)
+        return Member(name, "symlink", mode, linkname=info.linkname)
+    if info.islnk():
+        return Member(name, "hardlink", mode, linkname=_hardlink_target(info, where, files_seen))
+    what = ("a character device" if info.ischr() else "a block device" if info.isblk()
+            else "a fifo" if info.isfifo() else f"of tar type {info.type!r}")
+    raise BakeryError(f"{where}: member '{info.name}' is {what}",
+                      hint="a sysext may only ship files, directories and links; "
+                           "this archive is not a tool release - check the source URL")
+
+
+def _hardlink_target(info: tarfile.TarInfo, where: str, files_seen: set[str]) -> str:
+    resolved = _resolve([], info.linkname)
+    if resolved is None:
+        raise BakeryError(f"{where}: hardlink '{info.name}' points outside the archive "
+                          f"('{info.linkname}')",
+                          hint="refusing a hostile or broken archive; check the source URL")
+    if resolved not in files_seen:
+        raise BakeryError(f"{where}: hardlink '{info.name}' points to '{info.linkname}', "
+                          "which is not an earlier regular file of the archive",
+                          hint="the archive is malformed; check the source URL")
+    return resolved
+
+
+def _zip_members(archive: Path, where: str) -> Iterator[tuple[Member, BinaryIO | None]]:
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            name = member_name(info.filename, where)
+            unix = info.external_attr >> 16     # st_mode when the zip was made on unix, else 0
+            ftype, mode = stat.S_IFMT(unix), (unix & 0o7777) or 0o644
+            if info.is_dir() or ftype == stat.S_IFDIR:
+                if name:
+                    yield Member(name, "dir", mode), None
+            elif ftype == stat.S_IFLNK:
+                target = zf.read(info).decode("utf-8", "surrogateescape")
+                check_symlink(name, target, where)
+                yield Member(name, "symlink", mode, linkname=target), None
+            elif ftype in (0, stat.S_IFREG):
+                with zf.open(info) as content:
+                    yield (Member(name, "file", mode, info.file_size),
+                           _Content(content, f"{where}: {name}", "zip"))
+            else:
+                raise BakeryError(f"{where}: member '{info.filename}' is not a file, directory "
+                                  f"or symlink (mode {unix:o})",
+                                  hint="a sysext may only ship files, directories and links")
+
+
+def _file_members(path: Path, label: str, where: str) -> Iterator[tuple[Member, BinaryIO | None]]:
+    name = member_name(label, where)
+    with open(path, "rb") as f:
+        # The cache does not keep upstream modes: a download is executable when it looks
+        # like a program (static binaries and scripts are why plain files are downloaded).
+        executable = f.read(4).startswith((b"\x7fELF", b"#!"))
+        f.seek(0)
+        size = os.fstat(f.fileno()).st_size
+        yield Member(name, "file", 0o755 if executable else 0o644, size), _Content(f, where, "file")
+
+
+def member_name(raw: str, where: str) -> str:
+    """`raw` as a normalised relative path ("" for the archive root); refuses absolute
+    paths and `..` segments."""
+    if raw.startswith("/"):
+        raise BakeryError(f"{where}: member '{raw}' has an absolute path",
+                          hint="refusing a hostile or broken archive; check the source URL")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise BakeryError(f"{where}: member '{raw}' has a '..' component",
+                          hint="refusing a hostile or broken archive; check the source URL")
+    return "/".join(parts)
+
+
+def check_symlink(name: str, target: str, where: str) -> None:
+    """Refuses a symlink at member `name` whose target is absolute or climbs above the root."""
+    if not target or _resolve(name.split("/")[:-1], target) is None:
+        raise BakeryError(f"{where}: symlink '{name}' points outside the archive ('{target}')",
+                          hint="refusing a hostile or broken archive; check the source URL")
+
+
+def _resolve(base: list[str], target: str) -> str | None:
+    """`target` taken relative to the directory `base`, lexically; None if it leaves the root."""
+    if target.startswith("/"):
+        return None
+    parts = list(base)
+    for part in target.split("/"):
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tree being built
+
+
+class Tree:
+    """A directory being filled, which remembers who placed each path so that two sources
+    never silently overwrite each other and nothing is ever written through a symlink."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._placed: dict[str, str] = {"": "the tree root"}   # relative path -> who placed it
+        self._dirs: set[str] = {""}
+
+    def add_dir(self, rel: str, who: str) -> None:
+        if rel in self._dirs:
+            return
+        self._claim_check(rel, who)
+        self.add_dir(rel.rpartition("/")[0], who)
+        path = self.root / rel
+        os.mkdir(path)
+        os.chmod(path, 0o755)
+        self._dirs.add(rel)
+        self._placed[rel] = who
+
+    def add_file(self, rel: str, content: BinaryIO, mode: int, who: str) -> None:
+        path = self._claim(rel, who)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as out:
+            shutil.copyfileobj(content, out, BUFSIZE)
+            os.fchmod(fd, mode)
+
+    def add_text(self, rel: str, text: str, who: str) -> None:
+        self.add_file(rel, io.BytesIO(text.encode()), 0o644, who)
+
+    def copy_file(self, rel: str, source_rel: str, mode: int, who: str) -> None:
+        """A second copy of a file already in the tree (what a hardlink member becomes)."""
+        with open(self.root / source_rel, "rb") as content:
+            self.add_file(rel, content, mode, who)
+
+    def add_symlink(self, rel: str, target: str, who: str) -> None:
+        os.symlink(target, self._claim(rel, who))
+
+    def _claim(self, rel: str, who: str) -> Path:
+        self._claim_check(rel, who)
+        self.add_dir(rel.rpartition("/")[0], who)
+        self._placed[rel] = who
+        return self.root / rel
+
+    def _claim_check(self, rel: str, who: str) -> None:
+        if any(part in ("", ".", "..") for part in rel.split("/")):
+            raise BakeryError(f"{who}: '{rel}' is not a clean relative path in the image",
+                              hint="install targets are plain paths under /usr or /opt")
+        if rel in self._placed:
+            raise BakeryError(f"{rel}: {who} clashes with {self._placed[rel]}",
+                              hint="each path of the image comes from exactly one place: narrow "
+                                   "the install patterns or remove the file from files/")
+
+
+# ---------------------------------------------------------------------------------------------
+# Install map
+
+
+@dataclass(frozen=True)
+class _Rule:
+    install: Install
+    segments: tuple[str, ...]   # the pattern, split on "/"
+    keep_from: int              # members keep their path from this segment on
+    dest: str                   # relative to the tree, no trailing "/"
+    into_dir: bool              # dest ended with "/"
+
+
+def _rule(install: Install, origin: str) -> _Rule:
+    segments = tuple(p for p in install.pattern.split("/") if p not in ("", "."))
+    dest = install.dest.strip("/")
+    if not segments or ".." in segments or not dest:
+        raise BakeryError(f"{origin}: install: '{install.pattern}' = '{install.dest}' is not a "
+                          "pattern inside the archive and a path under /usr or /opt",
+                          hint='write e.g. "docker/*" = "/usr/bin/"')
+    literal = 0
+    while literal < len(segments) - 1 and not any(c in segments[literal] for c in "*?["):
+        literal += 1
+    return _Rule(install, segments, literal, dest, install.dest.endswith("/"))
+
+
+def _matches(segments: Sequence[str], parts: Sequence[str]) -> bool:
+    """fnmatch per path segment, so "*" never crosses "/"; a "**" segment spans any depth."""
+    if not segments:
+        return not parts
+    if segments[0] == "**":
+        return any(_matches(segments[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], segments[0]) and \
+        _matches(segments[1:], parts[1:])
+
+
+def _target(rule: _Rule, parts: list[str]) -> str:
+    if not rule.into_dir:
+        return rule.dest
+    return "/".join([rule.dest, *parts[rule.keep_from:]])
+
+
+def file_mode(member_mode: int, install_mode: int | None) -> int:
+    """The mode an installed file gets: the recipe's, else 0755 for executables and 0644
+    for the rest; setuid/setgid carried over from the member (refused by the caller unless
+    the source allows it)."""
+    base = install_mode if install_mode is not None else (0o755 if member_mode & 0o111 else 0o644)
+    return base | (member_mode & SPECIAL_BITS)
+
+
+def install_source(tree: Tree, source: Source, download: Path) -> None:
+    """Places the members of one download that its install map selects."""
+    rules = [_rule(i, source.origin) for i in source.install]
+    matched: list[list[str]] = [[] for _ in rules]
+    installed: dict[str, str] = {}                           # member name -> first tree path
+    pending: dict[str, list[tuple[str, int, str]]] = {}      # hardlink target -> (rel, mode, who)
+    first_names: list[str] = []
+    for member, content in iter_members(download, source.kind, source.origin, source.filename):
+        if len(first_names) < 8:
+            first_names.append(member.name)
+        parts = member.name.split("/")
+        for rule, hits in zip(rules, matched):
+            if not _matches(rule.segments, parts):
+                continue
+            if hits and not rule.into_dir and member.type != "dir":
+                raise BakeryError(
+                    f"{source.origin}: install: pattern '{rule.install.pattern}' matches several "
+                    f"members ('{hits[-1]}', '{member.name}') but '{rule.install.dest}' is one file",
+                    hint="end the destination with '/' to install them into that directory")
+            hits.append(member.name)
+            rel = _target(rule, parts)
+            who = f"{source.origin}: {source.filename}: '{member.name}'"
+            if member.type == "dir":
+                tree.add_dir(rel, who)
+            elif member.type == "symlink":
+                tree.add_symlink(rel, member.linkname, who)
+            else:
+                mode = _checked_mode(member, rule.install, source)
+                # A member selected twice, or a hardlink to one already placed: copy that file.
+                origin_name = member.name if member.type == "file" else member.linkname
+                if origin_name in installed:
+                    tree.copy_file(rel, installed[origin_name], mode, who)
+                elif member.type == "file":
+                    tree.add_file(rel, content, mode, who)
+                    installed[member.name] = rel
+                else:
+                    pending.setdefault(member.linkname, []).append((rel, mode, who))
+    for rule, hits in zip(rules, matched):
+        if not hits:
+            raise BakeryError(
+                f"{source.origin}: install: pattern '{rule.install.pattern}' matched nothing in "
+                f"{source.filename}",
+                hint="patterns match archive paths segment by segment ('*' stays within one "
+                     "directory, '**' spans any depth); the archive starts with: "
+                     + ", ".join(first_names))
+    if pending:
+        _install_hardlink_targets(tree, source, download, pending)
+
+
+def _install_hardlink_targets(tree: Tree, source: Source, download: Path,
+                              pending: dict[str, list[tuple[str, int, str]]]) -> None:
+    """Hardlinks whose target no pattern selected: a second pass reads those targets."""
+    for member, content in iter_members(download, source.kind, source.origin, source.filename):
+        for i, (rel, mode, who) in enumerate(pending.get(member.name, ())):
+            if i == 0:
+                tree.add_file(rel, content, mode, who)
+                first = rel
+            else:
+                tree.copy_file(rel, first, mode, who)
+
+
+def _checked_mode(member: Member, install: Install, source: Source) -> int:
+    mode = file_mode(member.mode, install.mode)
+    if mode & SPECIAL_BITS and not source.allow_setuid:
+        raise BakeryError(
+            f"{source.origin}: {source.filename}: member '{member.name}' is setuid/setgid "
+            f"(mode {mode:04o})",
+            hint="set allow-setuid = true on this source if the tool really needs it")
+    return mode
+
+
+# ---------------------------------------------------------------------------------------------
+# Static files, drop-ins, extension-release
+
+
+def copy_files(tree: Tree, files_dir: Path) -> None:
+    """Copies a recipe's files/ directory (usr/ and opt/ only) into the tree: modes
+    normalised to 0755/0644, symlinks kept as they are."""
+    if not files_dir.is_dir():
+        raise BakeryError(f"{files_dir}: the recipe's files directory does not exist",
+                          hint="create it or drop the files setting")
+    for rel, entry in iter_tree(files_dir):
+        who = str(files_dir / rel)
+        if "/" not in rel and (rel not in ("usr", "opt") or not entry.is_dir(follow_symlinks=False)):
+            raise BakeryError(f"{who}: a recipe's files/ may only hold the directories usr/ and opt/",
+                              hint="a sysext overlays /usr and /opt only; move it under usr/")
+        if entry.is_symlink():
+            tree.add_symlink(rel, os.readlink(entry.path), who)
+        elif entry.is_dir(follow_symlinks=False):
+            tree.add_dir(rel, who)
+        elif entry.is_file(follow_symlinks=False):
+            with open(entry.path, "rb") as content:
+                tree.add_file(rel, content, file_mode(entry.stat(follow_symlinks=False).st_mode & 0o777,
+                                                      None), who)
+        else:
+            raise BakeryError(f"{who}: not a file, directory or symlink",
+                              hint="remove it from the recipe's files/")
+
+
+def write_dropins(tree: Tree, name: str, upholds: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """One `Upholds=` drop-in per (target, unit): units start with the host's targets without
+    any symlink in /etc."""
+    for target, units in upholds:
+        for unit in units:
+            tree.add_text(f"usr/lib/systemd/system/{target}.d/10-{name}-{unit}.conf",
+                          f"[Unit]\nUpholds={unit}\n", f"the [units] drop-in {target} -> {unit}")
+
+
+def extension_release(image: Image) -> str:
+    """The text of the image's extension-release file."""
+    lines = [f"ID={image.os_id}"]
+    if image.sysext_level is not None:
+        lines.append(f"SYSEXT_LEVEL={image.sysext_level}")
+    lines += [f"ARCHITECTURE={image.arch}", f"SYSEXT_VERSION_ID={image.version}"]
+    if image.reload_manager:
+        lines.append("EXTENSION_RELOAD_MANAGER=1")
+    return "\n".join(lines) + "\n"
+
+
+def write_extension_release(tree: Tree, image: Image) -> None:
+    tree.add_text(f"usr/lib/extension-release.d/extension-release.{image.name}",
+                  extension_release(image), "the extension-release file")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole stage step
+
+
+def stage_image(image: Image, downloads: Sequence[Path], dest: Path) -> None:
+    """Builds the validated tree of `image` at `dest` from the verified `downloads`
+    (downloads[i] belongs to image.sources[i]); `dest` is replaced only on success."""
+    if len(downloads) != len(image.sources):
+        raise ValueError(f"{image.id}: {len(image.sources)} sources but {len(downloads)} downloads")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        os.chmod(work, 0o755)
+        tree = Tree(work)
+        for source, download in zip(image.sources, downloads):
+            install_source(tree, source, download)
+        if image.files_dir is not None:
+            copy_files(tree, image.files_dir)
+        write_dropins(tree, image.name, image.upholds)
+        write_extension_release(tree, image)
+        validate_tree(work, image.name, image.arch)
+        _replace_dir(work, dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    if not os.path.lexists(dest):
+        os.rename(new, dest)
+        return
+    old = new.with_name(new.name + ".old")
+    os.rename(dest, old)
+    os.rename(new, dest)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()

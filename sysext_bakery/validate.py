@@ -1,0 +1,184 @@
+"""Checks that a staged tree is a sysext a host can merge safely.
+
+Every rule runs and every problem is reported at once, each naming its path relative to the
+tree, so one build shows the whole list of what to fix.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from .arch import ARCHES
+from .errors import BakeryError
+
+UNIT_DIR = "usr/lib/systemd/system"
+RELEASE_DIR = "usr/lib/extension-release.d"
+DEPENDENCY_KEYS = ("Upholds", "Wants", "Requires")
+
+# e_machine names for messages: the arches we build plus the usual wrong guesses.
+_MACHINE_NAMES = {a.elf_machine: a.name for a in ARCHES.values()} | {
+    3: "x86 (i386)", 40: "arm (32-bit)", 8: "mips", 21: "ppc64", 22: "s390x", 243: "riscv64"}
+
+
+def iter_tree(root: Path) -> Iterator[tuple[str, os.DirEntry]]:
+    """Every entry below `root` as (posix path relative to root, entry), sorted, parents
+    before children, never following symlinks."""
+    yield from _walk(root, "")
+
+
+def _walk(root: Path, rel: str) -> Iterator[tuple[str, os.DirEntry]]:
+    with os.scandir(root / rel if rel else root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        path = f"{rel}/{entry.name}" if rel else entry.name
+        yield path, entry
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(root, path)
+
+
+def elf_header(path: Path | str) -> tuple[int, int] | None:
+    """(ELF class, e_machine) of an ELF file, reading only its first 20 bytes; None otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or not head.startswith(b"\x7fELF"):
+        return None
+    order = ">" if head[5] == 2 else "<"    # EI_DATA: 1 little-endian, 2 big-endian
+    return head[4], struct.unpack_from(order + "H", head, 18)[0]
+
+
+def elf_machine(path: Path | str) -> int | None:
+    """e_machine of an ELF file; None when it is not one."""
+    header = elf_header(path)
+    return header[1] if header else None
+
+
+def validate_tree(tree: Path, name: str, arch: str) -> None:
+    """Raises one BakeryError listing every problem of the staged tree of image `name`."""
+    problems = _check_top(tree) + _check_host_paths(tree) + _check_elf(tree, arch) \
+        + _check_release(tree, name, arch) + _check_dropins(tree)
+    if problems:
+        raise BakeryError(
+            f"{name} ({arch}): the staged tree is not a valid sysext:\n"
+            + "\n".join(f"  {p}" for p in problems),
+            hint="fix the recipe's install map, files/ or [units] so the image holds only usr/ "
+                 f"and opt/, nothing in usr/sbin, binaries for {arch}, and every unit its "
+                 "drop-ins name")
+
+
+def _check_top(tree: Path) -> list[str]:
+    problems = []
+    for entry in sorted(os.scandir(tree), key=lambda e: e.name):
+        if entry.name == "etc":
+            problems.append("etc: a sysext cannot ship /etc (host configuration); "
+                            "put defaults under usr/")
+        elif entry.name not in ("usr", "opt"):
+            problems.append(f"{entry.name}: only usr/ and opt/ may be at the top of a sysext")
+        elif not entry.is_dir(follow_symlinks=False):
+            problems.append(f"{entry.name}: must be a directory")
+    return problems
+
+
+def _check_host_paths(tree: Path) -> list[str]:
+    problems = []
+    if os.path.lexists(tree / "usr/lib/os-release"):
+        problems.append("usr/lib/os-release: a sysext must not replace the host's os-release")
+    sbin = tree / "usr/sbin"
+    if os.path.lexists(sbin):
+        inside = [f"usr/sbin/{rel}" for rel, _ in iter_tree(sbin)] if sbin.is_dir() and \
+            not sbin.is_symlink() else []
+        problems.append("usr/sbin: must not exist (on Flatcar it is a symlink to bin and the "
+                        "image would replace it); install into usr/bin instead"
+                        + (f"; found {', '.join(inside)}" if inside else ""))
+    return problems
+
+
+def _check_elf(tree: Path, arch: str) -> list[str]:
+    if arch not in ARCHES:
+        return [f"image arch {arch!r} is unknown (known: {', '.join(ARCHES)})"]
+    want = ARCHES[arch]
+    problems = []
+    for rel, entry in iter_tree(tree):
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        header = elf_header(entry.path)
+        if header is None:
+            continue
+        elf_class, machine = header
+        if machine != want.elf_machine:
+            problems.append(f"{rel}: ELF machine {_MACHINE_NAMES.get(machine, f'e_machine {machine}')}"
+                            f", image arch {arch}")
+        elif elf_class != want.elf_class:
+            problems.append(f"{rel}: {32 if elf_class == 1 else 64}-bit ELF, image arch {arch} is "
+                            f"{32 if want.elf_class == 1 else 64}-bit")
+    return problems
+
+
+def _check_release(tree: Path, name: str, arch: str) -> list[str]:
+    rel = f"{RELEASE_DIR}/extension-release.{name}"
+    problems = []
+    release_dir = tree / RELEASE_DIR
+    if release_dir.is_dir() and not release_dir.is_symlink():
+        for entry in sorted(os.scandir(release_dir), key=lambda e: e.name):
+            if entry.name != f"extension-release.{name}":
+                problems.append(f"{RELEASE_DIR}/{entry.name}: named for another image "
+                                f"(systemd-sysext reads only extension-release.{name})")
+    path = tree / rel
+    if not path.is_file() or path.is_symlink():
+        return problems + [f"{rel}: missing or not a regular file (systemd-sysext refuses the image "
+                           "without it)"]
+    fields = _env_fields(path.read_text(errors="replace"))
+    if "ID" not in fields:
+        problems.append(f"{rel}: no ID= (use ID=_any for any OS)")
+    if fields.get("ARCHITECTURE") != arch:
+        problems.append(f"{rel}: ARCHITECTURE={fields.get('ARCHITECTURE', '')}, image arch {arch}")
+    return problems
+
+
+def _env_fields(text: str) -> dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and not key.startswith("#"):
+            fields[key.strip()] = value.strip().strip("\"'")
+    return fields
+
+
+def _check_dropins(tree: Path) -> list[str]:
+    unit_dir = tree / UNIT_DIR
+    if not unit_dir.is_dir() or unit_dir.is_symlink():
+        return []
+    problems = []
+    for rel, entry in iter_tree(unit_dir):
+        parent, _, filename = rel.rpartition("/")
+        if not (parent.endswith(".d") and "/" not in parent and filename.endswith(".conf")
+                and entry.is_file(follow_symlinks=False)):
+            continue
+        text = Path(entry.path).read_text(errors="replace")
+        for key, unit in _dependencies(text):
+            if not _unit_exists(unit_dir, unit):
+                problems.append(f"{UNIT_DIR}/{rel}: {key}={unit}, but {UNIT_DIR}/{unit} is not "
+                                "in the image")
+    return problems
+
+
+def _dependencies(text: str) -> Iterator[tuple[str, str]]:
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.strip() in DEPENDENCY_KEYS:
+            for unit in value.split():
+                yield key.strip(), unit
+
+
+def _unit_exists(unit_dir: Path, unit: str) -> bool:
+    # Targets are the host's synchronisation points (network-online.target, …): a drop-in
+    # may pull them in without shipping them.
+    if "/" in unit:
+        return False
+    if unit.endswith(".target"):
+        return True
+    if os.path.lexists(unit_dir / unit):
+        return True
+    prefix, at, rest = unit.partition("@")    # foo@bar.service is an instance of foo@.service
+    return bool(at) and os.path.lexists(unit_dir / f"{prefix}@.{rest.rpartition('.')[2]}")
