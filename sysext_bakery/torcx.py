@@ -586,21 +586,26 @@ def archive_kind(path: Path) -> str:
 # Building through the bakery's pipeline
 
 
-def build(converted: Converted, arch: str, out_dir: Path, work: Path, *, os_id: str = "_any",
-          fmt: str = "squashfs", compression: str = "zstd") -> Built:
-    """Stages, validates and packs a converted image exactly like a recipe's image, then
-    records it in out_dir/SHA256SUMS."""
-    from .pack import pack
-
+def stage_converted(converted: Converted, arch: str, work: Path, *, os_id: str = "_any",
+                    fmt: str = "squashfs", compression: str = "zstd") -> tuple[Image, Path]:
+    """Stages and validates a converted image exactly like a recipe's image; returns the
+    Image and its tree (work/tree)."""
     image = Image(name=converted.name, version=converted.version, arch=arch, sources=(),
                   files_dir=converted.files_dir, upholds=converted.upholds,
                   reload_manager=converted.ships_units, os_id=os_id,
                   sysext_level=OS_PROFILES[os_id], fmt=fmt, compression=compression)
     tree = work / "tree"
     stage.stage_image(image, [], tree)
+    return image, tree
+
+
+def pack_staged(image: Image, tree: Path, out_dir: Path) -> Built:
+    """Packs a staged tree into out_dir/<img>.raw and records it in out_dir/SHA256SUMS."""
+    from .pack import pack
+
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / image.filename
-    digest = pack(tree, out, fmt, compression)
+    digest = pack(tree, out, image.fmt, image.compression)
     sums.update(out_dir, {out.name: digest})
     masks = tuple(sorted(builtin for path, builtin in BUILTIN_SYSEXTS.items()
                          if os.path.lexists(tree / path)))
@@ -717,8 +722,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", help="default: zstd (squashfs), lz4hc (erofs)")
     parser.add_argument("--out", type=Path, default=Path("build/images"),
                         help="where images and SHA256SUMS go (default: build/images)")
-    parser.add_argument("--base-url", default="https://example.com/extensions/",
-                        help="URL the images will be served from, for the Butane config")
+    parser.add_argument("--base-url", required=True,
+                        help="URL the images will be served from (the Butane config downloads "
+                             "them from there)")
     parser.add_argument("--butane", type=Path,
                         help="where to write the Butane config (default: OUT/<name>.bu)")
     parser.add_argument("--emit-recipe", type=Path, metavar="RECIPES_DIR",
@@ -735,17 +741,22 @@ def run(args: argparse.Namespace) -> None:
         for source in sources:      # before anything is built
             check_recipe_free(args.emit_recipe, args.name or source.name)
     args.out.mkdir(parents=True, exist_ok=True)
-    built = []
     with tempfile.TemporaryDirectory(prefix=".torcx-", dir=args.out) as tmp:
+        # Every image is converted and validated before the first one is packed, so bad
+        # input anywhere in a profile leaves --out as it was.
+        staged = []
         for i, source in enumerate(sources):
             work = Path(tmp) / str(i)
             converted = convert(source, work, name=args.name, version=args.image_version)
             for warning in converted.warnings:
                 print(f"warning: {converted.name}: {warning}", file=sys.stderr)
-            result = build(converted, args.arch, args.out, work, os_id=args.os_id,
-                           fmt=args.fmt, compression=compression)
-            built.append(result)
-            print(f"{result.path}  sha256 {result.sha256}")
+            staged.append((source, converted, *stage_converted(
+                converted, args.arch, work, os_id=args.os_id, fmt=args.fmt,
+                compression=compression)))
+        built = []
+        for source, converted, image, tree in staged:
+            built.append(pack_staged(image, tree, args.out))
+            print(f"{built[-1].path}  sha256 {built[-1].sha256}")
             if args.emit_recipe:
                 recipe = emit_recipe(converted, args.arch, source, args.os_id,
                                      args.emit_recipe, args.lock)

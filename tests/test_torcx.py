@@ -183,6 +183,8 @@ def profile(path: Path, *images: tuple[str, str]) -> Path:
 def convert(*argv: str | Path) -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
+    if "--base-url" not in argv:
+        argv = (*argv, "--base-url", "https://nodes.example/sysext/")
     run(parser.parse_args([str(a) for a in argv]))
 
 
@@ -431,6 +433,16 @@ def test_duplicate_images_in_profile(tmp_path: Path) -> None:
     with pytest.raises(BakeryError, match=r"p.json: value.images\[1\]: image 'docker' is already "
                                           r"listed as value.images\[0\]"):
         load_profile(prof)
+
+
+def test_bad_second_image_leaves_out_untouched(tmp_path: Path, docker_tgz: Path) -> None:
+    store = docker_tgz.parent
+    write_tgz(store / "tools:1.torcx.tgz", [("bin/tool", ("x", b"#!/bin/sh\n"))])
+    prof = profile(tmp_path / "p.json", ("docker", "20.10.24"), ("tools", "1"))
+    out = tmp_path / "images"
+    with pytest.raises(BakeryError, match=r"tools:1.torcx.tgz: no .torcx/manifest.json"):
+        convert("--profile", prof, "--store", store, "--out", out)
+    assert list(out.iterdir()) == []
 
 
 def test_profile_image_missing_from_stores(tmp_path: Path) -> None:
