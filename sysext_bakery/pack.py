@@ -1,0 +1,93 @@
+"""Packing a staged tree into a squashfs or erofs image, reproducibly and atomically.
+
+Same tree -> bit-identical image: every owner is root, every timestamp (files and
+superblock) is 0, xattrs are left out and the erofs UUID is fixed. Both tools sort
+directory entries themselves, so creation order and mtimes of the tree do not matter.
+
+The block size stays at mksquashfs' default (128 KiB): measured on 50 MB of real binaries,
+-b 1M made zstd images no smaller (20.2 MB either way) and random 4 KiB reads through the
+mounted image slower, since every page fault decompresses a whole block.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import inspect
+from .errors import BakeryError
+
+COMPRESSIONS = {"squashfs": ("zstd", "gzip", "xz", "lz4"), "erofs": ("lz4", "lz4hc", "none")}
+EROFS_UUID = "5ab0e7e1-0000-4000-8000-000000000000"   # fixed so the superblock is reproducible
+
+
+def pack_command(tree: Path, out: Path, fmt: str, compression: str) -> list[str]:
+    """The packing command line for `fmt` and `compression` (both already checked)."""
+    if fmt == "squashfs":
+        return [inspect.require_tool("mksquashfs"), str(tree), str(out), "-noappend", "-all-root",
+                "-mkfs-time", "0", "-all-time", "0", "-root-mode", "755", "-no-xattrs",
+                "-comp", compression, "-quiet", "-no-progress"]
+    cmd = [inspect.require_tool("mkfs.erofs"), "--quiet", "--all-root", "-T0", "-x-1", f"-U{EROFS_UUID}"]
+    if compression != "none":
+        cmd.append(f"-z{compression}")
+    return cmd + [str(out), str(tree)]
+
+
+def check_format(fmt: str, compression: str) -> None:
+    if fmt not in COMPRESSIONS:
+        raise BakeryError(f"unknown image format {fmt!r}; allowed: {', '.join(COMPRESSIONS)}",
+                          'set format = "squashfs" (the default) or "erofs" in the recipe')
+    if compression not in COMPRESSIONS[fmt]:
+        allowed = ", ".join(COMPRESSIONS[fmt])
+        raise BakeryError(f"unknown {fmt} compression {compression!r}; allowed: {allowed}",
+                          f"pick one of {allowed} in the recipe")
+
+
+def pack(tree: Path, out: Path, fmt: str = "squashfs", compression: str = "zstd") -> str:
+    """Pack `tree` into `out`, check the image by reading it back and return its sha256.
+
+    The image is written under a temporary name next to `out` and only renamed into place
+    once it matched the tree, so `out` is either the previous file or the complete new one."""
+    check_format(fmt, compression)
+    if not tree.is_dir():
+        raise BakeryError(f"{tree}: no staged tree to pack", "run the stage step first")
+    if fmt == "erofs":
+        tree.chmod(0o755)  # mkfs.erofs 1.5 has no -root-mode: the root's own mode goes into the image
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _run(pack_command(tree, tmp, fmt, compression), out)
+        diffs = inspect.compare(inspect.read_image(tmp), inspect.tree_entries(tree))
+        if diffs:
+            shown = "\n  ".join(diffs[:50]) + (f"\n  … and {len(diffs) - 50} more" if len(diffs) > 50 else "")
+            raise BakeryError(f"{out}: the packed image differs from {tree}:\n  {shown}",
+                              "the tree changed while packing, or the packer dropped something; "
+                              "rebuild, and report it if it persists")
+        digest = _sha256_fsync(tmp)
+        tmp.chmod(0o644)  # mkstemp made it 0600; images are published
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest
+
+
+def _run(cmd: list[str], out: Path) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    if done.returncode != 0:
+        output = (done.stderr.strip() or done.stdout.strip())[-2000:]
+        raise BakeryError(f"{out}: {Path(cmd[0]).name} failed (exit {done.returncode}): {output}",
+                          "check free disk space and that the staged tree is readable")
+
+
+def _sha256_fsync(path: Path) -> str:
+    """Stream the file through sha256 and flush it to disk before it gets its final name."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+        os.fsync(f.fileno())
+    return digest.hexdigest()
