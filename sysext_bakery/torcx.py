@@ -36,7 +36,7 @@ IMAGE_KIND = "image-manifest-v0"
 PROFILE_KINDS = ("profile-manifest-v0", "profile-manifest-v1")
 PACKAGE_LIST_KIND = "torcx-package-list-v0"
 MANIFEST = ".torcx/manifest.json"
-ARCHIVE_SUFFIXES = {".torcx.tgz": "tar.gz", ".torcx.squashfs": "squashfs"}
+ARCHIVE_SUFFIXES = (".torcx.tgz", ".torcx.squashfs")
 UNIT_DIR = "usr/lib/systemd/system"
 BUILTIN_SYSEXTS = {"usr/bin/dockerd": "docker-flatcar", "usr/bin/containerd": "containerd-flatcar"}
 RECIPE_MARK = "# Converted by `bakery torcx-convert`"
@@ -106,13 +106,13 @@ class Built:
 # Names, versions, profiles
 
 
-def parse_archive_name(path: Path) -> tuple[str, str, str]:
-    """(name, reference, archive kind) from `<name>:<reference>.torcx.tgz|squashfs`."""
-    for suffix, kind in ARCHIVE_SUFFIXES.items():
+def parse_archive_name(path: Path) -> tuple[str, str]:
+    """(name, reference) from `<name>:<reference>.torcx.tgz|squashfs`."""
+    for suffix in ARCHIVE_SUFFIXES:
         if path.name.endswith(suffix):
             name, sep, reference = path.name[:-len(suffix)].partition(":")
             if sep and name and reference:
-                return name, reference, kind
+                return name, reference
     raise BakeryError(f"{path}: not a torcx image file name (expected <name>:<reference>"
                       f"{' or '.join(ARCHIVE_SUFFIXES)})", HINT_ARCHIVE)
 
@@ -330,9 +330,9 @@ def _relocated_link(name: str, target: str) -> str:
     return posixpath.relpath(moved, posixpath.dirname(relocate(name) or name))
 
 
-def unpack(archive: Path, kind: str, tree: stage.Tree) -> tuple[dict, set[str]]:
-    """Writes the relocated image into `tree`; returns the parsed manifest and the set of
-    the image's paths (members and their parent directories)."""
+def unpack(archive: Path, kind: str, tree: stage.Tree) -> dict[str, list[str]]:
+    """Writes the relocated image into `tree`; returns its manifest, checked against the
+    archive's paths."""
     manifest_bytes: bytes | None = None
     names: set[str] = set()
     homeless: list[str] = []
@@ -378,7 +378,7 @@ def unpack(archive: Path, kind: str, tree: stage.Tree) -> tuple[dict, set[str]]:
     if missing:
         raise BakeryError(f"{archive}: {MANIFEST} names files the image does not contain: "
                           + "; ".join(missing), "fix the manifest or rebuild the torcx image")
-    return manifest, names
+    return manifest
 
 
 def parse_manifest(data: bytes, origin: str) -> dict[str, list[str]]:
@@ -559,7 +559,7 @@ def convert(source: TorcxImage, work: Path, *, name: str | None = None,
     files = work / "files"
     files.mkdir(parents=True)
     tree = stage.Tree(files)
-    manifest, _ = unpack(source.archive, kind, tree)
+    manifest = unpack(source.archive, kind, tree)
     carry_manifest_files(manifest, tree)
     ships_units = rewrite_units(files, name)
     upholds = wants_to_upholds(files, name)
@@ -775,7 +775,7 @@ def _sources(args: argparse.Namespace) -> list[TorcxImage]:
     if args.archive is not None:
         if not args.archive.is_file():
             raise BakeryError(f"{args.archive}: no such file", HINT_ARCHIVE)
-        name, reference, _ = parse_archive_name(args.archive)
+        name, reference = parse_archive_name(args.archive)
         return [TorcxImage(name, reference, args.archive)]
     if args.name or args.image_version:
         raise BakeryError("torcx-convert: --name and --version apply to a single image",

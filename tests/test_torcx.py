@@ -355,6 +355,24 @@ def test_profile_images_from_a_package_list(tmp_path: Path, docker_tgz: Path) ->
                 "--out", tmp_path / "images")
 
 
+def test_profile_images_downloaded_from_a_package_list(tmp_path: Path, docker_tgz: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # the list's URL is served by a directory mirror (BAKERY_MIRROR), never the internet
+    mirror = tmp_path / "mirror"
+    (mirror / "torcx.example/pkgs").mkdir(parents=True)
+    docker_tgz.rename(mirror / "torcx.example/pkgs/docker:20.10.24.torcx.tgz")
+    monkeypatch.setenv("BAKERY_MIRROR", str(mirror))
+    monkeypatch.setenv("BAKERY_CACHE", str(tmp_path / "cache"))
+    sha512 = hashlib.sha512((mirror / "torcx.example/pkgs/docker:20.10.24.torcx.tgz").read_bytes()).hexdigest()
+    package_list = tmp_path / "torcx_manifest.json"
+    package_list.write_text(json.dumps({"kind": "torcx-package-list-v0", "value": {"packages": [
+        {"name": "docker", "versions": [{"version": "20.10.24", "hash": f"sha512-{sha512}",
+                                         "locations": [{"url": "https://torcx.example/pkgs/docker:20.10.24.torcx.tgz"}]}]}]}}))
+    prof = profile(tmp_path / "p.json", ("docker", "20.10.24"))
+    convert("--profile", prof, "--package-list", package_list, "--out", tmp_path / "images")
+    assert "usr/bin/dockerd" in {e.path for e in read_image(tmp_path / "images/docker-20.10.24-x86-64.raw")}
+
+
 def test_versions_from_references() -> None:
     assert version_from_reference("20.10.24", "x") == "20.10.24"
     assert version_from_reference("1.2-rc1", "x") == "1.2_rc1"
