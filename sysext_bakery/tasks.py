@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import lock, sums
+from . import lock, publish, sums
 from .arch import ARCHES
 from .errors import BakeryError
 from .image import Image
@@ -309,6 +309,7 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
         print(f"bakery: skipped: {problem}", file=sys.stderr)
     yield from image_tasks(the_plan, settings, recipes)
     yield from build_tasks(the_plan, settings, recipes, sys.argv[1:] if argv is None else argv)
+    yield from publish.doit_tasks(root)
 
 
 def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) -> Iterator[dict]:

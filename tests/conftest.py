@@ -33,7 +33,7 @@ def pinned(upstream: Upstream, *urls: str) -> dict:
     return {"sources": [{"url": u, "sha256": upstream.sha256[u]} for u in urls]}
 
 
-def test_lock(upstream: Upstream) -> dict:
+def lock_for(upstream: Upstream) -> dict:
     """The test lock: every fixture pinned with its sha256 (containerd verified upstream-style)."""
     arches = ("x86-64", "arm64")
     return {
@@ -87,4 +87,4 @@ def executed(proc: subprocess.CompletedProcess) -> list[str]:
 def project(tmp_path: Path, mirror: MirrorServer, upstream: Upstream) -> Project:
     root = tmp_path / "bakery"
     root.mkdir()
-    return Project(root, mirror, test_lock(upstream))
+    return Project(root, mirror, lock_for(upstream))
