@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import tomli_w
 
 from .errors import BakeryError
+from .files import write_atomic
 from .recipe import version_problem
 
 HEADER = ("# Pinned versions per recipe: per arch, each source's URL and sha256.\n"
@@ -79,9 +79,6 @@ def record_sha256(path: Path, name: str, version: str, arch: str,
         fcntl.flock(guard, fcntl.LOCK_EX)
         data = tomllib.loads(path.read_text()) if path.exists() else {}
         data.setdefault(name, {}).setdefault(version, {})[arch] = {"sources": sources}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(HEADER + tomli_w.dumps(data))
-        os.replace(tmp, path)
+        write_atomic(path, HEADER + tomli_w.dumps(data))
     finally:
         os.close(guard)

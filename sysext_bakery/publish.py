@@ -22,6 +22,7 @@ from typing import Iterator, Mapping
 
 from . import release, sums
 from .errors import BakeryError
+from .files import write_atomic
 from .release import PublishedImage, ReleaseConfig
 
 LOCK = ".publish.lock"
@@ -126,26 +127,6 @@ def signature_valid(signer: Signer, data: bytes, signature: bytes, public_key: b
 
 
 # ---- files -------------------------------------------------------------------------------
-
-def write_atomic(path: Path, data: bytes) -> bool:
-    """Replace `path` by `data` through a temp file in the same directory; False (and nothing
-    written) when `path` already holds exactly `data`."""
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return True
-
 
 def copy_verified(src: Path, dest: Path, sha256: str) -> None:
     """Copy an image under a temp name, hashing while streaming; rename only if it matches."""

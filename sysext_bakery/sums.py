@@ -4,10 +4,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from .errors import BakeryError
+from .files import write_atomic
 
 NAME = "SHA256SUMS"
 
@@ -37,17 +37,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def write_atomic(path: Path, text: str) -> bool:
-    """Replace `path` with `text` via a temp file; False (and no write) when already equal."""
-    if path.exists() and path.read_text() == text:
-        return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return True
 
 
 def update(directory: Path, entries: dict[str, str]) -> None:

@@ -28,6 +28,7 @@ from doit.tools import config_changed
 from . import lock, publish, sums
 from .arch import ARCHES
 from .errors import BakeryError
+from .files import write_atomic
 from .image import Image
 from .recipe import (EROFS_COMPRESSIONS, SQUASHFS_COMPRESSIONS, Recipe, load_recipes,
                      resolve_image, stream_of, version_key)
@@ -170,7 +171,7 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sums.write_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
 
 
 def _read_json(path: Path) -> Any:
@@ -268,7 +269,7 @@ def write_sums(settings: Settings) -> None:
         record = _read_json(settings.state / "images" / f"{image.stem}.json") or {}
         size_ok = record.get("size") == image.stat().st_size and record.get("file") == image.name
         entries[image.name] = record["sha256"] if size_ok else sums.sha256_file(image)
-    changed = sums.write_atomic(settings.images / sums.NAME, sums.render(entries))
+    changed = write_atomic(settings.images / sums.NAME, sums.render(entries))
     print(f"{settings.images / sums.NAME}: {len(entries)} images, {'updated' if changed else 'unchanged'}")
 
 

@@ -28,6 +28,7 @@ import yaml
 from . import lock, stage, sums
 from .arch import ARCHES
 from .errors import BakeryError
+from .files import write_atomic
 from .image import Image
 from .recipe import NAME_RE, OS_PROFILES, UNIT_SUFFIXES
 from .validate import iter_tree
@@ -641,16 +642,6 @@ def butane(built: Sequence[Built], base_url: str) -> str:
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Replaces `path` with `text` (mode 0644) via a temporary file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        os.fchmod(f.fileno(), 0o644)
-    os.replace(tmp, path)
-
-
 def recipe_toml(converted: Converted, arch: str, source: TorcxImage, os_id: str) -> str:
     """recipes/<name>.toml for a converted image: a files-only recipe (no sources)."""
     import tomli_w
@@ -691,7 +682,7 @@ def emit_recipe(converted: Converted, arch: str, source: TorcxImage, os_id: str,
         os.rename(files, old)
     os.rename(staging / "files", files)
     shutil.rmtree(staging)
-    write_text(recipe, recipe_toml(converted, arch, source, os_id))
+    write_atomic(recipe, recipe_toml(converted, arch, source, os_id))
     lock.record_sha256(lock_path, converted.name, converted.version, arch, [])
     return recipe
 
@@ -763,7 +754,7 @@ def run(args: argparse.Namespace) -> None:
                 print(f"{recipe}: rebuild with `doit build:{converted.name}`")
     stem = args.profile.stem if args.profile else built[0].name
     target = args.butane or args.out / f"{stem}.bu"
-    write_text(target, butane(built, args.base_url))
+    write_atomic(target, butane(built, args.base_url))
     print(f"{target}: Butane config; serve the images at {args.base_url}")
 
 
