@@ -8,6 +8,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# image format -> its compressors, the default first
+COMPRESSIONS: dict[str, tuple[str, ...]] = {
+    "squashfs": ("zstd", "gzip", "xz", "lz4"),
+    "erofs": ("lz4hc", "lz4", "none"),
+}
+
+_ARCHIVE_SUFFIXES = (
+    (".tar.gz", "tar.gz"), (".tgz", "tar.gz"),
+    (".tar.xz", "tar.xz"), (".txz", "tar.xz"),
+    (".tar.zst", "tar.zst"), (".tzst", "tar.zst"),
+    (".tar.bz2", "tar.bz2"), (".tbz2", "tar.bz2"),
+    (".zip", "zip"), (".tar", "tar"),
+)
+ARCHIVE_KINDS = tuple(dict.fromkeys(kind for _, kind in _ARCHIVE_SUFFIXES)) + ("file",)
+
+
+def archive_kind(filename: str) -> str | None:
+    """The archive kind told by a file name's suffix; None for anything else (a plain file)."""
+    lower = filename.lower()
+    for suffix, kind in _ARCHIVE_SUFFIXES:
+        if lower.endswith(suffix):
+            return kind
+    return None
+
 
 @dataclass(frozen=True)
 class Install:

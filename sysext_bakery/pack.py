@@ -18,8 +18,8 @@ from pathlib import Path
 
 from . import inspect
 from .errors import BakeryError
+from .image import COMPRESSIONS
 
-COMPRESSIONS = {"squashfs": ("zstd", "gzip", "xz", "lz4"), "erofs": ("lz4", "lz4hc", "none")}
 EROFS_UUID = "5ab0e7e1-0000-4000-8000-000000000000"   # fixed so the superblock is reproducible
 
 

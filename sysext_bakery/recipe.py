@@ -16,11 +16,8 @@ from typing import Any, Callable
 
 from .arch import ARCHES
 from .errors import BakeryError
-from .image import Image, Install, Source
+from .image import ARCHIVE_KINDS, COMPRESSIONS, Image, Install, Source, archive_kind
 
-ARCHIVE_KINDS = ("tar.gz", "tar.xz", "tar.zst", "tar.bz2", "tar", "zip", "file")
-SQUASHFS_COMPRESSIONS = ("zstd", "gzip", "xz", "lz4")
-EROFS_COMPRESSIONS = ("lz4", "lz4hc", "none")
 OS_PROFILES = {"_any": None, "flatcar": "1.0"}   # ID= -> SYSEXT_LEVEL=
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
 URL_PLACEHOLDERS = ("name", "version", "version_bare", "version_major", "version_minor",
@@ -150,10 +147,9 @@ SCHEMA = (
     Key("os", "string", "OS profile for extension-release: `_any` (ID=_any: any OS) or "
         "`flatcar` (ID=flatcar, SYSEXT_LEVEL=1.0).", default="_any", choices=tuple(OS_PROFILES)),
     Key("format", "string", "Image file system.", default="squashfs", choices=("squashfs", "erofs")),
-    Key("compression", "string", "Compressor: squashfs "
-        + "/".join(SQUASHFS_COMPRESSIONS) + " (default zstd), erofs "
-        + "/".join(EROFS_COMPRESSIONS) + " (default lz4hc). `BAKERY_COMPRESSION` overrides it "
-        "for one build."),
+    Key("compression", "string", "Compressor; the first is the default: "
+        + "; ".join(f"{fmt}: {', '.join(c)}" for fmt, c in COMPRESSIONS.items())
+        + ". `BAKERY_COMPRESSION` overrides it for one build."),
     Key("reload-manager", "boolean", "Set EXTENSION_RELOAD_MANAGER=1 so systemd reloads units "
         "on merge. Default: true when the image ships units."),
     Key("upstream", "table", "How upstream releases are discovered (upstream tracking).", keys=(
@@ -335,14 +331,14 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None) -> R
         if a not in ARCHES:
             problems.add(f"arch-names.{a}", f"unknown arch; known: {', '.join(ARCHES)}")
     fmt = data.get("format", "squashfs")
-    compression = data.get("compression", "zstd" if fmt == "squashfs" else "lz4hc")
-    allowed = SQUASHFS_COMPRESSIONS if fmt == "squashfs" else EROFS_COMPRESSIONS
+    allowed = COMPRESSIONS[fmt]
+    compression = data.get("compression", allowed[0])
     if compression not in allowed:
         problems.add("compression", f"{compression!r} is not available for {fmt}; use one of {', '.join(allowed)}")
 
     sources = []
     for i, raw in enumerate(data.get("sources", [])):
-        kind = raw.get("type") or _infer_kind(raw["url"])
+        kind = raw.get("type") or archive_kind(raw["url"].rsplit("/", 1)[-1]) or "file"
         installs = []
         for pattern, target in raw["install"].items():
             dest, mode = (target["to"], target.get("mode")) if isinstance(target, dict) else (target, None)
@@ -386,16 +382,6 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None) -> R
         reload_manager=data.get("reload-manager", ships_units),
         upstream=Upstream(**{k.replace("-", "_"): v for k, v in upstream.items()}) if upstream else None,
         arch_names=arch_names, sources=tuple(sources), upholds=upholds, files_dir=files_dir)
-
-
-def _infer_kind(url: str) -> str:
-    name = url.rsplit("/", 1)[-1].lower()
-    for suffix, kind in ((".tar.gz", "tar.gz"), (".tgz", "tar.gz"), (".tar.xz", "tar.xz"),
-                         (".txz", "tar.xz"), (".tar.zst", "tar.zst"), (".tar.bz2", "tar.bz2"),
-                         (".tbz2", "tar.bz2"), (".tar", "tar"), (".zip", "zip")):
-        if name.endswith(suffix):
-            return kind
-    return "file"
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -486,7 +472,7 @@ def resolve_image(recipe: Recipe, version: str, arch: str,
         files_dir=recipe.files_dir, upholds=recipe.upholds, reload_manager=recipe.reload_manager,
         os_id=recipe.os, sysext_level=OS_PROFILES[recipe.os], fmt=fmt,
         compression=compression or (recipe.compression if fmt == recipe.format
-                                    else ("zstd" if fmt == "squashfs" else "lz4hc")),
+                                    else COMPRESSIONS[fmt][0]),
         recipe_file=recipe.path)
 
 

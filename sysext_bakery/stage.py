@@ -33,14 +33,6 @@ from .validate import iter_tree, validate_tree
 BUFSIZE = 1 << 20   # copy buffer: large enough that Python overhead disappears behind the I/O
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
 
-_SUFFIXES = (
-    (".tar.gz", "tar.gz"), (".tgz", "tar.gz"),
-    (".tar.xz", "tar.xz"), (".txz", "tar.xz"),
-    (".tar.zst", "tar.zst"), (".tzst", "tar.zst"),
-    (".tar.bz2", "tar.bz2"), (".tbz2", "tar.bz2"),
-    (".zip", "zip"), (".tar", "tar"),
-)
-
 # Decompression wraps the raw file so tarfile only ever sees a plain tar stream ("r|"):
 # one code path for every compression, and zstd needs no tarfile support.
 _DECOMPRESS = {
@@ -54,15 +46,6 @@ _DECOMPRESS = {
 # What a truncated or corrupt download raises somewhere in the stdlib / zstandard stack.
 _READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError,
                 zstandard.ZstdError, OSError)
-
-
-def archive_kind(filename: str) -> str | None:
-    """The archive kind told by a file name's suffix; None for anything else (a plain file)."""
-    lower = filename.lower()
-    for suffix, kind in _SUFFIXES:
-        if lower.endswith(suffix):
-            return kind
-    return None
 
 
 @dataclass(frozen=True)

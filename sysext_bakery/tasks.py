@@ -30,7 +30,8 @@ from .arch import ARCHES
 from .errors import BakeryError
 from .files import write_atomic
 from .image import Image
-from .recipe import (EROFS_COMPRESSIONS, SQUASHFS_COMPRESSIONS, Recipe, load_recipes,
+from .image import COMPRESSIONS
+from .recipe import (Recipe, load_recipes,
                      resolve_image, stream_of, version_key)
 
 
@@ -74,7 +75,7 @@ def settings_from_env(root: Path, env: Mapping[str, str] = os.environ) -> Settin
     if fmt not in (None, "squashfs", "erofs"):
         raise BakeryError(f"BAKERY_FORMAT: unknown format {fmt!r}", "use squashfs or erofs")
     compression = env.get("BAKERY_COMPRESSION") or None
-    allowed = EROFS_COMPRESSIONS if fmt == "erofs" else SQUASHFS_COMPRESSIONS
+    allowed = COMPRESSIONS[fmt or "squashfs"]
     if compression is not None and compression not in allowed:
         raise BakeryError(f"BAKERY_COMPRESSION: {compression!r} is not available for {fmt or 'squashfs'}",
                           f"use one of {', '.join(allowed)}")

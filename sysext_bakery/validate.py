@@ -62,9 +62,9 @@ def validate_tree(tree: Path, name: str, arch: str) -> None:
         raise BakeryError(
             f"{name} ({arch}): the staged tree is not a valid sysext:\n"
             + "\n".join(f"  {p}" for p in problems),
-            hint="fix the recipe's install map, files/ or [units] so the image holds only usr/ "
-                 f"and opt/, nothing in usr/sbin, binaries for {arch}, and every unit its "
-                 "drop-ins name")
+            hint="the image may hold only usr/ and opt/, nothing in usr/sbin, binaries for "
+                 f"{arch}, and every unit its drop-ins name: fix what put these files there "
+                 "(a recipe's install map, files/ or [units]; a torcx image's contents or --arch)")
 
 
 def _check_top(tree: Path) -> list[str]:

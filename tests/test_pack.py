@@ -153,7 +153,7 @@ def test_compare_lists_every_difference_a_bad_image_would_have(tree: Path, tmp_p
 
 @pytest.mark.parametrize("fmt,compression,message", [
     ("squashfs", "brotli", "unknown squashfs compression 'brotli'; allowed: zstd, gzip, xz, lz4"),
-    ("erofs", "zstd", "unknown erofs compression 'zstd'; allowed: lz4, lz4hc, none"),
+    ("erofs", "zstd", "unknown erofs compression 'zstd'; allowed: lz4hc, lz4, none"),
     ("ext4", "zstd", "unknown image format 'ext4'; allowed: squashfs, erofs"),
 ])
 def test_bad_format_or_compression_is_named(tree: Path, tmp_path: Path, fmt: str,

@@ -15,7 +15,8 @@ import zstandard
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.image import Image, Install, Source
-from sysext_bakery.stage import Member, archive_kind, iter_members, stage_image
+from sysext_bakery.image import archive_kind
+from sysext_bakery.stage import Member, iter_members, stage_image
 from elf import make_elf
 
 ORIGIN = "recipes/docker.toml: sources[0]"
