@@ -15,7 +15,6 @@ import shutil
 import stat
 import struct
 import subprocess
-import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -438,19 +437,3 @@ def format_image(path: Path) -> str:
                  + f"; files total {total} bytes ({_human(total)})")
     return "\n".join(lines)
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m sysext_bakery.inspect IMAGE", file=sys.stderr)
-        return 2
-    try:
-        print(format_image(Path(args[0])))
-    except BakeryError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

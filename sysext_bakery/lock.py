@@ -23,7 +23,7 @@ import tomli_w
 
 from .errors import BakeryError
 from .files import write_atomic
-from .recipe import version_problem
+from .version import version_problem
 
 HEADER = ("# Pinned versions per recipe: per arch, each source's URL and sha256.\n"
           "# A version pinned by hand needs only its table, e.g. [wasmtime.\"29.0.1\"];\n"

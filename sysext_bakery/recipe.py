@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 from .arch import ARCHES
 from .errors import BakeryError
+from .version import version_problem, version_vars
 from .image import ARCHIVE_KINDS, COMPRESSIONS, Image, Install, Source, archive_kind
 
 OS_PROFILES = {"_any": None, "flatcar": "1.0"}   # ID= -> SYSEXT_LEVEL=
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
 URL_PLACEHOLDERS = ("name", "version", "version_bare", "version_major", "version_minor",
                     "version_patch", "arch", "sysext_arch")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~^]*$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -81,13 +81,6 @@ def _unit_name(value: str) -> str | None:
     if "/" in value or not value.endswith(UNIT_SUFFIXES):
         return f"{value!r} is not a unit name (expected a name ending in {', '.join(UNIT_SUFFIXES)})"
     return None
-
-
-def version_problem(value: str) -> str | None:
-    if VERSION_RE.match(value):
-        return None
-    return (f"version {value!r} must not contain '-', '/' or spaces "
-            "(it must survive MatchPattern=<name>-@v-%a.raw)")
 
 
 def _octal_mode(value: str) -> str | None:
@@ -410,31 +403,7 @@ def load_recipes(directory: Path) -> tuple[dict[str, Recipe], list[BakeryError]]
     return recipes, errors
 
 
-# --- versions, streams and images ---------------------------------------------------------
-
-def version_vars(version: str) -> dict[str, str]:
-    bare = version[1:] if version[:1] in "vV" and version[1:2].isdigit() else version
-    parts = re.split(r"[.+~^]", bare) + ["", "", ""]
-    return {"version": version, "version_bare": bare, "version_major": parts[0],
-            "version_minor": parts[1], "version_patch": parts[2]}
-
-
-def stream_of(version: str, policy: str) -> str | None:
-    """docker 24.0.9 -> "24" (major); kubernetes v1.32.2 -> "v1.32" (minor)."""
-    if policy == "none":
-        return None
-    prefix = version[0] if version[:1] in "vV" else ""
-    v = version_vars(version)
-    if policy == "major":
-        return prefix + v["version_major"]
-    return f"{prefix}{v['version_major']}.{v['version_minor']}" if v["version_minor"] else None
-
-
-def version_key(version: str) -> tuple:
-    """Orders versions the way people read them: numeric parts numerically."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p)
-                 for p in re.split(r"[.+~^_]", version_vars(version)["version_bare"]))
-
+# --- images -------------------------------------------------------------------------------
 
 def render_url(template: str, recipe: Recipe, version: str, arch: str, url: str = "") -> str:
     values = {"name": recipe.name, "arch": recipe.arch_names.get(arch, ARCHES[arch].uname),

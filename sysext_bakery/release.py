@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 from .arch import ARCHES
 from .errors import BakeryError
 from .sums import NAME as SUMS
+from .version import version_key
 
 SIGNATURE = "SHA256SUMS.gpg"
 PUBLIC_KEY = "bakery-signing-key.gpg"
@@ -139,12 +140,6 @@ def merge_sums(published: Mapping[str, str], new: Mapping[str, str],
         check_immutable(name, merged.get(name), sha)
         merged[name] = sha
     return merged
-
-
-def version_key(version: str) -> tuple:
-    """Natural order close to systemd's strverscmp_improved: 1.10 > 1.9, digits > letters."""
-    return tuple((1, int(part), "") if part.isdigit() else (0, 0, part)
-                 for part in re.findall(r"\d+|[^\d.+~_]+", version))
 
 
 def stream_pattern(name: str, stream: str | None) -> str:

@@ -31,8 +31,8 @@ from .errors import BakeryError
 from .files import write_atomic
 from .image import Image
 from .image import COMPRESSIONS
-from .recipe import (Recipe, load_recipes,
-                     resolve_image, stream_of, version_key)
+from .recipe import Recipe, load_recipes, resolve_image
+from .version import stream_of, version_key
 
 
 @dataclass(frozen=True)

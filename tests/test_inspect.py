@@ -68,17 +68,17 @@ def test_format_image_warns_without_extension_release(tmp_path: Path) -> None:
 
 
 def test_cli_prints_the_report_and_fails_cleanly(image: Path, tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "sysext_bakery.inspect", str(image)],
+    ok = subprocess.run([sys.executable, "-m", "sysext_bakery.cli", "inspect", str(image)],
                         capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0, ok.stderr
     assert "SYSEXT_VERSION_ID=2.0" in ok.stdout and "usr/bin/link -> tool" in ok.stdout
 
     missing = tmp_path / "missing.raw"
-    bad = subprocess.run([sys.executable, "-m", "sysext_bakery.inspect", str(missing)],
+    bad = subprocess.run([sys.executable, "-m", "sysext_bakery.cli", "inspect", str(missing)],
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 1
     assert bad.stdout == ""
-    assert bad.stderr.startswith(f"error: {missing}: cannot read image")
+    assert bad.stderr.startswith(f"bakery: error: {missing}: cannot read image")
 
 
 BASE = [

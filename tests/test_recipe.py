@@ -9,8 +9,8 @@ import pytest
 from conftest import REPO
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.image import Install
-from sysext_bakery.recipe import (load_recipe, load_recipes, reference_markdown, resolve_image,
-                                  stream_of, version_key)
+from sysext_bakery.recipe import load_recipe, load_recipes, reference_markdown, resolve_image
+from sysext_bakery.version import stream_of, version_key
 
 GOOD = """\
 description = "Tool"

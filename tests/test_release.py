@@ -9,6 +9,7 @@ import pytest
 
 from sysext_bakery import publish, release
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.version import version_key
 from test_publish import fake_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ def test_patterns_names_and_version_order():
         "docker-compose", "2.1.0", "arm64")
     assert release.parse_image_filename("SHA256SUMS") is None
     versions = ["1.10.0", "1.9.2", "v1.32.2+k3s1", "1.9.10"]
-    assert sorted(versions[:2] + versions[3:], key=release.version_key) == ["1.9.2", "1.9.10", "1.10.0"]
+    assert sorted(versions[:2] + versions[3:], key=version_key) == ["1.9.2", "1.9.10", "1.10.0"]
 
 
 def test_merge_keeps_present_entries_and_refuses_changed_bytes():
