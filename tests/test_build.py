@@ -231,3 +231,16 @@ def test_real_merge_exposes_docker(built: Project, tmp_path: Path) -> None:
     assert "docker.socket" in proc.stdout and "containerd.service" in proc.stdout
     assert "Upholds=docker.socket" in proc.stdout
     assert not (root / "usr/bin/docker").exists(), "unmerge must restore the original /usr"
+
+
+def test_erofs_build_and_inspect_task(project: Project) -> None:
+    project.doit("build:wasmtime", env={"BAKERY_FORMAT": "erofs"})
+    image = project.images / "wasmtime-29.0.1-arm64.raw"
+    assert image.read_bytes()[1024:1028] == bytes.fromhex("e2e1f5e0")   # erofs superblock magic
+    assert extension_release(image)["SYSEXT_VERSION_ID"] == "29.0.1"
+    shown = project.doit("inspect:wasmtime-29.0.1-arm64", env={"BAKERY_FORMAT": "erofs"}).stdout
+    assert "ARCHITECTURE=arm64" in shown and "usr/bin/wasmtime" in shown
+    # switching back to squashfs repacks from the staged tree without staging again
+    run = project.doit("build:wasmtime")
+    assert sorted(executed(run)) == ["pack:wasmtime-29.0.1-arm64", "pack:wasmtime-29.0.1-x86-64"]
+    assert project.images.joinpath("wasmtime-29.0.1-arm64.raw").read_bytes()[:4] == b"hsqs"

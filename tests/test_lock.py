@@ -1,0 +1,50 @@
+"""The lock: parsing with errors that name the key, and trust-on-first-use recording."""
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from sysext_bakery import lock
+from sysext_bakery.errors import BakeryError
+
+
+def test_load_pins(tmp_path: Path) -> None:
+    path = tmp_path / "lock.toml"
+    path.write_text('[docker."24.0.9".x86-64]\nsources = [{ url = "https://a/b.tgz", sha256 = "ab" }]\n'
+                    '[wasmtime."29.0.1"]\n')
+    pins = lock.load(path)
+    assert pins["docker"] == [lock.Pin("docker", "24.0.9",
+                                       {"x86-64": [{"url": "https://a/b.tgz", "sha256": "ab"}]})]
+    assert pins["wasmtime"] == [lock.Pin("wasmtime", "29.0.1", {})]
+    assert lock.load(tmp_path / "missing.toml") == {}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[docker."24.0-rc1"]\n', "lock.toml: docker.24.0-rc1: version '24.0-rc1' must not contain '-'"),
+    ('[docker."24.0.9".x86-64]\nsources = "x"\n', "lock.toml: docker.24.0.9.x86-64: expected sources = ["),
+    ('[docker."24.0.9".x86-64]\nsources = [{ url = "u", sha = "x" }]\n',
+     "lock.toml: docker.24.0.9.x86-64: expected sources = ["),
+    ('docker = 1\n', "lock.toml: docker: expected a table of versions"),
+    ('[docker\n', "lock.toml: not valid TOML"),
+])
+def test_bad_lock_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "lock.toml"
+    path.write_text(text)
+    with pytest.raises(BakeryError) as e:
+        lock.load(path)
+    assert message in str(e.value)
+
+
+def test_record_keeps_other_entries_and_is_world_readable(tmp_path: Path) -> None:
+    path = tmp_path / "lock.toml"
+    path.write_text('[docker."24.0.9"]\n\n[wasmtime."29.0.1"]\n')
+    entry = [{"url": "https://a/b.tgz", "sha256": "cd" * 32}]
+    lock.record_sha256(path, "docker", "24.0.9", "arm64", entry)
+    pins = lock.load(path)
+    assert pins["docker"][0].arches == {"arm64": entry}
+    assert pins["wasmtime"][0].version == "29.0.1"
+    assert path.read_text().startswith(lock.HEADER)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["lock.toml"]

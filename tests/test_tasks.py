@@ -1,0 +1,53 @@
+"""The plan (recipes + lock -> images and build groups) and the settings read from the environment."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.lock import Pin
+from sysext_bakery.recipe import load_recipes
+from sysext_bakery.tasks import Settings, plan, settings_from_env
+
+
+def pins(**versions: list[str]) -> dict[str, list[Pin]]:
+    return {name: [Pin(name, v, {}) for v in vs] for name, vs in versions.items()}
+
+
+def test_plan_groups_streams_and_newest() -> None:
+    recipes, _ = load_recipes(REPO / "recipes")
+    the_plan = plan(recipes, pins(docker=["24.0.10", "24.0.9", "25.0.0"]), Settings(REPO))
+    assert the_plan.builds["docker-24.0.10"].images == ("docker-24.0.10-x86-64", "docker-24.0.10-arm64")
+    assert the_plan.builds["docker-24"].alias_of == "docker-24.0.10"
+    assert the_plan.builds["docker-25"].alias_of == "docker-25.0.0"
+    assert the_plan.builds["docker"].alias_of == "docker-25.0.0"
+    assert "wasmtime" in the_plan.unbuildable and "not pinned" in the_plan.unbuildable["wasmtime"]
+    assert len(the_plan.images) == 6
+
+
+def test_plan_restricted_arch_and_orphan_pin() -> None:
+    recipes, _ = load_recipes(REPO / "recipes")
+    the_plan = plan(recipes, pins(docker=["24.0.9"], nosuch=["1.0"]), Settings(REPO, arches=("arm64",)))
+    assert [i.id for i in the_plan.images] == ["docker-24.0.9-arm64"]
+    assert len(the_plan.problems) == 1
+    assert "pins 'nosuch', but there is no loadable recipes/nosuch.toml" in str(the_plan.problems[0])
+
+
+def test_settings_from_env() -> None:
+    s = settings_from_env(Path("/p"), {"BAKERY_MIRROR": "/srv/m", "BAKERY_ARCH": "arm64, x86-64",
+                                       "BAKERY_FORMAT": "erofs", "BAKERY_COMPRESSION": "lz4",
+                                       "BAKERY_CACHE": "/c"})
+    assert (s.mirror, s.arches, s.fmt, s.compression) == ("/srv/m", ("arm64", "x86-64"), "erofs", "lz4")
+    assert s.download_cache == Path("/c") and s.images == Path("/p/build/images")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"BAKERY_ARCH": "amd64"}, "BAKERY_ARCH: unknown arch 'amd64'"),
+    ({"BAKERY_FORMAT": "ext4"}, "BAKERY_FORMAT: unknown format 'ext4'"),
+    ({"BAKERY_COMPRESSION": "lz4hc"}, "BAKERY_COMPRESSION: 'lz4hc' is not available for squashfs"),
+])
+def test_settings_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(BakeryError, match=message):
+        settings_from_env(Path("/p"), env)
