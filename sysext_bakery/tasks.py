@@ -13,6 +13,7 @@ a no-op run hashes nothing big.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterator, Mapping
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import lock, publish, sums
+from . import lock, sums
 from .arch import ARCHES
 from .errors import BakeryError
 from .files import write_atomic
@@ -158,15 +159,15 @@ def unpinned_message(name: str, wanted: str | None, settings: Settings) -> str:
 # --- actions: the side-effect edge -------------------------------------------------------------
 
 def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """doit action wrapper: a BakeryError becomes a clean task failure (no traceback)."""
+    """doit action wrapper: a BakeryError becomes a clean task failure (no traceback).
+    functools.wraps keeps fn's signature visible, so doit still passes task params by name."""
+    @functools.wraps(fn)
     def action(*args: Any, **kwargs: Any) -> Any:
         try:
             fn(*args, **kwargs)
         except BakeryError as e:
             return TaskFailed(f"error: {e}")
         return None
-    action.__name__ = fn.__name__
-    action.__doc__ = fn.__doc__
     return action
 
 
@@ -311,7 +312,7 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
         print(f"bakery: skipped: {problem}", file=sys.stderr)
     yield from image_tasks(the_plan, settings, recipes)
     yield from build_tasks(the_plan, settings, recipes, sys.argv[1:] if argv is None else argv)
-    yield from publish.doit_tasks(root)
+    yield release_task(root)
 
 
 def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) -> Iterator[dict]:
@@ -385,3 +386,30 @@ def requested_unknown_builds(argv: list[str], the_plan: Plan,
                 wanted.append(f"{name}={m.group(1)[len(name) + 1:]}")
                 break
     return wanted
+
+
+def release_task(root: Path) -> dict[str, Any]:
+    """`doit release`: publishes whatever is built; always runs (publishing is idempotent
+    and says when there is nothing to do)."""
+    def release(dest: str, base_url: str, github: bool, repo: str) -> None:
+        from .publish import run_release
+        run_release(root, dest, base_url, github, repo)
+
+    return {
+        "basename": "release",
+        "doc": "publish built images with SHA256SUMS(.gpg), sysupdate transfers, Butane "
+               "snippets and index.json (--dest DIR, --base-url URL, --github)",
+        "actions": [_edge(release)],
+        "params": [
+            {"name": "dest", "long": "dest", "type": str, "default": "build/release",
+             "help": "directory to publish into (default build/release)"},
+            {"name": "base_url", "long": "base-url", "type": str, "default": "",
+             "help": "public URL of that directory (default: base_url of release/release.toml)"},
+            {"name": "github", "long": "github", "type": bool, "default": False,
+             "help": "also publish to GitHub Releases (token from GITHUB_TOKEN)"},
+            {"name": "repo", "long": "repo", "type": str, "default": "",
+             "help": "owner/name for --github (default: github.repo of release/release.toml)"},
+        ],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

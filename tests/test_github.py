@@ -12,7 +12,7 @@ from pathlib import Path
 import git
 import pytest
 
-from sysext_bakery import publish, release
+from sysext_bakery import github as gh_publisher, release
 from sysext_bakery.errors import BakeryError
 from test_publish import fake_image, run
 
@@ -140,7 +140,7 @@ def test_publishes_releases_and_skips_equal_assets(tmp_path, github, project, ca
     dest = tmp_path / "pub"
     run(tmp_path, dest)
     config = release.ReleaseConfig(base_url="https://x.invalid/")
-    uploaded = publish.publish_github(dest, "owner/bakery", config, project, env)
+    uploaded = gh_publisher.publish_github(dest, "owner/bakery", config, project, env)
     assert "docker-24.0.9/docker-24.0.9-x86-64.raw" in uploaded
 
     per_version = assets_of(gh, "docker-24.0.9")
@@ -155,13 +155,13 @@ def test_publishes_releases_and_skips_equal_assets(tmp_path, github, project, ca
     assert tag.tag is not None and tag.tag.message == "sysext docker 24.0.9"   # annotated
 
     gh.log.clear()
-    assert publish.publish_github(dest, "owner/bakery", config, project, env) == []
+    assert gh_publisher.publish_github(dest, "owner/bakery", config, project, env) == []
     assert not [p for m, p in gh.log if m in ("POST", "DELETE")]
 
     # a new version: its own release; the metadata SHA256SUMS is replaced
     fake_image(tmp_path, "docker", "24.0.10", b"newer", stream="24")
     run(tmp_path, dest)
-    uploaded = publish.publish_github(dest, "owner/bakery", config, project, env)
+    uploaded = gh_publisher.publish_github(dest, "owner/bakery", config, project, env)
     assert "metadata/SHA256SUMS" in uploaded and "docker-24.0.10/docker-24.0.10-x86-64.raw" in uploaded
     assert assets_of(gh, "metadata")["SHA256SUMS"] == (dest / "SHA256SUMS").read_bytes()
     assert TOKEN not in capsys.readouterr().out
@@ -174,7 +174,7 @@ def test_retries_rate_limits_and_server_errors(tmp_path, github, project):
     run(tmp_path, dest)
     gh.failures = [(502, {}), (429, {"Retry-After": "0"}),
                    (403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "0"}), (503, {})]
-    client = publish.GitHub("owner/bakery", TOKEN, api, backoff=0.01)
+    client = gh_publisher.GitHub("owner/bakery", TOKEN, api, backoff=0.01)
     rel = client.release("docker-24.0.9", None, "body")
     assert not gh.failures and rel["tag_name"] == "docker-24.0.9"
     assert client.sync(rel, {"a.raw": b"x"}) == ["a.raw"]
@@ -187,13 +187,13 @@ def test_errors_name_the_request_but_never_the_token(tmp_path, github, project):
     run(tmp_path, dest)
     config = release.ReleaseConfig(base_url="https://x.invalid/")
     with pytest.raises(BakeryError) as err:
-        publish.publish_github(dest, "owner/bakery", config, project,
+        gh_publisher.publish_github(dest, "owner/bakery", config, project,
                                {"GITHUB_TOKEN": "wrong-token", "GITHUB_API_URL": api})
     assert "401" in str(err.value) and "wrong-token" not in str(err.value)
     gh.failures = [(500, {})] * 10
-    client = publish.GitHub("owner/bakery", TOKEN, api, attempts=3, backoff=0.01)
+    client = gh_publisher.GitHub("owner/bakery", TOKEN, api, attempts=3, backoff=0.01)
     with pytest.raises(BakeryError, match="HTTP 500") as err:
         client.release("x-1", None, "")
     assert TOKEN not in str(err.value)
     with pytest.raises(BakeryError, match="GITHUB_TOKEN"):
-        publish.publish_github(dest, "owner/bakery", config, project, {})
+        gh_publisher.publish_github(dest, "owner/bakery", config, project, {})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sysext_bakery import publish, release
+from sysext_bakery import publish, release, tasks
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.version import version_key
 from test_publish import fake_image
@@ -72,7 +72,7 @@ def test_release_task_publishes_what_is_built(tmp_path, capsys, monkeypatch):
     fake_image(root / "build", "docker", "24.0.9", b"img")
     monkeypatch.delenv("BAKERY_SIGNING_KEY", raising=False)
     monkeypatch.delenv("BAKERY_SIGNING_KEY_ID", raising=False)
-    task = next(publish.doit_tasks(root))
+    task = tasks.release_task(root)
     assert task["basename"] == "release" and task["uptodate"] == [False]
     assert {p["name"] for p in task["params"]} == {"dest", "base_url", "github", "repo"}
     action = task["actions"][0]
