@@ -21,7 +21,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
@@ -65,6 +65,23 @@ class Settings:
     @property
     def lock_path(self) -> Path:
         return self.root / "release" / "lock.toml"
+
+
+class ImagePaths(NamedTuple):
+    """Where one image's files live (plain strings: building thousands of Paths per graph
+    load costs more than the rest of a no-op run)."""
+    fetch_record: str     # build/state/fetch/<img>.json: what was downloaded
+    stage_record: str     # build/state/stage/<img>.json: digest of what shaped the tree
+    tree: str             # build/stage/<img>/
+    image: str            # build/images/<img>.raw
+    provenance: str       # build/state/images/<img>.json
+
+    @classmethod
+    def of(cls, settings: Settings, image_id: str) -> "ImagePaths":
+        build = str(settings.build)
+        return cls(f"{build}/state/fetch/{image_id}.json", f"{build}/state/stage/{image_id}.json",
+                   f"{build}/stage/{image_id}", f"{build}/images/{image_id}.raw",
+                   f"{build}/state/images/{image_id}.json")
 
 
 def settings_from_env(root: Path, env: Mapping[str, str] = os.environ) -> Settings:
@@ -164,10 +181,9 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def action(*args: Any, **kwargs: Any) -> Any:
         try:
-            fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except BakeryError as e:
             return TaskFailed(f"error: {e}")
-        return None
     return action
 
 
@@ -183,8 +199,9 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def fetch_image(image: Image, settings: Settings, manifest: Path) -> None:
-    """Download every source of `image` (verified) and record what was fetched."""
+def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str, Any]:
+    """Download every source of `image` (verified) and record what was fetched, in a file
+    for the stage task and as doit values for the next up-to-date check."""
     from .fetch import fetch   # imported lazily: `doit list` should not pay for requests
 
     settings.download_cache.mkdir(parents=True, exist_ok=True)
@@ -201,16 +218,20 @@ def fetch_image(image: Image, settings: Settings, manifest: Path) -> None:
         fetched.append({"url": source.url, "sha256": got.sha256})
     if record:
         lock.record_sha256(settings.lock_path, image.name, image.version, image.arch, fetched)
-    _write_json(manifest, {"sources": fetched})
+    _write_json(Path(paths.fetch_record), {"sources": fetched})
+    return {"sources": fetched}
 
 
-def _fetch_current(image: Image, manifest: Path, cache: Path) -> Callable[..., bool]:
-    def check(task: Any, values: Any) -> bool:
-        recorded = (_read_json(manifest) or {}).get("sources")
+def _fetch_current(image: Image, cache: str) -> Callable[..., bool]:
+    """Up to date when the last fetch (doit's saved values: no file to read) matches the
+    pinned URLs (and sha256, once pinned) and every cached file exists: a trust-on-first-use
+    pin then needs no second fetch."""
+    def check(task: Any, values: dict[str, Any]) -> bool:
+        recorded = values.get("sources")
         if not isinstance(recorded, list) or len(recorded) != len(image.sources):
             return False
         return all(r.get("url") == s.url and (s.sha256 in (None, r.get("sha256")))
-                   and (cache / r.get("sha256", "-")).is_file()
+                   and os.path.isfile(f"{cache}/{r.get('sha256')}")
                    for s, r in zip(image.sources, recorded))
     return check
 
@@ -232,30 +253,30 @@ def stage_config(image: Image) -> dict[str, Any]:
             "os": [image.os_id, image.sysext_level]}
 
 
-def stage_image_task(image: Image, settings: Settings, fetch_manifest: Path, tree: Path,
-                     manifest: Path) -> None:
+def stage_image_task(image: Image, settings: Settings, paths: ImagePaths) -> None:
     """Stage and validate the image tree, then record a digest of everything that shaped it."""
     from .stage import stage_image
 
-    fetched = _read_json(fetch_manifest)["sources"]
+    fetched = _read_json(Path(paths.fetch_record))["sources"]
     downloads = [settings.download_cache / s["sha256"] for s in fetched]
-    stage_image(image, downloads, tree)
+    stage_image(image, downloads, Path(paths.tree))
     files = {}
     for path in _static_files(image.files_dir):
         data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
         files[str(path.relative_to(image.files_dir))] = hashlib.sha256(data).hexdigest()
-    _write_json(manifest, {"config": stage_config(image), "sources": fetched, "files": files})
+    _write_json(Path(paths.stage_record),
+                {"config": stage_config(image), "sources": fetched, "files": files})
 
 
-def pack_image_task(image: Image, settings: Settings, tree: Path, stage_manifest: Path,
-                    out: Path, provenance: Path, stream: str | None) -> None:
+def pack_image_task(image: Image, paths: ImagePaths, stream: str | None) -> None:
     """Pack the staged tree, check it by reading it back, record provenance and SHA256SUMS."""
     from .pack import pack
 
+    out = Path(paths.image)
     out.parent.mkdir(parents=True, exist_ok=True)
-    digest = pack(tree, out, image.fmt, image.compression)
-    staged = _read_json(stage_manifest)
-    _write_json(provenance, {
+    digest = pack(Path(paths.tree), out, image.fmt, image.compression)
+    staged = _read_json(Path(paths.stage_record))
+    _write_json(Path(paths.provenance), {
         "name": image.name, "version": image.version, "arch": image.arch, "stream": stream,
         "file": out.name, "sha256": digest, "size": out.stat().st_size,
         "format": image.fmt, "compression": image.compression, "sources": staged["sources"]})
@@ -268,19 +289,24 @@ def write_sums(settings: Settings) -> None:
     settings.images.mkdir(parents=True, exist_ok=True)
     entries = {}
     for image in sorted(settings.images.glob("*.raw")):
-        record = _read_json(settings.state / "images" / f"{image.stem}.json") or {}
+        record = _read_json(Path(ImagePaths.of(settings, image.stem).provenance)) or {}
         size_ok = record.get("size") == image.stat().st_size and record.get("file") == image.name
         entries[image.name] = record["sha256"] if size_ok else sums.sha256_file(image)
     changed = write_atomic(settings.images / sums.NAME, sums.render(entries))
     print(f"{settings.images / sums.NAME}: {len(entries)} images, {'updated' if changed else 'unchanged'}")
 
 
-def print_image(path: Path) -> None:
+def print_images(settings: Settings, names: list[str]) -> None:
+    """`doit inspect docker-24.0.9-x86-64 …`: an image id (from build/images) or a file."""
     from .inspect import format_image
 
-    if not path.exists():
-        raise BakeryError(f"{path}: no such image", "build it first")
-    print(format_image(path))
+    if not names:
+        raise BakeryError("doit inspect: name an image", "e.g. doit inspect docker-24.0.9-x86-64")
+    for name in names:
+        path = Path(name) if name.endswith(".raw") else settings.images / f"{name}.raw"
+        if not path.exists():
+            raise BakeryError(f"{path}: no such image", f"build it first: doit pack:{path.stem}")
+        print(format_image(path))
 
 
 def fail_with(message: str) -> None:
@@ -288,6 +314,10 @@ def fail_with(message: str) -> None:
 
 
 # --- doit tasks ------------------------------------------------------------------------------
+
+_FETCH, _STAGE, _PACK = _edge(fetch_image), _edge(stage_image_task), _edge(pack_image_task)
+_INSPECT, _SUMS, _FAIL = _edge(print_images), _edge(write_sums), _edge(fail_with)
+
 
 def doit_config(root: Path) -> dict[str, Any]:
     state = root / "build" / "state"
@@ -305,7 +335,7 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
     except BakeryError as e:
         print(f"bakery: {e}", file=sys.stderr)
         yield {"basename": "build", "doc": "build every pinned image (broken configuration)",
-               "actions": [(_edge(fail_with), [str(e)])]}
+               "actions": [(_FAIL, [str(e)])]}
         return
     the_plan = plan(recipes, pins, settings)
     for problem in (*errors, *the_plan.problems):
@@ -316,42 +346,40 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
 
 
 def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) -> Iterator[dict]:
+    """fetch/stage/pack per image. Paths are plain strings and each task has at most one
+    uptodate callable: with a thousand images, pathlib joins and doit's per-callable
+    signature inspection are most of a no-op run."""
     for basename, doc in (("fetch", "download and verify an image's sources"),
                           ("stage", "build and validate an image's tree"),
-                          ("pack", "pack an image into build/images/"),
-                          ("inspect", "print an image's extension-release and tree")):
+                          ("pack", "pack an image into build/images/")):
         yield {"basename": basename, "name": None, "doc": doc}
-    state = settings.state
+    static_files = {name: [str(p) for p in _static_files(r.files_dir)] for name, r in recipes.items()}
+    cache = str(settings.download_cache)
     for image in the_plan.images:
-        fetch_manifest = state / "fetch" / f"{image.id}.json"
-        stage_manifest = state / "stage" / f"{image.id}.json"
-        tree = settings.build / "stage" / image.id
-        out = settings.images / image.filename
-        provenance = state / "images" / f"{image.id}.json"
+        recipe = recipes[image.name]
+        paths = ImagePaths.of(settings, image.id)
         yield {"basename": "fetch", "name": image.id,
-               "actions": [(_edge(fetch_image), [image, settings, fetch_manifest])],
-               "targets": [fetch_manifest],
-               "uptodate": [_fetch_current(image, fetch_manifest, settings.download_cache)],
+               "actions": [(_FETCH, [image, settings, paths])],
+               "targets": [paths.fetch_record],
+               "uptodate": [_fetch_current(image, cache)],
                "doc": f"download {image.id}'s sources"}
+        # The recipe file stands for everything the resolved image takes from it; URL and
+        # sha256 changes arrive through the fetch record.
         yield {"basename": "stage", "name": image.id,
-               "actions": [(_edge(stage_image_task), [image, settings, fetch_manifest, tree, stage_manifest])],
-               "file_dep": [fetch_manifest, *_static_files(image.files_dir)],
-               "targets": [stage_manifest],
-               "uptodate": [config_changed(json.dumps(stage_config(image), sort_keys=True)),
-                            lambda tree=tree: tree.is_dir()],
+               "actions": [(_STAGE, [image, settings, paths])],
+               "file_dep": [paths.fetch_record, str(recipe.path), *static_files[image.name]],
+               "targets": [paths.stage_record, paths.tree],
                "doc": f"stage {image.id}"}
-        stream = stream_of(image.version, recipes[image.name].streams)
         yield {"basename": "pack", "name": image.id,
-               "actions": [(_edge(pack_image_task), [image, settings, tree, stage_manifest, out,
-                                                     provenance, stream])],
-               "file_dep": [stage_manifest],
-               "targets": [out, provenance],
+               "actions": [(_PACK, [image, paths, stream_of(image.version, recipe.streams)])],
+               "file_dep": [paths.stage_record],
+               "targets": [paths.image, paths.provenance],
                "uptodate": [config_changed(f"{image.fmt}:{image.compression}")],
-               "doc": f"pack {out.relative_to(settings.root)}"}
-        yield {"basename": "inspect", "name": image.id,
-               "actions": [(_edge(print_image), [out])], "task_dep": [f"pack:{image.id}"],
-               "uptodate": [False], "verbosity": 2, "doc": f"show {image.filename}"}
-    yield {"basename": "sums", "actions": [(_edge(write_sums), [settings])], "verbosity": 2,
+               "doc": f"pack build/images/{image.filename}"}
+    yield {"basename": "inspect", "actions": [(_INSPECT, [settings])], "pos_arg": "names",
+           "uptodate": [False], "verbosity": 2,
+           "doc": "print images' extension-release and tree: doit inspect IMAGE-ID|FILE …"}
+    yield {"basename": "sums", "actions": [(_SUMS, [settings])], "verbosity": 2,
            "uptodate": [False], "doc": "rewrite build/images/SHA256SUMS for the images present"}
 
 
@@ -365,7 +393,7 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
         name, _, version = wanted.partition("=")
         unbuildable[f"{name}-{version}"] = unpinned_message(name, version, settings)
     for name, why in sorted(unbuildable.items()):
-        yield {"basename": f"build:{name}", "actions": [(_edge(fail_with), [why])],
+        yield {"basename": f"build:{name}", "actions": [(_FAIL, [why])],
                "doc": "not pinned yet"}
     yield {"basename": "build", "actions": None, "doc": "build every pinned image",
            "task_dep": [f"build:{n}" for n, b in sorted(the_plan.builds.items()) if not b.alias_of]}
