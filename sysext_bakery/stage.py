@@ -4,22 +4,33 @@ Archives are read in one streaming pass and never unpacked as a whole: each memb
 checked (no absolute paths, no `..`, no device nodes, no links leaving the archive) and, when
 an install pattern matches it, written straight to its place in the tree. The tree is built
 in a temporary directory next to `dest`, validated, then renamed into place.
+
+With an `unpacked` directory (the bakery uses `build/stage/.unpacked/`), the files each source
+installs are kept there per download and install map, and a later stage hardlinks them into
+the tree instead of reading the archive again. It is only a cache: deleting it at any time
+is safe, the next stage unpacks again.
 """
 from __future__ import annotations
 
 import bz2
+import errno
+import fcntl
 import fnmatch
 import gzip
+import hashlib
 import io
+import json
 import lzma
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
 import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -33,8 +44,20 @@ from .validate import iter_tree, validate_tree
 BUFSIZE = 1 << 20   # copy buffer: large enough that Python overhead disappears behind the I/O
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
 
-# Decompression wraps the raw file so tarfile only ever sees a plain tar stream ("r|"):
-# one code path for every compression, and zstd needs no tarfile support.
+# Decompression runs in a child process, the way `tar -xzf` runs gzip: the second core
+# inflates while this process parses the tar stream and writes files. Each tool comes with
+# the exit codes that mean success (gzip and xz exit 2 for warnings such as trailing zeros,
+# which the in-process decompressors accept too).
+_TOOLS: dict[str, tuple[tuple[str, ...], frozenset[int]]] = {
+    "tar.gz": (("gzip", "-dc"), frozenset({0, 2})),
+    "tar.xz": (("xz", "-dc"), frozenset({0, 2})),
+    "tar.bz2": (("bzip2", "-dc"), frozenset({0})),
+    "tar.zst": (("zstd", "-dcq"), frozenset({0})),
+}
+PIPE_SIZE = 1 << 20  # a larger pipe lets the child run ahead of the tar parser
+
+# Without the tool, decompression wraps the raw file in-process. Either way tarfile only
+# ever sees a plain tar stream ("r|"): one code path for every compression.
 _DECOMPRESS = {
     "tar": lambda raw: raw,
     "tar.gz": lambda raw: gzip.GzipFile(fileobj=raw),
@@ -116,9 +139,71 @@ class _Content(io.RawIOBase):
         return len(data)
 
 
+class _ChildFailed(OSError):
+    """A decompressor child exited with an error (its stderr is the message)."""
+
+
+class _ChildOutput:
+    """The stdout of a decompressor child; at its end, the child's failure is raised."""
+
+    def __init__(self, proc: subprocess.Popen, ok: frozenset[int], stderr: BinaryIO):
+        self._proc, self._ok, self._stderr = proc, ok, stderr
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._proc.stdout.read(size)
+        if not data:
+            self._check()
+        return data
+
+    def drain(self) -> None:
+        """Reads to the end (the padding after the tar end marker) so the exit code counts:
+        gzip checks its CRC only there."""
+        while self.read(BUFSIZE):
+            pass
+
+    def _check(self) -> None:
+        code = self._proc.wait()
+        if code not in self._ok:
+            self._stderr.seek(0)
+            lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+            # The first line says what is wrong; bzip2 follows it with a page of advice.
+            raise _ChildFailed(lines[0] if lines else f"{self._proc.args[0]} exited with status {code}")
+
+
+@contextmanager
+def _plain_tar(archive: Path, kind: str) -> Iterator[BinaryIO]:
+    """The uncompressed tar stream of `archive`: from a child process when its tool is
+    installed, else decompressed in-process. The child is always reaped."""
+    tool, ok = _TOOLS.get(kind, ((), frozenset()))
+    path = shutil.which(tool[0]) if tool else None
+    if path is None:
+        with open(archive, "rb") as raw, _DECOMPRESS[kind](raw) as plain:
+            yield plain
+        return
+    with open(archive, "rb") as raw, tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen([path, *tool[1:]], stdin=raw, stdout=subprocess.PIPE,
+                                stderr=stderr)
+        try:
+            _grow_pipe(proc.stdout)
+            output = _ChildOutput(proc, ok, stderr)
+            yield output
+            output.drain()
+        finally:
+            proc.kill()          # a no-op once it exited; stops it when reading ended early
+            proc.stdout.close()
+            proc.wait()
+
+
+def _grow_pipe(pipe: BinaryIO) -> None:
+    try:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass                     # only a speed-up (the size may be above the user's limit)
+
+
 def _tar_members(archive: Path, kind: str, where: str) -> Iterator[tuple[Member, BinaryIO | None]]:
     files_seen: set[str] = set()   # hardlinks may only point back to these
-    with open(archive, "rb") as raw, _DECOMPRESS[kind](raw) as plain, \
+    with _plain_tar(archive, kind) as plain, \
             tarfile.open(fileobj=plain, mode="r|", bufsize=64 * 1024) as tar:
         for info in tar:
             member = _tar_member(info, where, files_seen)
@@ -260,11 +345,19 @@ class Tree:
         self._placed[rel] = who
 
     def add_file(self, rel: str, content: BinaryIO, mode: int, who: str) -> None:
+        _write_new(self._claim(rel, who), content, mode)
+
+    def link_file(self, rel: str, original: Path, who: str) -> None:
+        """`original` (a file outside the tree that nothing writes to) placed at `rel` as a
+        hardlink; copied where a link is impossible (another file system)."""
         path = self._claim(rel, who)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with open(fd, "wb") as out:
-            shutil.copyfileobj(content, out, BUFSIZE)
-            os.fchmod(fd, mode)
+        try:
+            os.link(original, path)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+            with open(original, "rb") as content:
+                _write_new(path, content, stat.S_IMODE(os.fstat(content.fileno()).st_mode))
 
     def add_text(self, rel: str, text: str, who: str) -> None:
         self.add_file(rel, io.BytesIO(text.encode()), 0o644, who)
@@ -276,6 +369,10 @@ class Tree:
 
     def add_symlink(self, rel: str, target: str, who: str) -> None:
         os.symlink(target, self._claim(rel, who))
+
+    def placed(self) -> list[tuple[str, str]]:
+        """(path, who placed it) for everything in the tree, parents before children."""
+        return [(rel, who) for rel, who in self._placed.items() if rel]
 
     def _claim(self, rel: str, who: str) -> Path:
         self._claim_check(rel, who)
@@ -291,6 +388,15 @@ class Tree:
             raise BakeryError(f"{rel}: {who} clashes with {self._placed[rel]}",
                               hint="each path of the image comes from exactly one place: narrow "
                                    "the install patterns or remove the file from files/")
+
+
+def _write_new(path: Path, content: BinaryIO, mode: int) -> None:
+    # O_EXCL: a file is only ever written when this call created it, never through a link
+    # or into an inode shared with something else (such as the unpacked cache).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as out:
+        shutil.copyfileobj(content, out, BUFSIZE)
+        os.fchmod(fd, mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,36 +456,38 @@ def install_source(tree: Tree, source: Source, download: Path) -> None:
     installed: dict[str, str] = {}                           # member name -> first tree path
     pending: dict[str, list[tuple[str, int, str]]] = {}      # hardlink target -> (rel, mode, who)
     first_names: list[str] = []
-    for member, content in iter_members(download, source.kind, source.origin, source.filename):
-        if len(first_names) < 8:
-            first_names.append(member.name)
-        parts = member.name.split("/")
-        for rule, hits in zip(rules, matched):
-            if not _matches(rule.segments, parts):
-                continue
-            if hits and not rule.into_dir and member.type != "dir":
-                raise BakeryError(
-                    f"{source.origin}: install: pattern '{rule.install.pattern}' matches several "
-                    f"members ('{hits[-1]}', '{member.name}') but '{rule.install.dest}' is one file",
-                    hint="end the destination with '/' to install them into that directory")
-            hits.append(member.name)
-            rel = _target(rule, parts)
-            who = f"{source.origin}: {source.filename}: '{member.name}'"
-            if member.type == "dir":
-                tree.add_dir(rel, who)
-            elif member.type == "symlink":
-                tree.add_symlink(rel, member.linkname, who)
-            else:
-                mode = _checked_mode(member, rule.install, source)
-                # A member selected twice, or a hardlink to one already placed: copy that file.
-                origin_name = member.name if member.type == "file" else member.linkname
-                if origin_name in installed:
-                    tree.copy_file(rel, installed[origin_name], mode, who)
-                elif member.type == "file":
-                    tree.add_file(rel, content, mode, who)
-                    installed[member.name] = rel
+    with _members(source, download) as members:
+        for member, content in members:
+            if len(first_names) < 8:
+                first_names.append(member.name)
+            parts = member.name.split("/")
+            for rule, hits in zip(rules, matched):
+                if not _matches(rule.segments, parts):
+                    continue
+                if hits and not rule.into_dir and member.type != "dir":
+                    raise BakeryError(
+                        f"{source.origin}: install: pattern '{rule.install.pattern}' matches "
+                        f"several members ('{hits[-1]}', '{member.name}') but "
+                        f"'{rule.install.dest}' is one file",
+                        hint="end the destination with '/' to install them into that directory")
+                hits.append(member.name)
+                rel = _target(rule, parts)
+                who = _who_prefix(source) + f"'{member.name}'"
+                if member.type == "dir":
+                    tree.add_dir(rel, who)
+                elif member.type == "symlink":
+                    tree.add_symlink(rel, member.linkname, who)
                 else:
-                    pending.setdefault(member.linkname, []).append((rel, mode, who))
+                    mode = _checked_mode(member, rule.install, source)
+                    # A member selected twice, or a hardlink to one already placed: copy that file.
+                    origin_name = member.name if member.type == "file" else member.linkname
+                    if origin_name in installed:
+                        tree.copy_file(rel, installed[origin_name], mode, who)
+                    elif member.type == "file":
+                        tree.add_file(rel, content, mode, who)
+                        installed[member.name] = rel
+                    else:
+                        pending.setdefault(member.linkname, []).append((rel, mode, who))
     for rule, hits in zip(rules, matched):
         if not hits:
             raise BakeryError(
@@ -395,13 +503,25 @@ def install_source(tree: Tree, source: Source, download: Path) -> None:
 def _install_hardlink_targets(tree: Tree, source: Source, download: Path,
                               pending: dict[str, list[tuple[str, int, str]]]) -> None:
     """Hardlinks whose target no pattern selected: a second pass reads those targets."""
-    for member, content in iter_members(download, source.kind, source.origin, source.filename):
-        for i, (rel, mode, who) in enumerate(pending.get(member.name, ())):
-            if i == 0:
-                tree.add_file(rel, content, mode, who)
-                first = rel
-            else:
-                tree.copy_file(rel, first, mode, who)
+    with _members(source, download) as members:
+        for member, content in members:
+            for i, (rel, mode, who) in enumerate(pending.get(member.name, ())):
+                if i == 0:
+                    tree.add_file(rel, content, mode, who)
+                    first = rel
+                else:
+                    tree.copy_file(rel, first, mode, who)
+
+
+def _members(source: Source, download: Path) -> closing[Iterator[tuple[Member, BinaryIO | None]]]:
+    # closing(): when a member is refused, the archive (and its decompressor child) is
+    # closed right away, not whenever the traceback lets go of the generator.
+    return closing(iter_members(download, source.kind, source.origin, source.filename))
+
+
+def _who_prefix(source: Source) -> str:
+    """How messages name a source's members, up to the member's quoted name."""
+    return f"{source.origin}: {source.filename}: "
 
 
 def _checked_mode(member: Member, install: Install, source: Source) -> int:
@@ -412,6 +532,67 @@ def _checked_mode(member: Member, install: Install, source: Source) -> int:
             f"(mode {mode:04o})",
             hint="set allow-setuid = true on this source if the tool really needs it")
     return mode
+
+
+# ---------------------------------------------------------------------------------------------
+# The unpacked cache: each source's installed files, kept between stages
+
+UNPACKED_FORMAT = 1   # bump when what an entry holds or how it is laid out changes
+
+
+def unpacked_key(source: Source, download: Path) -> str:
+    """The name of a source's entry in the cache: a hash of everything that decides which
+    files it installs where, with which modes (the download is named by its sha256)."""
+    shaping = [UNPACKED_FORMAT, download.name, source.kind, source.filename, source.allow_setuid,
+               [[i.pattern, i.dest, i.mode] for i in source.install]]
+    return hashlib.sha256(json.dumps(shaping).encode()).hexdigest()
+
+
+def link_source(tree: Tree, source: Source, download: Path, unpacked: Path) -> None:
+    """What install_source places, hardlinked from the source's entry under `unpacked`,
+    which is made first when missing. Paths are claimed in the order and with the names
+    install_source used, so clashes read the same."""
+    entry = unpacked / unpacked_key(source, download)
+    if not entry.is_dir():
+        _unpack(source, download, entry)
+    prefix = _who_prefix(source)
+    try:
+        placed = json.loads((entry / "placed.json").read_text())
+        for rel, suffix in placed:
+            original = entry / "tree" / rel
+            mode = os.lstat(original).st_mode
+            if stat.S_ISDIR(mode):
+                tree.add_dir(rel, prefix + suffix)
+            elif stat.S_ISLNK(mode):
+                tree.add_symlink(rel, os.readlink(original), prefix + suffix)
+            else:
+                tree.link_file(rel, original, prefix + suffix)
+    except (FileNotFoundError, ValueError) as e:
+        raise BakeryError(f"{entry}: the unpacked copy of {source.filename} is damaged: {e}",
+                          hint=f"delete {unpacked} (a cache, safe to delete) and stage again") from e
+
+
+def _unpack(source: Source, download: Path, entry: Path) -> None:
+    """Installs the source into a fresh tree, records who placed what, and renames the
+    result to `entry` (all or nothing)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        os.mkdir(work / "tree", 0o755)
+        staged = Tree(work / "tree")
+        install_source(staged, source, download)
+        prefix = _who_prefix(source)
+        (work / "placed.json").write_text(
+            json.dumps([[rel, who.removeprefix(prefix)] for rel, who in staged.placed()]))
+        try:
+            os.rename(work, entry)
+        except OSError:
+            if not entry.is_dir():
+                raise
+            shutil.rmtree(work)        # a parallel stage made the same entry first
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,9 +652,14 @@ def write_extension_release(tree: Tree, image: Image) -> None:
 # The whole stage step
 
 
-def stage_image(image: Image, downloads: Sequence[Path], dest: Path) -> None:
+def stage_image(image: Image, downloads: Sequence[Path], dest: Path, *,
+                unpacked: Path | None = None) -> None:
     """Builds the validated tree of `image` at `dest` from the verified `downloads`
-    (downloads[i] belongs to image.sources[i]); `dest` is replaced only on success."""
+    (downloads[i] belongs to image.sources[i]); `dest` is replaced only on success.
+
+    With `unpacked`, sources are installed through that cache directory (see link_source);
+    the downloads must then be named by their sha256, as in the download cache. The tree's
+    files are hardlinks into it: nothing may write into the tree's files in place."""
     if len(downloads) != len(image.sources):
         raise ValueError(f"{image.id}: {len(image.sources)} sources but {len(downloads)} downloads")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -482,7 +668,10 @@ def stage_image(image: Image, downloads: Sequence[Path], dest: Path) -> None:
         os.chmod(work, 0o755)
         tree = Tree(work)
         for source, download in zip(image.sources, downloads):
-            install_source(tree, source, download)
+            if unpacked is None:
+                install_source(tree, source, download)
+            else:
+                link_source(tree, source, download, unpacked)
         if image.files_dir is not None:
             copy_files(tree, image.files_dir)
         write_dropins(tree, image.name, image.upholds)

@@ -1,9 +1,11 @@
 """stage: safe archive reading, install map, files/, drop-ins, extension-release, atomicity."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -16,7 +18,8 @@ import zstandard
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.image import Image, Install, Source
 from sysext_bakery.image import archive_kind
-from sysext_bakery.stage import Member, iter_members, stage_image
+from sysext_bakery.pack import pack
+from sysext_bakery.stage import Member, Tree, iter_members, stage_image, unpacked_key
 from elf import make_elf
 
 ORIGIN = "recipes/docker.toml: sources[0]"
@@ -110,6 +113,35 @@ def listing(tree: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
+@pytest.fixture(params=["child", "in-process"])
+def decompressor(request, tmp_path_factory, monkeypatch) -> str:
+    """Runs a test with the decompressor tools (a child process per archive), then again
+    without them on PATH (the in-process fallback)."""
+    if request.param == "in-process":
+        monkeypatch.setenv("PATH", str(tmp_path_factory.mktemp("empty-path")))
+    return request.param
+
+
+def children() -> list[str]:
+    """"pid state command" of every child process of this one, zombies included."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat_file.read_text()
+        except OSError:
+            continue                                   # exited meanwhile
+        command, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:]
+        state, ppid = rest.split()[:2]
+        if int(ppid) == os.getpid():
+            found.append(f"{stat_file.parent.name} {state} {command}")
+    return found
+
+
+def by_hash(path: Path) -> Path:
+    """The file renamed to its sha256, as the download cache names downloads."""
+    return path.rename(path.with_name(hashlib.sha256(path.read_bytes()).hexdigest()))
+
+
 DOCKER = [
     D("docker"),
     F("docker/docker", make_elf("x86-64", b"cli"), 0o755),
@@ -140,7 +172,7 @@ def test_archive_kind(filename, kind):
 
 
 @pytest.mark.parametrize("kind", ["tar", "tar.gz", "tar.xz", "tar.zst", "tar.bz2", "zip"])
-def test_every_archive_kind_stages_the_same_tree(tmp_path, kind):
+def test_every_archive_kind_stages_the_same_tree(tmp_path, kind, decompressor):
     ext = {"tar.gz": "tgz"}.get(kind, kind)
     archive = tmp_path / f"docker-24.0.9.{ext}"
     write_zip(archive, DOCKER) if kind == "zip" else write_tar(archive, kind, DOCKER)
@@ -517,24 +549,74 @@ def test_dropin_for_a_unit_not_shipped_fails_validation(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["tar.gz", "tar.xz", "tar.zst", "tar.bz2", "zip"])
-def test_corrupt_archive(tmp_path, kind):
+def test_corrupt_archive(tmp_path, kind, decompressor):
     archive = tmp_path / "broken"
     archive.write_bytes(b"this is not an archive at all" * 100)
     with pytest.raises(BakeryError) as err:
         stage_image(image(source("docker.tgz", kind, Install("docker/*", "/usr/bin/"))), [archive],
                     tmp_path / "out")
-    assert err.value.message.startswith(f"{ORIGIN}: docker.tgz: cannot be read as {kind}: ")
-    assert not (tmp_path / "out").exists()
+    prefix = f"{ORIGIN}: docker.tgz: cannot be read as {kind}: "
+    assert err.value.message.startswith(prefix)
+    assert len(err.value.message) > len(prefix) + 5        # says why (the tool's own complaint)
+    assert "delete it from the download cache" in err.value.hint
+    assert sorted(os.listdir(tmp_path)) == ["broken"]      # no temp dir left
+    assert children() == []
 
 
-def test_archive_truncated_inside_a_member(tmp_path):
-    big = os.urandom(300_000)
-    archive = write_tar(tmp_path / "a.tgz", "tar.gz", [F("bin/tool", big, 0o755)])
-    archive.write_bytes(archive.read_bytes()[:150_000])
-    with pytest.raises(BakeryError, match="^" + re.escape(f"{ORIGIN}: a.tgz: bin/tool: cannot be read as tar.gz")):
-        stage_image(image(source("a.tgz", "tar.gz", Install("bin/*", "/usr/bin/"))), [archive],
+@pytest.mark.parametrize("kind", ["tar.gz", "tar.xz", "tar.zst", "tar.bz2"])
+def test_archive_truncated_inside_a_member(tmp_path, kind, decompressor):
+    big = os.urandom(2 << 20)               # more than one bzip2 block (900 kB)
+    archive = write_tar(tmp_path / "a.tgz", kind, [F("bin/tool", big, 0o755)])
+    archive.write_bytes(archive.read_bytes()[:1 << 20])
+    with pytest.raises(BakeryError, match="^" + re.escape(f"{ORIGIN}: a.tgz: bin/tool: cannot be read as {kind}: ")):
+        stage_image(image(source("a.tgz", kind, Install("bin/*", "/usr/bin/"))), [archive],
                     tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    assert sorted(os.listdir(tmp_path)) == ["a.tgz"]
+    assert children() == []
+
+
+def test_decompression_runs_in_a_child_process(tmp_path, monkeypatch):
+    # A real gzip, reached through a wrapper that notes it ran and with what.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gzip").write_text(f'#!/bin/sh\necho "$$ $*" > {tmp_path}/ran\nexec {shutil.which("gzip")} "$@"\n')
+    os.chmod(bin_dir / "gzip", 0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    archive = write_tar(tmp_path / "docker.tgz", "tar.gz", DOCKER)
+    stage_image(image(source("docker.tgz", "tar.gz", Install("docker/*", "/usr/bin/"))), [archive],
+                tmp_path / "out")
+    assert listing(tmp_path / "out") == EXPECTED_DOCKER
+    pid, args = (tmp_path / "ran").read_text().split(" ", 1)
+    assert int(pid) != os.getpid() and args == "-dc\n"
+    assert children() == []
+
+
+def test_the_child_checks_the_gzip_crc_at_the_end(tmp_path):
+    archive = write_tar(tmp_path / "a.tgz", "tar.gz", DOCKER)
+    data = bytearray(archive.read_bytes())
+    data[-8] ^= 0xFF                        # the trailer's CRC32, read after all the data
+    archive.write_bytes(bytes(data))
+    with pytest.raises(BakeryError) as err:
+        stage_image(image(source("a.tgz", "tar.gz", Install("docker/*", "/usr/bin/"))), [archive],
+                    tmp_path / "out")
+    assert err.value.message.startswith(f"{ORIGIN}: a.tgz: cannot be read as tar.gz: gzip: ")
+    assert "crc error" in err.value.message
+    assert sorted(os.listdir(tmp_path)) == ["a.tgz"]
+    assert children() == []
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar.xz", "tar.zst", "tar.bz2"])
+def test_a_refusal_mid_archive_stops_the_child(tmp_path, kind):
+    # The child still has megabytes to write into a full pipe when the archive is refused.
+    big = F("docker/blob", os.urandom(4 << 20))
+    for entries, install in (
+            ([F("docker/x", b"x"), F("../evil", b"x"), big], Install("docker/*", "/usr/bin/")),
+            ([*DOCKER, big], Install("docker/*", "/usr/bin/dockerd"))):     # raised by install
+        archive = write_tar(tmp_path / "a.tgz", kind, entries)
+        with pytest.raises(BakeryError):
+            stage_image(image(source("a.tgz", kind, install)), [archive], tmp_path / "out")
+        assert children() == []
+    assert sorted(os.listdir(tmp_path)) == ["a.tgz"]
 
 
 def test_multiple_sources(tmp_path):
