@@ -45,15 +45,17 @@ BUFSIZE = 1 << 20   # copy buffer: large enough that Python overhead disappears 
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
 
 # Decompression runs in a child process, the way `tar -xzf` runs gzip: the second core
-# inflates while this process parses the tar stream and writes files. Each tool comes with
-# the exit codes that mean success (gzip and xz exit 2 for warnings such as trailing zeros,
-# which the in-process decompressors accept too).
-_TOOLS: dict[str, tuple[tuple[str, ...], frozenset[int]]] = {
-    "tar.gz": (("gzip", "-dc"), frozenset({0, 2})),
-    "tar.xz": (("xz", "-dc"), frozenset({0, 2})),
-    "tar.bz2": (("bzip2", "-dc"), frozenset({0})),
-    "tar.zst": (("zstd", "-dcq"), frozenset({0})),
+# inflates while this process parses the tar stream and writes files. The first tool found
+# on PATH is used (pigz inflates faster than gzip).
+_TOOLS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "tar.gz": (("pigz", "-dc"), ("gzip", "-dc")),
+    "tar.xz": (("xz", "-dc"),),
+    "tar.bz2": (("bzip2", "-dc"),),
+    "tar.zst": (("zstd", "-dcq"),),
 }
+# Exit status 2 is a warning for these (e.g. trailing garbage after the stream, which the
+# in-process decompressors do not look at either); for bzip2 it means a corrupt file.
+_WARNING_STATUS = {"pigz": 2, "gzip": 2, "xz": 2}
 PIPE_SIZE = 1 << 20  # a larger pipe lets the child run ahead of the tar parser
 
 # Without the tool, decompression wraps the raw file in-process. Either way tarfile only
@@ -146,7 +148,7 @@ class _ChildFailed(OSError):
 class _ChildOutput:
     """The stdout of a decompressor child; at its end, the child's failure is raised."""
 
-    def __init__(self, proc: subprocess.Popen, ok: frozenset[int], stderr: BinaryIO):
+    def __init__(self, proc: subprocess.Popen, ok: set[int], stderr: BinaryIO):
         self._proc, self._ok, self._stderr = proc, ok, stderr
 
     def read(self, size: int = -1) -> bytes:
@@ -174,15 +176,14 @@ class _ChildOutput:
 def _plain_tar(archive: Path, kind: str) -> Iterator[BinaryIO]:
     """The uncompressed tar stream of `archive`: from a child process when its tool is
     installed, else decompressed in-process. The child is always reaped."""
-    tool, ok = _TOOLS.get(kind, ((), frozenset()))
-    path = shutil.which(tool[0]) if tool else None
-    if path is None:
+    command = _find_tool(kind)
+    if command is None:
         with open(archive, "rb") as raw, _DECOMPRESS[kind](raw) as plain:
             yield plain
         return
+    ok = {0, _WARNING_STATUS.get(Path(command[0]).name, 0)}
     with open(archive, "rb") as raw, tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen([path, *tool[1:]], stdin=raw, stdout=subprocess.PIPE,
-                                stderr=stderr)
+        proc = subprocess.Popen(command, stdin=raw, stdout=subprocess.PIPE, stderr=stderr)
         try:
             _grow_pipe(proc.stdout)
             output = _ChildOutput(proc, ok, stderr)
@@ -192,6 +193,14 @@ def _plain_tar(archive: Path, kind: str) -> Iterator[BinaryIO]:
             proc.kill()          # a no-op once it exited; stops it when reading ended early
             proc.stdout.close()
             proc.wait()
+
+
+def _find_tool(kind: str) -> list[str] | None:
+    for name, *args in _TOOLS.get(kind, ()):
+        path = shutil.which(name)
+        if path is not None:
+            return [path, *args]
+    return None
 
 
 def _grow_pipe(pipe: BinaryIO) -> None:
