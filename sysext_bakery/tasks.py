@@ -259,7 +259,7 @@ def stage_image_task(image: Image, settings: Settings, paths: ImagePaths) -> Non
 
     fetched = _read_json(Path(paths.fetch_record))["sources"]
     downloads = [settings.download_cache / s["sha256"] for s in fetched]
-    stage_image(image, downloads, Path(paths.tree))
+    stage_image(image, downloads, Path(paths.tree), unpacked=settings.build / "stage" / ".unpacked")
     files = {}
     for path in _static_files(image.files_dir):
         data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
