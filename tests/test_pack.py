@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
+import struct
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,24 @@ def test_creation_order_mtimes_and_root_mode_do_not_matter(tmp_path: Path, fmt: 
     backward.chmod(0o700)  # what a mkdtemp staging directory looks like
     assert pack(forward, tmp_path / "f.raw", fmt, compression) == \
         pack(backward, tmp_path / "b.raw", fmt, compression)
+
+
+def test_default_zstd_packs_1_mib_blocks_at_level_10(tree: Path, tmp_path: Path) -> None:
+    # 2.5 MiB of compressible bytes: three zstd-compressed 1 MiB blocks, the last one partial
+    big = bytes(random.Random(7).choices(range(16), k=5 << 19))
+    (tree / "usr/lib/tool").mkdir()
+    (tree / "usr/lib/tool/big.bin").write_bytes(big)
+    out = tmp_path / "tool.raw"
+    pack(tree, out)
+
+    head = out.read_bytes()[:104]
+    block_size, _, compression_id, block_log, flags = struct.unpack_from("<IIHHH", head, 12)
+    assert (block_size, block_log, compression_id) == (1 << 20, 20, 6)   # 6: zstd
+    assert flags & 0x400   # compressor options follow the superblock: a non-default level
+    length, level = struct.unpack_from("<HI", head, 96)
+    assert (length, level) == (0x8000 | 4, 10)   # one uncompressed 4-byte metadata block
+    assert out.stat().st_size < len(big) * 0.6   # the blocks were compressed, not stored
+    assert inspect.read_file(out, "usr/lib/tool/big.bin") == big
 
 
 def test_different_content_gives_a_different_image(tree: Path, tmp_path: Path) -> None:
