@@ -244,3 +244,11 @@ def test_erofs_build_and_inspect_task(project: Project) -> None:
     run = project.doit("build:wasmtime")
     assert sorted(executed(run)) == ["pack:wasmtime-29.0.1-arm64", "pack:wasmtime-29.0.1-x86-64"]
     assert project.images.joinpath("wasmtime-29.0.1-arm64.raw").read_bytes()[:4] == b"hsqs"
+
+
+def test_directory_mirror_needs_no_server(project: Project, upstream: Upstream) -> None:
+    requests_before = len(project.mirror.requests)
+    project.doit("build:wasmtime", env={"BAKERY_MIRROR": str(upstream.root)})
+    assert len(project.mirror.requests) == requests_before
+    assert sorted(p.name for p in project.images.glob("*.raw")) == [
+        "wasmtime-29.0.1-arm64.raw", "wasmtime-29.0.1-x86-64.raw"]
