@@ -128,8 +128,12 @@ def decompressor(request, tmp_path_factory, monkeypatch) -> str:
     return request.param
 
 
+DECOMPRESSORS = {"pigz", "gzip", "xz", "zstd", "bzip2"}
+
+
 def children() -> list[str]:
-    """"pid state command" of every child process of this one, zombies included."""
+    """"pid state command" of every decompressor child of this process, zombies included
+    (other children, such as GitPython's long-lived `git cat-file`, are not ours to judge)."""
     found = []
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -138,7 +142,7 @@ def children() -> list[str]:
             continue                                   # exited meanwhile
         command, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:]
         state, ppid = rest.split()[:2]
-        if int(ppid) == os.getpid():
+        if int(ppid) == os.getpid() and command in DECOMPRESSORS:
             found.append(f"{stat_file.parent.name} {state} {command}")
     return found
 
