@@ -254,9 +254,21 @@ def _get(session: requests.Session, url: str, source: str,
          headers: dict[str, str]) -> requests.Response:
     try:
         return session.get(source, headers=headers, stream=True, timeout=TIMEOUT)
+    except requests.ConnectionError as e:
+        raise BakeryError(f"{url}: cannot connect (from {_redact(source)}): {_reason(e)}",
+                          "check the network or proxy; for offline builds set BAKERY_MIRROR "
+                          "to a mirror URL or directory (README: Offline and mirrored builds)") from e
     except requests.RequestException as e:
         raise BakeryError(f"{url}: request failed (from {_redact(source)}): "
                           f"{type(e).__name__}", MIRROR_HINT) from e
+
+
+def _reason(error: requests.ConnectionError) -> str:
+    """urllib3's reason, e.g. "Failed to resolve 'github.com' (…)", without the URL (which
+    may carry mirror credentials) that requests repeats in its own message."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    text = str(reason or error)
+    return text.split(">: ", 1)[-1]   # drop urllib3's "<…Connection object at 0x…>: " prefix
 
 
 def _check_status(resp: requests.Response, url: str, source: str) -> None:

@@ -336,9 +336,11 @@ def test_connection_refused_is_retried_then_reported(cache: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(BakeryError, match=rf"{re.escape(UPSTREAM)}: request failed "
-                                          rf"\(from http://127.0.0.1:{port}/download"):
+    with pytest.raises(BakeryError, match=rf"{re.escape(UPSTREAM)}: cannot connect "
+                                          rf"\(from http://127.0.0.1:{port}/download.*\): .*"
+                                          "Connection refused") as err:
         fetch(UPSTREAM, DIGEST, cache, mirror=f"http://127.0.0.1:{port}")
+    assert "BAKERY_MIRROR" in err.value.hint
     assert leftovers(cache) == []
 
 
