@@ -6,10 +6,11 @@ Per image `<img>` = `<name>-<version>-<arch>`:
   stage:<img>  builds build/stage/<img>/; writes build/state/stage/<img>.json (digest of inputs)
   pack:<img>   packs build/images/<img>.raw, writes build/state/images/<img>.json (provenance)
                and sets the image's line in build/images/SHA256SUMS
-Groups: build:<name>-<version>, build:<name>-<stream>, build:<name>, build; plus sums, inspect.
+Groups: build:<name>-<version>, build:<name>-<stream>, build:<name>, build; plus sums,
+inspect and release.
 
-Each task's up-to-date check is cheap (small JSON files, stat calls, doit's mtime checks) so
-a no-op run hashes nothing big.
+Up-to-date checks are stat calls, doit's saved values and mtime checks: a no-op run hashes
+no download and no image.
 """
 from __future__ import annotations
 
@@ -30,8 +31,7 @@ from . import lock, sums
 from .arch import ARCHES
 from .errors import BakeryError
 from .files import write_atomic
-from .image import Image
-from .image import COMPRESSIONS
+from .image import COMPRESSIONS, Image
 from .recipe import Recipe, load_recipes, resolve_image
 from .version import stream_of, version_key
 
@@ -389,8 +389,7 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
         deps = [f"build:{build.alias_of}"] if build.alias_of else [f"pack:{i}" for i in build.images]
         yield {"basename": f"build:{name}", "actions": None, "task_dep": deps, "doc": build.doc}
     unbuildable = dict(the_plan.unbuildable)
-    for wanted in requested_unknown_builds(argv, the_plan, recipes):
-        name, _, version = wanted.partition("=")
+    for name, version in requested_unknown_builds(argv, the_plan, recipes):
         unbuildable[f"{name}-{version}"] = unpinned_message(name, version, settings)
     for name, why in sorted(unbuildable.items()):
         yield {"basename": f"build:{name}", "actions": [(_FAIL, [why])],
@@ -400,10 +399,10 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
 
 
 def requested_unknown_builds(argv: list[str], the_plan: Plan,
-                             recipes: dict[str, Recipe]) -> list[str]:
-    """`build:<recipe>-<x>` named on the command line that the plan lacks, as "<recipe>=<x>",
-    so asking for an unpinned version fails with a message that says how to pin it instead
-    of doit's generic "not a task"."""
+                             recipes: dict[str, Recipe]) -> list[tuple[str, str]]:
+    """(recipe, version-or-stream) of each `build:<recipe>-<x>` on the command line that the
+    plan lacks, so asking for an unpinned version fails with a message that says how to pin
+    it instead of doit's generic "not a task"."""
     wanted = []
     for arg in argv:
         m = re.fullmatch(r"build:(.+)", arg)
@@ -411,7 +410,7 @@ def requested_unknown_builds(argv: list[str], the_plan: Plan,
             continue
         for name in sorted(recipes, key=len, reverse=True):
             if m.group(1).startswith(name + "-"):
-                wanted.append(f"{name}={m.group(1)[len(name) + 1:]}")
+                wanted.append((name, m.group(1)[len(name) + 1:]))
                 break
     return wanted
 
