@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from elf import make_elf  # noqa: E402  (the tests' tiny valid ELF header)
 from upstream import MirrorServer  # noqa: E402,F401  (loopback server that logs requests)
+from sysext_bakery.files import file_digest  # noqa: E402
 
 GENERATOR_VERSION = 1          # bump when the bytes change, so cached fixtures are rebuilt
 SEED = 20240601
@@ -159,14 +160,6 @@ def mirror_path(root: Path, url: str) -> Path:
     return root / url.removeprefix("https://")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MIB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class Upstream:
     root: Path
@@ -194,7 +187,7 @@ def mirror_tree(workdir: Path, scale_recipes: int, log=print) -> Upstream:
         path.parent.mkdir(parents=True, exist_ok=True)
         log(f"generating {path.name} for {arch} (~70 MB .tgz, once)")
         docker_tgz(path, arch)
-        sums[docker_url(arch)] = sha256_file(path)
+        sums[docker_url(arch)] = file_digest(path)
         small = Content(SEED + 1)
         tgz = root / "containerd.tmp.tgz"
         write_tgz(tgz, [("bin/", None, 0o755)] + [

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -28,3 +29,12 @@ def write_atomic(path: Path, data: bytes | str) -> bool:
             os.unlink(tmp)
         raise
     return True
+
+
+def file_digest(path: Path, algorithm: str = "sha256", *, fsync: bool = False) -> str:
+    """Hex digest of a file, streamed; with `fsync`, also flushed to disk in the same open."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, algorithm).hexdigest()
+        if fsync:
+            os.fsync(f.fileno())
+    return digest

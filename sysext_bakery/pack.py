@@ -13,7 +13,6 @@ small files cost more, since their tails share 1 MiB fragment blocks. docs/bench
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from . import inspect
 from .errors import BakeryError
+from .files import file_digest
 from .image import COMPRESSIONS
 
 EROFS_UUID = "5ab0e7e1-0000-4000-8000-000000000000"   # fixed so the superblock is reproducible
@@ -72,7 +72,7 @@ def pack(tree: Path, out: Path, fmt: str = "squashfs", compression: str = "zstd"
             raise BakeryError(f"{out}: the packed image differs from {tree}:\n  {shown}",
                               "the tree changed while packing, or the packer dropped something; "
                               "rebuild, and report it if it persists")
-        digest = _sha256_fsync(tmp)
+        digest = file_digest(tmp, fsync=True)   # flushed before it gets its final name
         tmp.chmod(0o644)  # mkstemp made it 0600; images are published
         os.replace(tmp, out)
     finally:
@@ -86,13 +86,3 @@ def _run(cmd: list[str], out: Path) -> None:
         output = (done.stderr.strip() or done.stdout.strip())[-2000:]
         raise BakeryError(f"{out}: {Path(cmd[0]).name} failed (exit {done.returncode}): {output}",
                           "check free disk space and that the staged tree is readable")
-
-
-def _sha256_fsync(path: Path) -> str:
-    """Stream the file through sha256 and flush it to disk before it gets its final name."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-        os.fsync(f.fileno())
-    return digest.hexdigest()

@@ -21,7 +21,7 @@ from typing import Iterator, Mapping
 
 from . import release, sums
 from .errors import BakeryError
-from .files import write_atomic
+from .files import file_digest, write_atomic
 from .release import PublishedImage, ReleaseConfig
 
 LOCK = ".publish.lock"
@@ -208,7 +208,7 @@ def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer,
     # an image already in the directory but not in SHA256SUMS was copied by a run that
     # stopped before the manifest: it is complete (renamed after verification), adopt it
     on_disk = {p.name: p for p in dest.glob("*.raw") if release.parse_image_filename(p.name)}
-    known = {name: published.get(name) or sums.sha256_file(path) for name, path in on_disk.items()}
+    known = {name: published.get(name) or file_digest(path) for name, path in on_disk.items()}
 
     copied: list[str] = []
     for image, raw in built:

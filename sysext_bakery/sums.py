@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 from pathlib import Path
 
@@ -29,14 +28,6 @@ def parse(text: str, origin: str = NAME) -> dict[str, str]:
 
 def render(sums: dict[str, str]) -> str:
     return "".join(f"{sums[name]}  {name}\n" for name in sorted(sums))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def update(directory: Path, entries: dict[str, str]) -> None:

@@ -30,7 +30,7 @@ from doit.tools import config_changed
 from . import lock, sums
 from .arch import ARCHES
 from .errors import BakeryError
-from .files import write_atomic
+from .files import file_digest, write_atomic
 from .image import COMPRESSIONS, Image
 from .recipe import Recipe, load_recipes, resolve_image
 from .version import stream_of, version_key
@@ -291,7 +291,7 @@ def write_sums(settings: Settings) -> None:
     for image in sorted(settings.images.glob("*.raw")):
         record = _read_json(Path(ImagePaths.of(settings, image.stem).provenance)) or {}
         size_ok = record.get("size") == image.stat().st_size and record.get("file") == image.name
-        entries[image.name] = record["sha256"] if size_ok else sums.sha256_file(image)
+        entries[image.name] = record["sha256"] if size_ok else file_digest(image)
     changed = write_atomic(settings.images / sums.NAME, sums.render(entries))
     print(f"{settings.images / sums.NAME}: {len(entries)} images, {'updated' if changed else 'unchanged'}")
 

@@ -10,7 +10,6 @@ stage -> validate -> pack steps that recipes go through.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import posixpath
@@ -28,7 +27,7 @@ import yaml
 from . import lock, stage, sums
 from .arch import ARCHES
 from .errors import BakeryError
-from .files import write_atomic
+from .files import file_digest, write_atomic
 from .image import Image
 from .recipe import NAME_RE, OS_PROFILES, UNIT_SUFFIXES
 from .validate import iter_tree
@@ -253,20 +252,12 @@ def _from_package_list(name: str, reference: str, entry: tuple[str, list[dict]],
         else:
             continue
         if archive is not None:
-            actual = _file_digest(archive, algorithm)
+            actual = file_digest(archive, algorithm)
             if actual != expected.lower():
                 raise BakeryError(f"{archive}: {algorithm} is {actual}, {origin} says {expected}",
                                   "the archive is corrupt or not the one listed; fetch it again")
             return archive
     return None
-
-
-def _file_digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

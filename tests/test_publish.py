@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sysext_bakery.files import file_digest
 from sysext_bakery import publish, release, sums
 from sysext_bakery.errors import BakeryError
 from sysupdate import make_gpg_key, write_provenance
@@ -61,7 +62,7 @@ def test_publishes_everything_and_a_second_run_changes_nothing(tmp_path):
     assert (dest / "docker.transfer").read_text() == conf
     # every image is in SHA256SUMS with its real hash
     manifest = sums.parse((dest / "SHA256SUMS").read_text())
-    assert manifest == {p.name: sums.sha256_file(p) for p in dest.glob("*.raw")}
+    assert manifest == {p.name: file_digest(p) for p in dest.glob("*.raw")}
 
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in dest.iterdir()}
     again = run(tmp_path, dest)
@@ -77,7 +78,7 @@ def test_index_and_butane_snippets_describe_the_published_files(tmp_path):
     index = json.loads((dest / "index.json").read_text())["images"]
     assert [(i["version"], i["size"]) for i in index] == [("24.0.9", 3), ("24.0.10", 3)]
     for entry in index:
-        assert entry["sha256"] == sums.sha256_file(dest / entry["file"])
+        assert entry["sha256"] == file_digest(dest / entry["file"])
         assert entry["revision"] == "0123abcd" and entry["built"].endswith("Z")
         assert entry["sources"] == [{"url": "https://example.invalid/docker-"
                                      f"{entry['version']}.tar.gz", "sha256": "ab" * 32}]
@@ -85,7 +86,7 @@ def test_index_and_butane_snippets_describe_the_published_files(tmp_path):
     assert snippet["variant"] == "flatcar"
     files = {f["path"]: f for f in snippet["storage"]["files"]}
     image = files["/opt/extensions/docker/docker-24.0.10-x86-64.raw"]   # the newest (24.0.10 > 24.0.9)
-    assert image["contents"]["verification"]["hash"] == "sha256-" + sums.sha256_file(
+    assert image["contents"]["verification"]["hash"] == "sha256-" + file_digest(
         dest / "docker-24.0.10-x86-64.raw")
     for f in files.values():   # every downloaded file exists in the published directory
         url = f["contents"]["source"]
@@ -121,14 +122,14 @@ def test_a_published_image_is_immutable(tmp_path):
     fake_image(tmp_path, "docker", "24.0.9", b"first build")
     dest = tmp_path / "pub"
     run(tmp_path, dest)
-    published = sums.sha256_file(dest / "docker-24.0.9-x86-64.raw")
+    published = file_digest(dest / "docker-24.0.9-x86-64.raw")
     fake_image(tmp_path, "docker", "24.0.9", b"different bytes")
-    rebuilt = sums.sha256_file(tmp_path / "images/docker-24.0.9-x86-64.raw")
+    rebuilt = file_digest(tmp_path / "images/docker-24.0.9-x86-64.raw")
     with pytest.raises(BakeryError) as err:
         run(tmp_path, dest)
     assert published in str(err.value) and rebuilt in str(err.value)
     assert "docker-24.0.9-x86-64.raw" in str(err.value)
-    assert sums.sha256_file(dest / "docker-24.0.9-x86-64.raw") == published
+    assert file_digest(dest / "docker-24.0.9-x86-64.raw") == published
 
 
 def test_image_not_matching_its_provenance_is_refused(tmp_path):
@@ -206,7 +207,7 @@ def consistent(dest: Path) -> None:
     assert not [p for p in dest.iterdir() if p.suffix == ".raw" and p.name.startswith(".")]
     if (dest / "SHA256SUMS").exists():
         for name, sha in sums.parse((dest / "SHA256SUMS").read_text()).items():
-            assert sums.sha256_file(dest / name) == sha, name
+            assert file_digest(dest / name) == sha, name
 
 
 def test_killed_between_image_copy_and_manifest_the_next_run_completes(tmp_path):
