@@ -15,10 +15,11 @@ from typing import Iterable, Mapping
 
 from .arch import ARCHES
 from .errors import BakeryError
-from .sums import NAME as SUMS
+from . import sums
 from .version import version_key
 
-SIGNATURE = "SHA256SUMS.gpg"
+SUMS = sums.NAME
+SIGNATURE = f"{SUMS}.gpg"
 PUBLIC_KEY = "bakery-signing-key.gpg"
 INDEX = "index.json"
 NOOP = "noop.conf"
