@@ -94,6 +94,9 @@ def install_target_problem(dest: str) -> str | None:
         return f"destination {dest} must be an absolute path without '..'"
     if p.parts[1:2] not in (("usr",), ("opt",)) or len(p.parts) < 3:
         return f"destination {dest} is outside /usr and /opt"
+    if len(p.parts) == 3 and not dest.endswith("/"):
+        return (f"destination {dest} would replace the host's whole /{p.parts[1]}/{p.parts[2]}; "
+                f"end it with '/' to install into it")
     if p.parts[1:3] == ("usr", "sbin"):
         return (f"destination {dest} is under /usr/sbin, which is a symlink to bin on Flatcar; "
                 "install into /usr/bin instead")
@@ -120,7 +123,8 @@ SOURCE_KEYS = (
         choices=tuple(ARCHES)),
     Key("install", "map", "Install map: path or glob inside the source -> destination under "
         "`/usr` or `/opt`. `*` matches within one path segment, `**` any depth; a destination "
-        "ending in `/` is a directory (the path below the pattern's fixed prefix is kept), "
+        "ending in `/` is a directory (files land under their own name; with `**` the path from "
+        "the `**` on is kept), "
         "otherwise the exact file name. A value may be a table `{ to = \"/usr/bin/\", mode = "
         "\"0755\" }`. Every pattern must match something.", required=True,
         values="install target", example='{ "docker/*" = "/usr/bin/" }'),

@@ -416,7 +416,7 @@ def _write_new(path: Path, content: BinaryIO, mode: int) -> None:
 class _Rule:
     install: Install
     segments: tuple[str, ...]   # the pattern, split on "/"
-    keep_from: int              # members keep their path from this segment on
+    keep_from: int              # into a directory, members keep their path from this segment on
     dest: str                   # relative to the tree, no trailing "/"
     into_dir: bool              # dest ended with "/"
 
@@ -428,10 +428,10 @@ def _rule(install: Install, origin: str) -> _Rule:
         raise BakeryError(f"{origin}: install: '{install.pattern}' = '{install.dest}' is not a "
                           "pattern inside the archive and a path under /usr or /opt",
                           hint='write e.g. "docker/*" = "/usr/bin/"')
-    literal = 0
-    while literal < len(segments) - 1 and not any(c in segments[literal] for c in "*?["):
-        literal += 1
-    return _Rule(install, segments, literal, dest, install.dest.endswith("/"))
+    # Into a directory a file lands under its own name ("*/wasmtime" -> wasmtime); with "**"
+    # the part of its path matched from the "**" on is kept ("lib/**" copies the tree).
+    keep_from = segments.index("**") if "**" in segments else len(segments) - 1
+    return _Rule(install, segments, keep_from, dest, install.dest.endswith("/"))
 
 
 def _matches(segments: Sequence[str], parts: Sequence[str]) -> bool:
@@ -546,7 +546,7 @@ def _checked_mode(member: Member, install: Install, source: Source) -> int:
 # ---------------------------------------------------------------------------------------------
 # The unpacked cache: each source's installed files, kept between stages
 
-UNPACKED_FORMAT = 1   # bump when what an entry holds or how it is laid out changes
+UNPACKED_FORMAT = 2   # bump when what an entry holds or how it is laid out changes
 
 
 def unpacked_key(source: Source, download: Path) -> str:

@@ -84,6 +84,12 @@ def _check_host_paths(tree: Path) -> list[str]:
     problems = []
     if os.path.lexists(tree / "usr/lib/os-release"):
         problems.append("usr/lib/os-release: a sysext must not replace the host's os-release")
+    for top in ("usr", "opt"):
+        if (tree / top).is_dir() and not (tree / top).is_symlink():
+            for entry in sorted(os.scandir(tree / top), key=lambda e: e.name):
+                if not entry.is_dir(follow_symlinks=False) and entry.name != "sbin":
+                    problems.append(f"{top}/{entry.name}: must be a directory (a file or link here "
+                                    f"would hide the host's whole /{top}/{entry.name} once merged)")
     sbin = tree / "usr/sbin"
     if os.path.lexists(sbin):
         inside = [f"usr/sbin/{rel}" for rel, _ in iter_tree(sbin)] if sbin.is_dir() and \

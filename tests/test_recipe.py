@@ -151,3 +151,9 @@ def test_reference_is_rendered_from_schema() -> None:
         assert key in text
     docs = (REPO / "docs" / "recipes.md").read_text()
     assert text in docs, "docs/recipes.md is stale: run `python -m sysext_bakery.recipe --docs`"
+
+
+def test_file_destination_replacing_a_host_directory(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('"/usr/bin/"', '"/usr/bin"'))
+    assert error_of(path) == (f"{path}: sources[0].install: destination /usr/bin would replace "
+                              "the host's whole /usr/bin; end it with '/' to install into it")

@@ -259,6 +259,24 @@ def test_install_patterns(tmp_path):
     assert got["usr/share/doc/pkg/COPYING"][1] == "license"
 
 
+@pytest.mark.parametrize("pattern, expected", [
+    ("*/tool", {"usr/bin/tool"}),                              # a leading glob: own name only
+    ("*/*/*.so", {"usr/bin/a.so"}),                           # "*" never crosses "/"
+    ("wasmtime-v1-x86_64-linux/**", {"usr/bin/tool", "usr/bin/lib/a.so", "usr/bin/lib/deep/b.so"}),
+    ("*/lib/**", {"usr/bin/a.so", "usr/bin/deep/b.so"}),       # kept from the "**" on
+])
+def test_globbed_directories_are_not_kept(tmp_path, pattern, expected):
+    top = "wasmtime-v1-x86_64-linux"
+    archive = write_tar(tmp_path / "w.tar.gz", "tar.gz", [
+        D(top), F(f"{top}/tool", make_elf("x86-64"), 0o755), D(f"{top}/lib"),
+        F(f"{top}/lib/a.so", make_elf("x86-64", b"a")), D(f"{top}/lib/deep"),
+        F(f"{top}/lib/deep/b.so", make_elf("x86-64", b"b"))])
+    dest = tmp_path / "out"
+    stage_image(image(source("w.tar.gz", "tar.gz", Install(pattern, "/usr/bin/"))), [archive], dest)
+    files = {k for k, v in listing(dest).items() if v[0].startswith("file") and k.startswith("usr/bin")}
+    assert files == expected
+
+
 def test_hardlinks_become_copies_even_when_only_the_link_is_selected(tmp_path):
     entries = [F("bin/clang", make_elf("x86-64", b"clang"), 0o755), H("bin/clang++", "bin/clang"),
                H("bin/cc", "bin/clang")]

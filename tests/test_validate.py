@@ -205,3 +205,14 @@ def test_every_problem_in_one_error(tmp_path):
 def test_unknown_arch(tmp_path):
     assert problems(good_tree(tmp_path), "riscv64")[0] == \
         "image arch 'riscv64' is unknown (known: x86-64, arm64)"
+
+
+def test_a_file_or_link_where_the_host_has_a_directory_is_refused(tmp_path):
+    tree = good_tree(tmp_path)
+    put(tree, "usr/share", "not a directory")
+    os.symlink("lib", tree / "usr/lib64")
+    assert problems(tree) == [
+        "usr/lib64: must be a directory (a file or link here would hide the host's whole "
+        "/usr/lib64 once merged)",
+        "usr/share: must be a directory (a file or link here would hide the host's whole "
+        "/usr/share once merged)"]
