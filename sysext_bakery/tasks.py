@@ -15,10 +15,10 @@ no download and no image.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,10 +236,34 @@ def _fetch_current(image: Image, cache: str) -> Callable[..., bool]:
     return check
 
 
-def _static_files(files_dir: Path | None) -> list[Path]:
+def files_signature(files_dir: Path | None) -> str:
+    """One line per entry of a recipe's files/ (size, mtime, exec bit; link target), so the
+    stage reruns on any edit, chmod or relinked symlink: doit's file_dep sees none of the
+    last two, and fails on a symlink that only resolves inside the image."""
     if files_dir is None:
-        return []
-    return sorted(p for p in files_dir.rglob("*") if p.is_file() or p.is_symlink())
+        return ""
+    lines = []
+    for path in sorted(files_dir.rglob("*")):
+        st = path.lstat()
+        rel = path.relative_to(files_dir)
+        if stat.S_ISLNK(st.st_mode):
+            lines.append(f"{rel} -> {os.readlink(path)}")
+        elif stat.S_ISREG(st.st_mode):
+            lines.append(f"{rel} {st.st_size} {st.st_mtime_ns} {'x' if st.st_mode & 0o111 else '-'}")
+    return "\n".join(lines)
+
+
+def files_digest(files_dir: Path | None) -> dict[str, str]:
+    """Content of files/ as recorded in the stage record: sha256 and exec bit per file, the
+    target per symlink."""
+    digest = {}
+    for path in sorted(files_dir.rglob("*")) if files_dir else ():
+        rel = str(path.relative_to(files_dir))
+        if path.is_symlink():
+            digest[rel] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            digest[rel] = f"{file_digest(path)} {'x' if path.stat().st_mode & 0o111 else '-'}"
+    return digest
 
 
 def stage_config(image: Image) -> dict[str, Any]:
@@ -260,12 +284,8 @@ def stage_image_task(image: Image, settings: Settings, paths: ImagePaths) -> Non
     fetched = _read_json(Path(paths.fetch_record))["sources"]
     downloads = [settings.download_cache / s["sha256"] for s in fetched]
     stage_image(image, downloads, Path(paths.tree), unpacked=settings.build / "stage" / ".unpacked")
-    files = {}
-    for path in _static_files(image.files_dir):
-        data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
-        files[str(path.relative_to(image.files_dir))] = hashlib.sha256(data).hexdigest()
-    _write_json(Path(paths.stage_record),
-                {"config": stage_config(image), "sources": fetched, "files": files})
+    _write_json(Path(paths.stage_record), {"config": stage_config(image), "sources": fetched,
+                                           "files": files_digest(image.files_dir)})
 
 
 def pack_image_task(image: Image, paths: ImagePaths, stream: str | None) -> None:
@@ -353,7 +373,9 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                           ("stage", "build and validate an image's tree"),
                           ("pack", "pack an image into build/images/")):
         yield {"basename": basename, "name": None, "doc": doc}
-    static_files = {name: [str(p) for p in _static_files(r.files_dir)] for name, r in recipes.items()}
+    # one config_changed per stage task of a recipe with files/, none for the others
+    files_changed = {name: [config_changed(files_signature(r.files_dir))] if r.files_dir else []
+                     for name, r in recipes.items()}
     cache = str(settings.download_cache)
     for image in the_plan.images:
         recipe = recipes[image.name]
@@ -367,8 +389,9 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
         # sha256 changes arrive through the fetch record.
         yield {"basename": "stage", "name": image.id,
                "actions": [(_STAGE, [image, settings, paths])],
-               "file_dep": [paths.fetch_record, str(recipe.path), *static_files[image.name]],
+               "file_dep": [paths.fetch_record, str(recipe.path)],
                "targets": [paths.stage_record, paths.tree],
+               "uptodate": files_changed[image.name],
                "doc": f"stage {image.id}"}
         yield {"basename": "pack", "name": image.id,
                "actions": [(_PACK, [image, paths, stream_of(image.version, recipe.streams)])],

@@ -254,3 +254,27 @@ def test_directory_mirror_needs_no_server(project: Project, upstream: Upstream) 
     assert len(project.mirror.requests) == requests_before
     assert sorted(p.name for p in project.images.glob("*.raw")) == [
         "wasmtime-29.0.1-arm64.raw", "wasmtime-29.0.1-x86-64.raw"]
+
+
+def test_chmod_and_symlinks_in_files_are_tracked(built: Project) -> None:
+    files = built.root / "recipes/docker/files"
+    (files / "usr/libexec/docker").mkdir(parents=True)
+    # valid inside the image, dangling on the build host
+    (files / "usr/libexec/docker/dockerd").symlink_to("../../bin/dockerd")
+    run = built.doit("build:docker-24.0.9", env={"BAKERY_ARCH": "x86-64"})
+    assert sorted(executed(run)) == ["pack:docker-24.0.9-x86-64", "stage:docker-24.0.9-x86-64"]
+    image = built.images / "docker-24.0.9-x86-64.raw"
+    entries = {e.path: e for e in read_image(image)}
+    assert entries["usr/libexec/docker/dockerd"].target == "../../bin/dockerd"
+
+    (files / "usr/lib/sysusers.d/docker.conf").chmod(0o755)
+    run = built.doit("build:docker-24.0.9", env={"BAKERY_ARCH": "x86-64"})
+    assert sorted(executed(run)) == ["pack:docker-24.0.9-x86-64", "stage:docker-24.0.9-x86-64"]
+    assert {e.path: e for e in read_image(image)}["usr/lib/sysusers.d/docker.conf"].mode == 0o755
+
+    (files / "usr/libexec/docker/dockerd").unlink()
+    (files / "usr/libexec/docker/dockerd").symlink_to("../../bin/docker")
+    run = built.doit("build:docker-24.0.9", env={"BAKERY_ARCH": "x86-64"})
+    assert "pack:docker-24.0.9-x86-64" in executed(run)
+    assert {e.path: e for e in read_image(image)}["usr/libexec/docker/dockerd"].target == "../../bin/docker"
+    assert executed(built.doit("build:docker-24.0.9", env={"BAKERY_ARCH": "x86-64"})) == []
