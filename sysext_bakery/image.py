@@ -65,7 +65,7 @@ class Image:
     sources: tuple[Source, ...]
     files_dir: Path | None = None               # recipes/<name>/files, copied into the tree
     upholds: tuple[tuple[str, tuple[str, ...]], ...] = ()   # ((target, (unit, ...)), ...)
-    reload_manager: bool = False                # EXTENSION_RELOAD_MANAGER=1
+    reload_manager: bool | None = None          # EXTENSION_RELOAD_MANAGER=1; None: when units ship
     os_id: str = "_any"                         # extension-release ID=
     sysext_level: str | None = None             # SYSEXT_LEVEL= (set with an OS profile)
     fmt: str = "squashfs"                       # "squashfs" | "erofs"

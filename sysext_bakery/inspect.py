@@ -270,7 +270,7 @@ def _erofs_read(path: Path, inner: str) -> bytes:
     with _erofs_open(path) as fs:
         ino = dict(fs.walk()).get(inner)
         if ino is None or not stat.S_ISREG(ino.mode):
-            raise BakeryError(f"{path}: no file {inner} in the image", "list it with `doit inspect:<img>`")
+            raise BakeryError(f"{path}: no file {inner} in the image", "list it with `bakery inspect IMAGE`")
         if ino.layout in (_FLAT_PLAIN, _FLAT_INLINE):
             return fs.data(ino, inner)
     # Compressed data: let erofs-utils decompress the whole image into a scratch directory.
@@ -353,7 +353,7 @@ def read_file(path: Path, inner: str) -> bytes:
     with _squashfs_open(path) as img:
         found = img.select("/" + inner)
         if found is None or not found.is_file:
-            raise BakeryError(f"{path}: no file {inner} in the image", "list it with `doit inspect:<img>`")
+            raise BakeryError(f"{path}: no file {inner} in the image", "list it with `bakery inspect IMAGE`")
         return found.read_bytes()
 
 
@@ -363,7 +363,7 @@ def _unsquashfs_cat(path: Path, inner: str) -> bytes:
     if done.returncode != 0:
         raise BakeryError(f"{path}: cannot read {inner} from the image: "
                           f"{done.stderr.decode(errors='replace').strip()}",
-                          "list it with `doit inspect:<img>`")
+                          "list it with `bakery inspect IMAGE`")
     return done.stdout
 
 
@@ -411,7 +411,7 @@ _TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK
 
 
 def format_image(path: Path) -> str:
-    """A report for `doit inspect:<img>`: format, extension-release, then every entry."""
+    """A report for `bakery inspect IMAGE`: format, extension-release, then every entry."""
     fmt, compression = image_format(path)
     entries = read_image(path)
     lines = [f"{path}: {fmt}{f' ({compression})' if compression else ''}, "

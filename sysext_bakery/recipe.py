@@ -204,7 +204,7 @@ class Recipe:
     os: str
     format: str
     compression: str
-    reload_manager: bool
+    reload_manager: bool | None     # None: decided by whether the image ships units
     upstream: Upstream | None
     arch_names: dict[str, str] = field(hash=False)
     sources: tuple[SourceTemplate, ...] = ()
@@ -364,7 +364,6 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None) -> R
     if not sources and files_dir is None:
         problems.add("sources", "a recipe needs at least one source or a files/ directory")
 
-    ships_units = bool(upholds) or (files_dir is not None and (files_dir / "usr/lib/systemd/system").is_dir())
     upstream = data.get("upstream")
     if upstream and upstream["type"].startswith(("github", "gitlab")) and "repo" not in upstream:
         problems.add("upstream.repo", f"required for type {upstream['type']!r}")
@@ -376,7 +375,7 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None) -> R
         name=name, path=path, description=data["description"], homepage=data["homepage"],
         arches=arches, streams=data.get("streams", "none"), os=data.get("os", "_any"),
         format=fmt, compression=compression,
-        reload_manager=data.get("reload-manager", ships_units),
+        reload_manager=data.get("reload-manager"),
         upstream=Upstream(**{k.replace("-", "_"): v for k, v in upstream.items()}) if upstream else None,
         arch_names=arch_names, sources=tuple(sources), upholds=upholds, files_dir=files_dir)
 

@@ -641,20 +641,24 @@ def write_dropins(tree: Tree, name: str, upholds: Sequence[tuple[str, Sequence[s
                           f"[Unit]\nUpholds={unit}\n", f"the [units] drop-in {target} -> {unit}")
 
 
-def extension_release(image: Image) -> str:
-    """The text of the image's extension-release file."""
+def extension_release(image: Image, ships_units: bool = False) -> str:
+    """The text of the image's extension-release file; `ships_units` decides the reload flag
+    when the image leaves it open (None)."""
     lines = [f"ID={image.os_id}"]
     if image.sysext_level is not None:
         lines.append(f"SYSEXT_LEVEL={image.sysext_level}")
     lines += [f"ARCHITECTURE={image.arch}", f"SYSEXT_VERSION_ID={image.version}"]
-    if image.reload_manager:
+    if image.reload_manager or (image.reload_manager is None and ships_units):
         lines.append("EXTENSION_RELOAD_MANAGER=1")
     return "\n".join(lines) + "\n"
 
 
 def write_extension_release(tree: Tree, image: Image) -> None:
+    # units may come from an archive as well as from files/ or drop-ins: look at the tree
+    units = tree.root / "usr/lib/systemd/system"
+    ships_units = units.is_dir() and any(units.iterdir())
     tree.add_text(f"usr/lib/extension-release.d/extension-release.{image.name}",
-                  extension_release(image), "the extension-release file")
+                  extension_release(image, ships_units), "the extension-release file")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import re
 import stat
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
@@ -288,30 +289,37 @@ def stage_image_task(image: Image, settings: Settings, paths: ImagePaths) -> Non
                                            "files": files_digest(image.files_dir)})
 
 
-def pack_image_task(image: Image, paths: ImagePaths, stream: str | None) -> None:
+def pack_image_task(image: Image, settings: Settings, paths: ImagePaths, stream: str | None) -> None:
     """Pack the staged tree, check it by reading it back, record provenance and SHA256SUMS."""
     from .pack import pack
+    from .publish import git_revision
 
     out = Path(paths.image)
     out.parent.mkdir(parents=True, exist_ok=True)
     digest = pack(Path(paths.tree), out, image.fmt, image.compression)
     staged = _read_json(Path(paths.stage_record))
+    st = out.stat()
     _write_json(Path(paths.provenance), {
         "name": image.name, "version": image.version, "arch": image.arch, "stream": stream,
-        "file": out.name, "sha256": digest, "size": out.stat().st_size,
-        "format": image.fmt, "compression": image.compression, "sources": staged["sources"]})
+        "file": out.name, "sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        "format": image.fmt, "compression": image.compression, "sources": staged["sources"],
+        "revision": git_revision(settings.root),
+        "built": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     sums.update(out.parent, {out.name: digest})
 
 
 def write_sums(settings: Settings) -> None:
-    """Rewrite build/images/SHA256SUMS for every image present (hashing only images whose
-    provenance record does not match their size)."""
+    """Rewrite build/images/SHA256SUMS for every image present, hashing only images whose
+    provenance record does not match their size and mtime (replaced by hand, or a crash
+    between placing the image and writing its record)."""
     settings.images.mkdir(parents=True, exist_ok=True)
     entries = {}
     for image in sorted(settings.images.glob("*.raw")):
         record = _read_json(Path(ImagePaths.of(settings, image.stem).provenance)) or {}
-        size_ok = record.get("size") == image.stat().st_size and record.get("file") == image.name
-        entries[image.name] = record["sha256"] if size_ok else file_digest(image)
+        st = image.stat()
+        same = (record.get("file"), record.get("size"), record.get("mtime_ns")) == \
+            (image.name, st.st_size, st.st_mtime_ns)
+        entries[image.name] = record["sha256"] if same else file_digest(image)
     changed = write_atomic(settings.images / sums.NAME, sums.render(entries))
     print(f"{settings.images / sums.NAME}: {len(entries)} images, {'updated' if changed else 'unchanged'}")
 
@@ -380,6 +388,7 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
     for image in the_plan.images:
         recipe = recipes[image.name]
         paths = ImagePaths.of(settings, image.id)
+        stream = stream_of(image.version, recipe.streams)   # recorded in the provenance
         yield {"basename": "fetch", "name": image.id,
                "actions": [(_FETCH, [image, settings, paths])],
                "targets": [paths.fetch_record],
@@ -394,10 +403,10 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                "uptodate": files_changed[image.name],
                "doc": f"stage {image.id}"}
         yield {"basename": "pack", "name": image.id,
-               "actions": [(_PACK, [image, paths, stream_of(image.version, recipe.streams)])],
+               "actions": [(_PACK, [image, settings, paths, stream])],
                "file_dep": [paths.stage_record],
                "targets": [paths.image, paths.provenance],
-               "uptodate": [config_changed(f"{image.fmt}:{image.compression}")],
+               "uptodate": [config_changed(f"{image.fmt}:{image.compression}:{stream}")],
                "doc": f"pack build/images/{image.filename}"}
     yield {"basename": "inspect", "actions": [(_INSPECT, [settings])], "pos_arg": "names",
            "uptodate": [False], "verbosity": 2,

@@ -81,7 +81,7 @@ def run_merged(root: Path, images: dict[str, Path], script: str, *,
         shutil.copyfile(image, extensions / f"{name}.raw")
     env = {**os.environ, "ROOT": str(root), "BAKERY_SCRIPT": script,
            "BAKERY_MUST_MERGE": " ".join(images) if must_merge else ""}
-    done = subprocess.run(["unshare", "-m", "--propagation", "unchanged", "sh", "-c", _WRAPPER],
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", _WRAPPER],
                           env=env, capture_output=True, text=True, timeout=120)
     if any(marker in done.stderr for marker in (SETUP_FAILED, MERGE_FAILED, NOT_MERGED, UNMERGE_FAILED)):
         raise AssertionError(f"systemd-sysext failed for {sorted(images)} in {root}:\n{done.stderr}")

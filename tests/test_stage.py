@@ -839,3 +839,19 @@ def test_a_damaged_entry_is_reported_with_how_to_recover(tmp_path):
     shutil.rmtree(unpacked)
     stage_image(img, [archive], tmp_path / "out", unpacked=unpacked)
     assert listing(tmp_path / "out") == EXPECTED_DOCKER
+
+
+@pytest.mark.parametrize("reload_manager, with_unit, expected", [
+    (None, True, True), (None, False, False), (False, True, False), (True, False, True)])
+def test_reload_manager_follows_units_from_any_source(tmp_path, reload_manager, with_unit, expected):
+    entries = [D("t"), F("t/tool", make_elf("x86-64"), 0o755)]
+    installs = [Install("t/tool", "/usr/bin/")]
+    if with_unit:   # a unit that comes from the archive, not from files/ or drop-ins
+        entries.append(F("t/tool.service", b"[Service]\nExecStart=/usr/bin/tool\n"))
+        installs.append(Install("t/tool.service", "/usr/lib/systemd/system/"))
+    archive = write_tar(tmp_path / "t.tar.gz", "tar.gz", entries)
+    dest = tmp_path / "out"
+    stage_image(image(source("t.tar.gz", "tar.gz", *installs), reload_manager=reload_manager),
+                [archive], dest)
+    release = next((dest / "usr/lib/extension-release.d").iterdir()).read_text()
+    assert ("EXTENSION_RELOAD_MANAGER=1" in release) == expected
