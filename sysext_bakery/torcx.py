@@ -28,9 +28,10 @@ from . import lock, stage, sums
 from .arch import ARCHES
 from .errors import BakeryError
 from .files import file_digest, write_atomic
-from .image import Image
+from .image import COMPRESSIONS, Image
 from .recipe import NAME_RE, OS_PROFILES, UNIT_SUFFIXES
 from .validate import iter_tree
+from .version import version_problem
 
 IMAGE_KIND = "image-manifest-v0"
 PROFILE_KINDS = ("profile-manifest-v0", "profile-manifest-v1")
@@ -63,6 +64,13 @@ _ENVIRONMENT = re.compile(r"^(\s*Environment\s*=)(.*)$")
 _ENV_WORD = re.compile(r"\"[^\"]*\"|'[^']*'|\S+")      # systemd's quoting of Environment=
 _TORCX_ASSIGNMENT = re.compile(r"[\"']?TORCX_[A-Z_]+=")
 _LEFTOVER = re.compile(r"torcx", re.IGNORECASE)
+_FREE_TEXT = re.compile(r"^\s*(?:[#;]|(?:Description|Documentation)\s*=)")  # may name torcx
+_UNPACK = r"(?:\$\{TORCX_UNPACKDIR\}|\$TORCX_UNPACKDIR\b|/run/torcx/unpack)"
+_IMAGEDIR = r"(?:\$\{TORCX_IMAGEDIR\}|\$TORCX_IMAGEDIR\b)"
+# TORCX_UNPACKDIR not followed by TORCX_IMAGEDIR: another image's tree, or this image's
+# under a path the conversion does not know.
+_UNPACK_ELSEWHERE = re.compile(r"(?:\$\{TORCX_UNPACKDIR\}|\$TORCX_UNPACKDIR\b)(?!"
+                               + _IMAGEDIR + r")[^\s\"']*")
 _UNSAFE_VERSION_CHARS = re.compile(r"[^A-Za-z0-9._+~^]")
 
 HINT_ARCHIVE = ("a torcx image is `<name>:<reference>.torcx.tgz` (or `.torcx.squashfs`) holding "
@@ -121,10 +129,17 @@ def version_from_reference(reference: str, origin: str) -> str:
     """A sysext version from a torcx reference: characters that would break
     `MatchPattern=<name>-@v-%a.raw` ('-', '/', ':' ...) become '_'."""
     version = _UNSAFE_VERSION_CHARS.sub("_", reference).lstrip("._+~^")
-    if not version:
-        raise BakeryError(f"{origin}: reference {reference!r} gives no usable version",
+    if problem := version_problem(version):
+        raise BakeryError(f"{origin}: reference {reference!r} gives no usable version: {problem}",
                           "pass --version with a version such as 20.10.24")
     return version
+
+
+def check_version(version: str) -> None:
+    """--version becomes part of the image file name, so it follows the version rule."""
+    if problem := version_problem(version):
+        raise BakeryError(f"--version: {problem}",
+                          "use letters, digits and . _ + ~ ^ only, e.g. 1.0_rc1 for 1.0-rc1")
 
 
 def check_name(name: str, origin: str) -> None:
@@ -442,14 +457,19 @@ def _copy_into(tree: stage.Tree, source: str, dest: str, who: str) -> None:
 # Units
 
 
-def substitute(text: str, name: str, origin: str) -> str:
+def substitute(text: str, torcx_name: str, origin: str) -> str:
     """Replaces references to the torcx runtime variables by their values in a sysext:
-    paths into the unpacked image become their /usr place, the rest take TORCX_VARS."""
+    paths into the unpacked image become their /usr place, the rest take TORCX_VARS.
+    `torcx_name` is the torcx image's own name, which its units use in unpack paths even
+    when the sysext is given another name."""
     image_paths = re.compile(
-        r"(?:\$\{TORCX_UNPACKDIR\}|\$TORCX_UNPACKDIR|/run/torcx/unpack)"
-        r"(?:\$\{TORCX_IMAGEDIR\}|\$TORCX_IMAGEDIR|/" + re.escape(name) + r")"
+        _UNPACK + r"(?:" + _IMAGEDIR + r"|/" + re.escape(torcx_name) + r")"
         r"/(" + "|".join(RELOCATE) + r")(?=[/\s\"']|$)")
     text = image_paths.sub(lambda m: "/" + relocate(m[1]), text)
+    if m := _UNPACK_ELSEWHERE.search(text):
+        raise BakeryError(f"{origin}: {m[0]} is not in the bin/, lib/, ... directories of the "
+                          f"torcx image {torcx_name!r}, so it has no place in the sysext",
+                          "fix the unit in the torcx archive to use the file's /usr path")
     text = text.replace("/run/torcx/bin", TORCX_VARS["TORCX_BINDIR"])
 
     def value(m: re.Match) -> str:
@@ -462,11 +482,14 @@ def substitute(text: str, name: str, origin: str) -> str:
     return _VAR_REF.sub(value, text)
 
 
-def rewrite_unit(text: str, name: str, origin: str) -> str:
+def rewrite_unit(text: str, torcx_name: str, origin: str) -> str:
     """A torcx unit made independent of torcx: no torcx.target dependency, no seal file,
-    no TORCX_* variables (references substituted, assignments dropped)."""
+    no TORCX_* variables (references substituted, assignments dropped). A line that still
+    refers to torcx afterwards would fail at boot, so it is an error naming the line."""
     lines = []
-    for line in text.splitlines():
+    leftover = []
+    for number, line in enumerate(text.splitlines(), 1):
+        where = f"{origin}:{number}"
         if _TORCX_ENV_FILE.match(line):
             continue
         if m := _DEPENDENCY.match(line):
@@ -480,11 +503,20 @@ def rewrite_unit(text: str, name: str, origin: str) -> str:
             if not kept:
                 continue
             line = m[1] + " ".join(kept) if len(kept) != len(words) else line
-        lines.append(substitute(line, name, origin))
+        line = substitute(line, torcx_name, where)
+        if _LEFTOVER.search(line) and not _FREE_TEXT.match(line):
+            leftover.append(f"{where}: {line.strip()}")
+        lines.append(line)
+    if leftover:
+        raise BakeryError(f"torcx image {torcx_name!r}: a unit still refers to torcx after "
+                          "conversion, and torcx is gone at boot:\n  " + "\n  ".join(leftover),
+                          "only torcx.target, /run/metadata/torcx, the TORCX_* variables and "
+                          "paths into this image are converted; fix the unit in the torcx "
+                          "archive (unpack, edit, tar -czf it again)")
     return "\n".join(lines) + "\n"
 
 
-def rewrite_units(root: Path, name: str) -> bool:
+def rewrite_units(root: Path, torcx_name: str) -> bool:
     """Rewrites every unit file and drop-in of the tree in place; True if there are units."""
     unit_dir = root / UNIT_DIR
     if not unit_dir.is_dir():
@@ -497,8 +529,8 @@ def rewrite_units(root: Path, name: str) -> bool:
         if not (path.name.endswith(UNIT_SUFFIXES) or is_dropin):
             continue
         found = found or not is_dropin
-        origin = f"{name}: /{path.relative_to(root)}"
-        path.write_text(rewrite_unit(path.read_text(), name, origin))
+        origin = f"{torcx_name}: /{path.relative_to(root)}"
+        path.write_text(rewrite_unit(path.read_text(), torcx_name, origin))
     return found
 
 
@@ -527,7 +559,8 @@ def wants_to_upholds(root: Path, name: str) -> tuple[tuple[str, tuple[str, ...]]
 
 def leftover_references(root: Path) -> list[str]:
     """Files outside the unit directory that still mention torcx (scripts reading
-    TORCX_BINDIR, configs pointing into /run/torcx): reported, since they are not rewritten."""
+    TORCX_BINDIR, configs pointing into /run/torcx): reported, since they are not rewritten.
+    (Units are rewritten, and refused if torcx is left in them.)"""
     found = []
     for rel, entry in iter_tree(root):
         if not entry.is_file(follow_symlinks=False) or rel.startswith(UNIT_DIR + "/"):
@@ -547,13 +580,16 @@ def convert(source: TorcxImage, work: Path, *, name: str | None = None,
     kind = archive_kind(source.archive)
     name = name or source.name
     check_name(name, str(source.archive))
-    version = version or version_from_reference(source.reference, str(source.archive))
+    if version is None:
+        version = version_from_reference(source.reference, str(source.archive))
+    else:
+        check_version(version)
     files = work / "files"
     files.mkdir(parents=True)
     tree = stage.Tree(files)
     manifest = unpack(source.archive, kind, tree)
     carry_manifest_files(manifest, tree)
-    ships_units = rewrite_units(files, name)
+    ships_units = rewrite_units(files, source.name)
     upholds = wants_to_upholds(files, name)
     return Converted(name, version, files, upholds, ships_units, tuple(leftover_references(files)))
 
@@ -633,15 +669,20 @@ def butane(built: Sequence[Built], base_url: str) -> str:
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 
-def recipe_toml(converted: Converted, arch: str, source: TorcxImage, os_id: str) -> str:
-    """recipes/<name>.toml for a converted image: a files-only recipe (no sources)."""
+def recipe_toml(converted: Converted, image: Image, source: TorcxImage) -> str:
+    """recipes/<name>.toml for a converted image: a files-only recipe (no sources) that
+    rebuilds the same image, so it keeps a non-default format and compression."""
     import tomli_w
 
     data: dict = {"description": f"{converted.name} converted from the torcx image "
                                  f"{source.name}:{source.reference}",
-                  "homepage": FLATCAR_SYSEXT_DOCS, "arches": [arch]}
-    if os_id != "_any":
-        data["os"] = os_id
+                  "homepage": FLATCAR_SYSEXT_DOCS, "arches": [image.arch]}
+    if image.os_id != "_any":
+        data["os"] = image.os_id
+    if image.fmt != "squashfs":
+        data["format"] = image.fmt
+    if image.compression != COMPRESSIONS[image.fmt][0]:
+        data["compression"] = image.compression
     if converted.upholds:
         data["units"] = {"upholds": {t: list(u) for t, u in converted.upholds}}
     return (f"{RECIPE_MARK}; the image content is in {converted.name}/files/.\n"
@@ -658,8 +699,8 @@ def check_recipe_free(recipes_dir: Path, name: str) -> Path:
     return recipe
 
 
-def emit_recipe(converted: Converted, arch: str, source: TorcxImage, os_id: str,
-                recipes_dir: Path, lock_path: Path) -> Path:
+def emit_recipe(converted: Converted, image: Image, source: TorcxImage, recipes_dir: Path,
+                lock_path: Path) -> Path:
     """Writes recipes/<name>.toml and recipes/<name>/files/ (replacing both atomically) and
     pins the version in the lock, so `doit build:<name>` rebuilds the image."""
     recipes_dir.mkdir(parents=True, exist_ok=True)
@@ -673,8 +714,8 @@ def emit_recipe(converted: Converted, arch: str, source: TorcxImage, os_id: str,
         os.rename(files, old)
     os.rename(staging / "files", files)
     shutil.rmtree(staging)
-    write_atomic(recipe, recipe_toml(converted, arch, source, os_id))
-    lock.record_sha256(lock_path, converted.name, converted.version, arch, [])
+    write_atomic(recipe, recipe_toml(converted, image, source))
+    lock.record_sha256(lock_path, converted.name, converted.version, image.arch, [])
     return recipe
 
 
@@ -718,7 +759,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     sources = _sources(args)
-    compression = args.compression or ("zstd" if args.fmt == "squashfs" else "lz4hc")
+    compression = args.compression or COMPRESSIONS[args.fmt][0]
     if args.emit_recipe:
         for source in sources:      # before anything is built
             check_recipe_free(args.emit_recipe, args.name or source.name)
@@ -740,8 +781,7 @@ def run(args: argparse.Namespace) -> None:
             built.append(pack_staged(image, tree, args.out))
             print(f"{built[-1].path}  sha256 {built[-1].sha256}")
             if args.emit_recipe:
-                recipe = emit_recipe(converted, args.arch, source, args.os_id,
-                                     args.emit_recipe, args.lock)
+                recipe = emit_recipe(converted, image, source, args.emit_recipe, args.lock)
                 print(f"{recipe}: rebuild with `doit build:{converted.name}`")
     stem = args.profile.stem if args.profile else built[0].name
     target = args.butane or args.out / f"{stem}.bu"

@@ -477,7 +477,7 @@ def test_not_a_profile(tmp_path: Path) -> None:
 
 
 def test_unknown_torcx_variable() -> None:
-    with pytest.raises(BakeryError, match=r"docker.service: refers to \$\{TORCX_PROFILE_PATH\}"):
+    with pytest.raises(BakeryError, match=r"docker.service:2: refers to \$\{TORCX_PROFILE_PATH\}"):
         rewrite_unit("[Service]\nExecStart=/bin/cat ${TORCX_PROFILE_PATH}\n", "docker",
                      "docker.service")
 
@@ -511,6 +511,25 @@ def test_emitted_recipe_rebuilds_the_same_image(tmp_path: Path, docker_tgz: Path
         digest(out / "docker-20.10.24-x86-64.raw")}
 
 
+@pytest.mark.parametrize("options, packed", [
+    (("--format", "erofs"), ("erofs", "lz4hc")),
+    (("--compression", "xz"), ("squashfs", "xz")),
+    (("--format", "erofs", "--compression", "lz4"), ("erofs", "lz4")),
+])
+def test_emitted_recipe_keeps_format_and_compression(tmp_path: Path, options: tuple[str, ...],
+                                                     packed: tuple[str, str]) -> None:
+    recipes, out = tmp_path / "recipes", tmp_path / "images"
+    archive = tools_tgz(tmp_path)
+    convert(archive, *options, "--out", out, "--emit-recipe", recipes,
+            "--lock", tmp_path / "lock.toml")
+    image = resolve_image(load_recipe(recipes / "tools.toml"), "1.2_rc1", "x86-64", [])
+    assert (image.fmt, image.compression) == packed
+    stage.stage_image(image, [], tmp_path / "tree")
+    rebuilt = tmp_path / "rebuilt.raw"
+    assert pack(tmp_path / "tree", rebuilt, image.fmt, image.compression) \
+        == digest(out / "tools-1.2_rc1-x86-64.raw")
+
+
 # ---------------------------------------------------------------------------------------------
 # The real systemd-sysext
 
@@ -540,3 +559,53 @@ def test_merged_with_systemd_sysext(tmp_path: Path, docker_tgz: Path) -> None:
     assert "ExecStart=/usr/bin/env PATH=/usr/bin:${PATH} /usr/bin/dockerd" in proc.stdout
     assert "Upholds=docker.socket" in proc.stdout
     assert "g docker - -" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# --name and --version
+
+
+def hello_tgz(directory: Path, service: str) -> Path:
+    """A torcx image named hello whose unit reaches its binary through torcx's unpack paths."""
+    manifest = {"kind": "image-manifest-v0",
+                "value": {"bin": ["/bin/hello"], "units": ["/lib/systemd/system/hello.service"]}}
+    return write_tgz(directory / "hello:1.0.torcx.tgz", [
+        ("bin/hello", ("x", b"#!/bin/sh\necho hello\n")),
+        ("lib/systemd/system/hello.service", service.encode()),
+        (".torcx/manifest.json", json.dumps(manifest).encode()),
+    ])
+
+
+def test_renamed_image_keeps_its_paths(tmp_path: Path) -> None:
+    # the unit names the torcx image (hello), not the sysext (hello2)
+    archive = hello_tgz(tmp_path, "[Unit]\nDescription=hello, formerly from torcx\n[Service]\n"
+                                  "ExecStartPre=${TORCX_UNPACKDIR}/hello/bin/hello\n"
+                                  "ExecStart=/run/torcx/unpack/hello/bin/hello\n")
+    out = tmp_path / "images"
+    convert(archive, "--name", "hello2", "--out", out)
+    unit = read_file(out / "hello2-1.0-x86-64.raw", f"{UNITS}/hello.service").decode()
+    assert "ExecStartPre=/usr/bin/hello\nExecStart=/usr/bin/hello\n" in unit
+
+
+@pytest.mark.parametrize("line", [
+    "ExecStart=/run/torcx/unpack/other/bin/hello",
+    "ExecStart=${TORCX_UNPACKDIR}/other/bin/hello",
+    "ConditionPathExists=/run/metadata/torcx",
+])
+def test_unit_still_needing_torcx_is_refused(tmp_path: Path, line: str) -> None:
+    archive = hello_tgz(tmp_path, f"[Unit]\nDescription=hello\n[Service]\n{line}\n")
+    out = tmp_path / "images"
+    with pytest.raises(BakeryError, match=r"hello: /usr/lib/systemd/system/hello.service:4: "):
+        convert(archive, "--name", "hello2", "--out", out)
+    assert not list(out.glob("*.raw"))
+
+
+@pytest.mark.parametrize("version", ["1.0-rc1", "../x", ".1", "1 0"])
+def test_bad_version_option(tmp_path: Path, docker_tgz: Path, version: str) -> None:
+    out = tmp_path / "images" / "here"
+    with pytest.raises(BakeryError, match=r"--version: version .* must not contain"):
+        convert(docker_tgz, "--version", version, "--out", out)
+    assert not list(tmp_path.rglob("*.raw"))
+
+
+# ---------------------------------------------------------------------------------------------
