@@ -690,12 +690,21 @@ def recipe_toml(converted: Converted, image: Image, source: TorcxImage) -> str:
 
 
 def check_recipe_free(recipes_dir: Path, name: str) -> Path:
-    """recipes/<name>.toml, unless a recipe not made by torcx-convert already has that name."""
+    """recipes/<name>.toml, unless a recipe not made by torcx-convert already has that name,
+    or a recipe's name is `<name>-…` or the prefix of `<name>-…`: published images are
+    found by `MatchPattern=<name>-@v-%a.raw`, which would match the other image's files."""
     recipe = recipes_dir / f"{name}.toml"
+    safe = f"pass another --name, e.g. {name.replace('-', '_')}_custom"
     if recipe.exists() and not recipe.read_text().startswith(RECIPE_MARK):
         raise BakeryError(f"{recipe}: a recipe of that name exists and was not made by "
-                          "torcx-convert; not replacing it",
-                          f"pass --name {name}-custom (or another free name)")
+                          "torcx-convert; not replacing it", safe)
+    for other in sorted(p.stem for p in recipes_dir.glob("*.toml")):
+        if name.startswith(other + "-") or other.startswith(name + "-"):
+            raise BakeryError(f"{recipe}: the name clashes with the recipe {other!r}: the "
+                              f"sysupdate MatchPattern of {min(name, other, key=len)!r} "
+                              f"(<name>-@v-%a.raw) would also match the images of "
+                              f"{max(name, other, key=len)!r}",
+                              safe + ": no recipe name followed by '-' may begin it")
     return recipe
 
 

@@ -511,6 +511,21 @@ def test_emitted_recipe_rebuilds_the_same_image(tmp_path: Path, docker_tgz: Path
         digest(out / "docker-20.10.24-x86-64.raw")}
 
 
+@pytest.mark.parametrize("name", ["docker-custom", "dock"])
+def test_emitted_recipe_name_must_not_extend_another(tmp_path: Path, docker_tgz: Path,
+                                                     name: str) -> None:
+    # docker's MatchPattern=docker-@v-%a.raw would also match docker-custom-1-x86-64.raw
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "docker.toml").write_text('description = "the catalogue recipe"\n')
+    (recipes / "dock-tools.toml").write_text('description = "another recipe"\n')
+    with pytest.raises(BakeryError, match=r"clashes with the recipe '(docker|dock-tools)'") as e:
+        convert(docker_tgz, "--name", name, "--out", tmp_path / "images",
+                "--emit-recipe", recipes, "--lock", tmp_path / "lock.toml")
+    assert "_custom" in e.value.hint
+    assert not (tmp_path / "images").exists()
+
+
 @pytest.mark.parametrize("options, packed", [
     (("--format", "erofs"), ("erofs", "lz4hc")),
     (("--compression", "xz"), ("squashfs", "xz")),
