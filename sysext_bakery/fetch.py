@@ -62,6 +62,9 @@ def mirror_url(url: str, mirror: str | None) -> str:
         raise BakeryError(f"{url}: not an http(s) URL, cannot map it to mirror {_redact(mirror)}",
                           LOCK_HINT)
     host = parts.netloc.rsplit("@", 1)[-1]
+    if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d+)?", host):
+        raise BakeryError(f"{url}: host {host!r} cannot be mapped into mirror {_redact(mirror)}",
+                          LOCK_HINT)
     query = f"?{parts.query}" if parts.query else ""
     if mirror.startswith(("http://", "https://")):
         return f"{mirror.rstrip('/')}/{host}{parts.path}{query}"

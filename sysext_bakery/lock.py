@@ -21,6 +21,7 @@ from pathlib import Path
 
 import tomli_w
 
+from .arch import ARCHES
 from .errors import BakeryError
 from .files import write_atomic
 from .version import version_problem
@@ -38,29 +39,34 @@ class Pin:
     arches: dict[str, list[dict[str, str]]]
 
 
-def load(path: Path) -> dict[str, list[Pin]]:
-    """recipe name -> its pins; raises BakeryError naming the lock and the key."""
+def load(path: Path, shown: str | None = None) -> dict[str, list[Pin]]:
+    """recipe name -> its pins; raises BakeryError naming the lock (as `shown`) and the key."""
+    shown = shown or str(path)
     if not path.exists():
         return {}
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise BakeryError(f"{path}: not valid TOML: {e}", "fix the syntax by hand") from None
+        raise BakeryError(f"{shown}: not valid TOML: {e}", "fix the syntax by hand") from None
     pins: dict[str, list[Pin]] = {}
     for name, versions in data.items():
         if not isinstance(versions, dict):
-            raise BakeryError(f"{path}: {name}: expected a table of versions")
+            raise BakeryError(f"{shown}: {name}: expected a table of versions")
         for version, arches in versions.items():
-            where = f"{path}: {name}.{version}"
+            where = f"{shown}: {name}.{version}"
             if what := version_problem(version):
                 raise BakeryError(f"{where}: {what}", "map the upstream version to one without '-'")
             if not isinstance(arches, dict):
                 raise BakeryError(f"{where}: expected a table of arches")
             parsed: dict[str, list[dict[str, str]]] = {}
             for arch, entry in arches.items():
+                if arch not in ARCHES:
+                    raise BakeryError(f"{where}: unknown arch {arch!r}",
+                                      f"arches are spelled as systemd does: {', '.join(ARCHES)}")
                 sources = entry.get("sources") if isinstance(entry, dict) else None
                 if not isinstance(sources, list) or not all(
-                        isinstance(s, dict) and set(s) <= {"url", "sha256"} for s in sources):
+                        isinstance(s, dict) and set(s) <= {"url", "sha256"}
+                        and all(isinstance(v, str) for v in s.values()) for s in sources):
                     raise BakeryError(f"{where}.{arch}: expected sources = [{{ url = \"…\", sha256 = \"…\" }}, …]")
                 parsed[arch] = sources
             pins.setdefault(name, []).append(Pin(name, version, parsed))
@@ -77,7 +83,10 @@ def record_sha256(path: Path, name: str, version: str, arch: str,
     guard = os.open(path.parent, os.O_RDONLY)   # flock on the directory: no stray lock file
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)
-        data = tomllib.loads(path.read_text()) if path.exists() else {}
+        try:
+            data = tomllib.loads(path.read_text()) if path.exists() else {}
+        except tomllib.TOMLDecodeError as e:
+            raise BakeryError(f"{path}: not valid TOML: {e}", "fix the syntax by hand") from None
         data.setdefault(name, {}).setdefault(version, {})[arch] = {"sources": sources}
         write_atomic(path, HEADER + tomli_w.dumps(data))
     finally:

@@ -23,7 +23,7 @@ OS_PROFILES = {"_any": None, "flatcar": "1.0"}   # ID= -> SYSEXT_LEVEL=
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
 URL_PLACEHOLDERS = ("name", "version", "version_bare", "version_major", "version_minor",
                     "version_patch", "arch", "sysext_arch")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+NAME_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 
 
 # --- the schema -------------------------------------------------------------------------
@@ -210,6 +210,7 @@ class Recipe:
     sources: tuple[SourceTemplate, ...] = ()
     upholds: tuple[tuple[str, tuple[str, ...]], ...] = ()
     files_dir: Path | None = None
+    shown: str = ""                 # how messages name the file: recipes/<name>.toml
 
 
 class _Problems:
@@ -314,11 +315,15 @@ def _similar(a: str, b: str) -> bool:
     return a == b or (len(a) > 3 and (a in b or b in a)) or sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b)) <= 2
 
 
-def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None) -> Recipe:
-    """Validate raw TOML data against SCHEMA and build a Recipe (raises BakeryError)."""
-    problems = _Problems(str(path))
+def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
+                 shown: str | None = None) -> Recipe:
+    """Validate raw TOML data against SCHEMA and build a Recipe (raises BakeryError).
+    `shown` is how messages name the file (`recipes/<name>.toml`)."""
+    shown = shown or str(path)
+    problems = _Problems(shown)
     if not NAME_RE.match(name):
-        problems.add("", f"recipe name {name!r} must be lower-case letters, digits, '-' or '_'")
+        problems.add("", f"recipe name {name!r} must be lower-case letters and digits, words "
+                         "joined by single '-' or '_'")
     _check_table(SCHEMA, data, "", problems)
     problems.raise_if_any("see docs/recipes.md for the recipe format")
 
@@ -358,9 +363,9 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None) -> R
     if files_dir is not None:
         for top in sorted(files_dir.iterdir()):
             if top.name not in ("usr", "opt"):
-                problems.add("", f"{files_dir}/{top.name}: static files may only live under usr/ and opt/")
+                problems.add("", f"{shown.removesuffix('.toml')}/files/{top.name}: static files may only live under usr/ and opt/")
         if (files_dir / "usr" / "sbin").exists():
-            problems.add("", f"{files_dir}/usr/sbin: {install_target_problem('/usr/sbin/x')}")
+            problems.add("", f"{shown.removesuffix('.toml')}/files/usr/sbin: {install_target_problem('/usr/sbin/x')}")
     if not sources and files_dir is None:
         problems.add("sources", "a recipe needs at least one source or a files/ directory")
 
@@ -377,20 +382,22 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None) -> R
         format=fmt, compression=compression,
         reload_manager=data.get("reload-manager"),
         upstream=Upstream(**{k.replace("-", "_"): v for k, v in upstream.items()}) if upstream else None,
-        arch_names=arch_names, sources=tuple(sources), upholds=upholds, files_dir=files_dir)
+        arch_names=arch_names, sources=tuple(sources), upholds=upholds, files_dir=files_dir,
+        shown=shown)
 
 
-def load_recipe(path: Path) -> Recipe:
-    """Load and validate `recipes/<name>.toml` (raises BakeryError naming the file)."""
+def load_recipe(path: Path, shown: str | None = None) -> Recipe:
+    """Load and validate `recipes/<name>.toml` (raises BakeryError naming the file as `shown`)."""
+    shown = shown or str(path)
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
-        raise BakeryError(f"{path}: not valid TOML: {e}", "fix the syntax; see docs/recipes.md") from None
+        raise BakeryError(f"{shown}: not valid TOML: {e}", "fix the syntax; see docs/recipes.md") from None
     except OSError as e:
-        raise BakeryError(f"{path}: cannot read: {e.strerror}") from None
+        raise BakeryError(f"{shown}: cannot read: {e.strerror}") from None
     files_dir = path.parent / path.stem / "files"
-    return parse_recipe(path.stem, path, data, files_dir if files_dir.is_dir() else None)
+    return parse_recipe(path.stem, path, data, files_dir if files_dir.is_dir() else None, shown)
 
 
 def load_recipes(directory: Path) -> tuple[dict[str, Recipe], list[BakeryError]]:
@@ -400,7 +407,7 @@ def load_recipes(directory: Path) -> tuple[dict[str, Recipe], list[BakeryError]]
     errors: list[BakeryError] = []
     for path in sorted(directory.glob("*.toml")):
         try:
-            recipes[path.stem] = load_recipe(path)
+            recipes[path.stem] = load_recipe(path, f"{directory.name}/{path.name}")
         except BakeryError as e:
             errors.append(e)
     return recipes, errors
@@ -423,7 +430,7 @@ def resolve_image(recipe: Recipe, version: str, arch: str,
     if pinned is not None and len(pinned) != len(templates):
         raise BakeryError(
             f"release/lock.toml: {recipe.name}.{version}.{arch}: pins {len(pinned)} sources, "
-            f"{recipe.path} has {len(templates)} for {arch}",
+            f"{recipe.shown} has {len(templates)} for {arch}",
             f"remove the {arch} entry to re-derive it from the recipe, or fix the list")
     sources = []
     for i, tpl in enumerate(templates):
@@ -437,7 +444,7 @@ def resolve_image(recipe: Recipe, version: str, arch: str,
             url=url, sha256=sha256,
             checksum_url=render_url(tpl.checksum_url, recipe, v, arch, url) if tpl.checksum_url else None,
             kind=tpl.kind, install=tpl.install, allow_setuid=tpl.allow_setuid,
-            origin=f"{recipe.path}: sources[{recipe.sources.index(tpl)}]"))
+            origin=f"{recipe.shown}: sources[{recipe.sources.index(tpl)}]"))
     fmt = fmt or recipe.format
     return Image(
         name=recipe.name, version=version, arch=arch, sources=tuple(sources),

@@ -37,6 +37,9 @@ from .recipe import Recipe, load_recipes, resolve_image
 from .version import stream_of, version_key
 
 
+LOCK = "release/lock.toml"   # relative to the project root; also how messages name it
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a build reads from the environment, read once at the edge."""
@@ -65,7 +68,7 @@ class Settings:
 
     @property
     def lock_path(self) -> Path:
-        return self.root / "release" / "lock.toml"
+        return self.root / LOCK
 
 
 class ImagePaths(NamedTuple):
@@ -129,27 +132,26 @@ def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: 
     for name in sorted(pins):
         if name not in recipes:
             problems.append(BakeryError(
-                f"{settings.lock_path}: pins {name!r}, but there is no loadable recipes/{name}.toml",
+                f"{LOCK}: pins {name!r}, but there is no loadable recipes/{name}.toml",
                 "fix or add the recipe, or remove its versions from the lock"))
     for name, recipe in sorted(recipes.items()):
         versions = sorted(pins.get(name, []), key=lambda p: version_key(p.version))
         if not versions:
-            unbuildable[f"{name}"] = unpinned_message(name, None, settings)
+            unbuildable[f"{name}"] = unpinned_message(name, None)
             continue
         for pin in versions:
             arches = [a for a in recipe.arches if settings.arches is None or a in settings.arches]
-            ids = []
-            try:
-                for arch in arches:
-                    image = resolve_image(recipe, pin.version, arch, pin.arches.get(arch),
+            try:   # all arches of a version or none: a half version would build as if whole
+                resolved = [resolve_image(recipe, pin.version, arch, pin.arches.get(arch),
                                           fmt=settings.fmt, compression=settings.compression)
-                    images.append(image)
-                    ids.append(image.id)
+                            for arch in arches]
             except BakeryError as e:
                 problems.append(e)
                 continue
+            images += resolved
             builds[f"{name}-{pin.version}"] = Build(
-                tuple(ids), f"{name} {pin.version} for {', '.join(arches) or 'no arch selected'}")
+                tuple(i.id for i in resolved),
+                f"{name} {pin.version} for {', '.join(arches) or 'no arch selected'}")
         newest_by_stream: dict[str, str] = {}
         for pin in versions:
             stream = stream_of(pin.version, recipe.streams)
@@ -165,10 +167,12 @@ def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: 
     return Plan(tuple(images), builds, unbuildable, tuple(problems))
 
 
-def unpinned_message(name: str, wanted: str | None, settings: Settings) -> str:
-    what = f"{name} {wanted}" if wanted else f"{name} (any version)"
-    example = wanted or "<version>"
-    return (f"{what} is not pinned in {settings.lock_path.relative_to(settings.root)}. "
+def unpinned_message(name: str, wanted: str | None, stream: bool = False) -> str:
+    if stream:
+        first, example = f"no {name} {wanted}.x is pinned", f"{wanted}.<rest of the version>"
+    else:
+        first, example = f"{name} {wanted or '(any version)'} is not pinned", wanted or "<version>"
+    return (f"{first} in {LOCK}. "
             f"Pin it by adding a table [{name}.\"{example}\"] to the lock (URLs come from "
             f"recipes/{name}.toml, the sha256 is recorded on first fetch); `doit update` will "
             "pin new upstream versions once upstream tracking lands.")
@@ -359,7 +363,7 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
     try:
         settings = settings_from_env(root)
         recipes, errors = load_recipes(root / "recipes")
-        pins = lock.load(settings.lock_path)
+        pins = lock.load(settings.lock_path, LOCK)
     except BakeryError as e:
         print(f"bakery: {e}", file=sys.stderr)
         yield {"basename": "build", "doc": "build every pinned image (broken configuration)",
@@ -422,7 +426,8 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
         yield {"basename": f"build:{name}", "actions": None, "task_dep": deps, "doc": build.doc}
     unbuildable = dict(the_plan.unbuildable)
     for name, version in requested_unknown_builds(argv, the_plan, recipes):
-        unbuildable[f"{name}-{version}"] = unpinned_message(name, version, settings)
+        unbuildable[f"{name}-{version}"] = unpinned_message(
+            name, version, stream=stream_of(version, recipes[name].streams) == version)
     for name, why in sorted(unbuildable.items()):
         yield {"basename": f"build:{name}", "actions": [(_FAIL, [why])],
                "doc": "not pinned yet"}

@@ -34,8 +34,15 @@ def stream_of(version: str, policy: str) -> str | None:
 
 
 def version_key(version: str) -> tuple:
-    """Orders versions as systemd-sysupdate does (close to strverscmp_improved): numeric parts
-    numerically, 1.10 > 1.9, and a number is newer than letters, so 1.0 > 1.0rc1-style suffixes
-    sort by their parts."""
-    return tuple((1, int(part), "") if part.isdigit() else (0, 0, part)
-                 for part in re.findall(r"\d+|[^\d.+~_]+", version))
+    """Orders versions as systemd-sysupdate does (its strverscmp_improved): numbers compare
+    numerically (1.10 > 1.9) and beat letters, and a `~` part sorts before everything, even
+    the end of the version, so 1.0~rc1 < 1.0 < 1.0.1."""
+    key = []
+    for part in re.findall(r"~|\d+|[^\d.+~_^-]+", version):
+        if part == "~":
+            key.append((-1, 0, ""))
+        elif part.isdigit():
+            key.append((2, int(part), ""))
+        else:
+            key.append((1, 0, part))
+    return tuple(key) + ((0, 0, ""),)   # the end of the version: after ~, before anything else

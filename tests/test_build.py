@@ -161,13 +161,17 @@ def test_unpinned_version_says_how_to_pin(project: Project) -> None:
     assert run.returncode != 0
     assert ('docker 99.1.0 is not pinned in release/lock.toml. Pin it by adding a table '
             '[docker."99.1.0"] to the lock') in run.stdout + run.stderr
+    run = project.doit("build:docker-26", check=False)
+    assert run.returncode != 0
+    assert ('no docker 26.x is pinned in release/lock.toml'
+            + '. Pin it by adding a table [docker."26.<rest of the version>"]') in run.stdout + run.stderr
 
 
 def test_broken_recipe_is_reported_and_others_listed(project: Project) -> None:
     (project.root / "recipes" / "broken.toml").write_text('description = "x"\nhomepage = 1\n')
     run = project.doit("list")
     assert "build:docker-24" in run.stdout and "broken" not in run.stdout
-    assert "broken.toml: homepage: expected a string, got int 1" in run.stderr
+    assert "bakery: skipped: recipes/broken.toml: homepage: expected a string, got int 1" in run.stderr
 
 
 def add_recipe(project: Project, upstream: Upstream, name: str, archive: bytes,

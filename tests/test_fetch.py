@@ -470,3 +470,9 @@ def test_fetch_text_through_http_mirror(httpserver) -> None:
     assert fetch_text("https://example.org/SUMS", mirror=httpserver.url_for("/")) == "hello sums\n"
     with pytest.raises(BakeryError, match=r"https://example.org/nope: HTTP 404 Not Found \(from "):
         fetch_text("https://example.org/nope", mirror=httpserver.url_for("/"))
+
+
+@pytest.mark.parametrize("url", ["https://../etc/passwd", "https://./x", "https://a..b/x"])
+def test_mirror_refuses_hosts_that_would_escape(url: str) -> None:
+    with pytest.raises(BakeryError, match="cannot be mapped into mirror"):
+        mirror_url(url, "/srv/mirror")

@@ -27,6 +27,8 @@ def test_load_pins(tmp_path: Path) -> None:
     ('[docker."24.0.9".x86-64]\nsources = [{ url = "u", sha = "x" }]\n',
      "lock.toml: docker.24.0.9.x86-64: expected sources = ["),
     ('docker = 1\n', "lock.toml: docker: expected a table of versions"),
+    ('[docker."24.0.9".x86_64]\nsources = []\n', "lock.toml: docker.24.0.9: unknown arch 'x86_64'"),
+    ('[docker."24.0.9".x86-64]\nsources = [{ url = 1 }]\n', "lock.toml: docker.24.0.9.x86-64: expected"),
     ('[docker\n', "lock.toml: not valid TOML"),
 ])
 def test_bad_lock_names_the_key(tmp_path: Path, text: str, message: str) -> None:
