@@ -122,7 +122,8 @@ def fetch_text(url: str, *, mirror: str | None = None) -> str:
 
 def parse_checksum(text: str, url: str, checksum_url: str) -> str:
     """The sha256 for `url` in a checksum file: a bare digest or sha256sum lines, where the
-    line naming the URL's file wins and a single line is taken whatever its name."""
+    line naming the URL's file wins; a single line naming another file is an error (it
+    would only surface later as a misleading "mismatch")."""
     name = _basename(url)
     entries = [m.groups() for line in text.splitlines()
                if (m := SUM_LINE.fullmatch(line.strip()))]
@@ -130,7 +131,7 @@ def parse_checksum(text: str, url: str, checksum_url: str) -> str:
              if file and file.strip().rsplit("/", 1)[-1] == name}
     if len(named) == 1:
         return named.pop()
-    if not named and len(entries) == 1:
+    if not named and len(entries) == 1 and not entries[0][1]:
         return entries[0][0].lower()
     what = "conflicting sha256 entries" if named else "no sha256 entry"
     raise BakeryError(f"{checksum_url}: {what} for {name} (checksum file of {url})",
@@ -191,6 +192,9 @@ def _copy(url: str, path: str, out: BinaryIO, meter: _Meter) -> tuple[str, int]:
                 _write(out, hasher, meter, chunk)
     except FileNotFoundError as e:
         raise BakeryError(f"{url}: not found in the mirror directory ({path})", MIRROR_HINT) from e
+    except OSError as e:
+        raise BakeryError(f"{url}: cannot read {path} from the mirror directory: {e.strerror}",
+                          MIRROR_HINT) from e
     return hasher.hexdigest(), out.tell()
 
 
