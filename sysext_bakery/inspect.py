@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 import shutil
 import stat
 import struct
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import BakeryError
+from .validate import parse_release
 
 RELEASE_DIR = "usr/lib/extension-release.d"
 RELEASE_PREFIX = f"{RELEASE_DIR}/extension-release."
@@ -365,22 +365,6 @@ def _unsquashfs_cat(path: Path, inner: str) -> bytes:
                           f"{done.stderr.decode(errors='replace').strip()}",
                           "list it with `bakery inspect IMAGE`")
     return done.stdout
-
-
-def parse_release(text: str) -> dict[str, str]:
-    """os-release syntax: KEY=VALUE lines, optional shell quoting, # comments."""
-    fields = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            quote, value = value[0], value[1:-1]
-            if quote == '"':
-                value = re.sub(r'\\([\\"$`])', r"\1", value)
-        fields[key.strip()] = value
-    return fields
 
 
 def _release_files(entries: list[Entry]) -> list[str]:

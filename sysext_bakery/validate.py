@@ -6,6 +6,7 @@ tree, so one build shows the whole list of what to fix.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,7 +135,7 @@ def _check_release(tree: Path, name: str, arch: str) -> list[str]:
     if not path.is_file() or path.is_symlink():
         return problems + [f"{rel}: missing or not a regular file (systemd-sysext refuses the image "
                            "without it)"]
-    fields = _env_fields(path.read_text(errors="replace"))
+    fields = parse_release(path.read_text(errors="replace"))
     if "ID" not in fields:
         problems.append(f"{rel}: no ID= (use ID=_any for any OS)")
     if fields.get("ARCHITECTURE") != arch:
@@ -142,12 +143,19 @@ def _check_release(tree: Path, name: str, arch: str) -> list[str]:
     return problems
 
 
-def _env_fields(text: str) -> dict[str, str]:
+def parse_release(text: str) -> dict[str, str]:
+    """os-release syntax: KEY=VALUE lines, optional shell quoting, # comments."""
     fields = {}
     for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and not key.startswith("#"):
-            fields[key.strip()] = value.strip().strip("\"'")
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':
+                value = re.sub(r'\\([\\"$`])', r"\1", value)
+        fields[key.strip()] = value
     return fields
 
 

@@ -151,6 +151,7 @@ def test_trust_on_first_use_records_sha256_with_warning(project: Project, upstre
     run = project.doit("build:wasmtime-29.0.1")
     assert run.stderr.count("WARNING: trust on first use") == 2
     pins = load_lock(project.lock_path)["wasmtime"][0]
+    assert set(pins.arches) == {"x86-64", "arm64"}
     assert {a: [s["sha256"] for s in v] for a, v in pins.arches.items()} == {
         a: [upstream.sha256[s["url"]]] for a, v in pins.arches.items() for s in v}
     assert executed(project.doit("build:wasmtime-29.0.1")) == []
