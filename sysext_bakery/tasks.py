@@ -135,6 +135,14 @@ def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: 
                 f"{LOCK}: pins {name!r}, but there is no loadable recipes/{name}.toml",
                 "fix or add the recipe, or remove its versions from the lock"))
     for name, recipe in sorted(recipes.items()):
+        clash = next((other for other in recipes if name.startswith(other + "-")), None)
+        if clash:   # sysupdate's @v matches "-": clash's transfer would install this image
+            problems.append(BakeryError(
+                f"{recipe.shown}: the name {name!r} starts with {clash + '-'!r}, so the "
+                f"sysupdate pattern {clash}-@v-%a.raw of recipes/{clash}.toml would also "
+                f"match {name}'s images",
+                f"rename it without the '-' after {clash!r}, e.g. {name.replace('-', '_', 1)!r}"))
+            continue
         versions = sorted(pins.get(name, []), key=lambda p: version_key(p.version))
         if not versions:
             unbuildable[f"{name}"] = unpinned_message(name, None)

@@ -51,3 +51,16 @@ def test_settings_from_env() -> None:
 def test_settings_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(BakeryError, match=message):
         settings_from_env(Path("/p"), env)
+
+
+def test_a_name_extending_another_with_dash_is_refused(tmp_path: Path) -> None:
+    for name in ("tool", "tool-extra"):
+        (tmp_path / f"{name}.toml").write_text(
+            'description = "t"\nhomepage = "https://example.org/"\narches = ["x86-64"]\n'
+            '[[sources]]\nurl = "https://example.org/t-{version}"\ninstall = { "t-*" = "/usr/bin/t" }\n')
+    recipes, _ = load_recipes(tmp_path)
+    the_plan = plan(recipes, pins(tool=["1.0"], **{"tool-extra": ["1.0"]}), Settings(tmp_path))
+    assert [i.id for i in the_plan.images] == ["tool-1.0-x86-64"]
+    assert str(the_plan.problems[0]).startswith(
+        f"{tmp_path.name}/tool-extra.toml: the name 'tool-extra' starts with 'tool-', so the "
+        "sysupdate pattern tool-@v-%a.raw of recipes/tool.toml would also match tool-extra's images")
