@@ -73,7 +73,8 @@ def sysupdate() -> Sysupdate:
     if found is None:
         pytest.skip("systemd-sysupdate not found: run scripts/install-sysupdate (CI does)")
     if os.geteuid() != 0:
-        pytest.skip("systemd-sysupdate --root and the keyring bind mount need root")
+        pytest.skip("sysupdate runs in a private mount namespace with /etc and /opt overlaid: "
+                    "needs root")
     return found
 
 
@@ -123,7 +124,8 @@ def make_image(workdir: Path, name: str, version: str, *, stream: str | None = N
 
 
 def write_provenance(state: Path, name: str, version: str, arch: str, sha256: str, size: int,
-                     stream: str | None = None) -> Path:
+                     stream: str | None = None, **facts: str) -> Path:
+    """The provenance file the pack step writes; `facts` adds e.g. revision= and built=."""
     path = state / "images" / f"{name}-{version}-{arch}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
@@ -131,6 +133,7 @@ def write_provenance(state: Path, name: str, version: str, arch: str, sha256: st
         "sha256": sha256, "size": size,
         "sources": [{"url": f"https://example.invalid/{name}-{version}.tar.gz",
                      "sha256": "ab" * 32}],
+        **facts,
     }))
     return path
 
@@ -161,3 +164,31 @@ def make_gpg_key(directory: Path) -> GpgKey:
     public = subprocess.run(["gpg", "--batch", "--export", fingerprint], env=env, check=True,
                             capture_output=True).stdout
     return GpgKey(home, fingerprint, gpg("--armor", "--export-secret-keys", fingerprint), public)
+
+
+@pytest.fixture
+def gpg_key(tmp_path: Path) -> Iterator[GpgKey]:
+    """A make_gpg_key key in tmp_path, its gpg-agent stopped afterwards."""
+    key = make_gpg_key(tmp_path)
+    yield key
+    stop_gpg_agent(key.gnupghome)
+
+
+def stop_gpg_agent(home: Path) -> None:
+    """Stop the agent gpg started for `home`: it is a daemon that outlives the test."""
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], capture_output=True,
+                   env={**os.environ, "GNUPGHOME": str(home)})
+
+
+def gpg_agents(homedir_part: str) -> list[int]:
+    """Pids of running gpg-agents whose --homedir contains `homedir_part`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:   # not a pid, or it just exited
+            continue
+        if args and Path(args[0].decode(errors="replace")).name == "gpg-agent" and any(
+                homedir_part.encode() in a for a in args[1:]):
+            found.append(int(proc.name))
+    return found

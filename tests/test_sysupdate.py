@@ -9,7 +9,7 @@ import pytest
 
 from sysext_bakery import publish, release
 from sysext import make_root, requires_sysext, run_merged
-from sysupdate import Sysupdate, make_gpg_key, make_image, serve, sysupdate  # noqa: F401
+from sysupdate import Sysupdate, gpg_key, make_image, serve, sysupdate  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.root
@@ -78,8 +78,8 @@ def test_update_installs_newest_then_upgrades_and_prunes(tmp_path, sysupdate):
                                             "hello-1.2.0-x86-64.raw"]
 
 
-def test_signed_release_verifies_and_tampering_is_refused(tmp_path, sysupdate):
-    key = make_gpg_key(tmp_path)
+def test_signed_release_verifies_and_tampering_is_refused(tmp_path, sysupdate, gpg_key):
+    key = gpg_key
     keyring = tmp_path / "pubring.gpg"
     dest = tmp_path / "pub"
     dest.mkdir()
