@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,12 @@ def signer_from_env(env: Mapping[str, str] = os.environ) -> Iterator[Signer | No
             if not fingerprints:
                 raise BakeryError("BAKERY_SIGNING_KEY holds no secret key",
                                   "export it with: gpg --armor --export-secret-keys KEYID")
-            yield Signer(fingerprints[0], Path(home), passphrase)
+            try:
+                yield Signer(fingerprints[0], Path(home), passphrase)
+            finally:
+                # signing started a gpg-agent for this home; it would outlive the directory
+                subprocess.run(["gpgconf", "--kill", "gpg-agent"], capture_output=True,
+                               env={**os.environ, "GNUPGHOME": home})
     elif env.get("BAKERY_SIGNING_KEY_ID"):
         yield Signer(env["BAKERY_SIGNING_KEY_ID"], None, passphrase)
     else:
@@ -140,7 +146,7 @@ def copy_verified(src: Path, dest: Path, sha256: str) -> None:
             os.fsync(fout.fileno())
         if digest.hexdigest() != sha256:
             raise BakeryError(f"{src} has sha256 {digest.hexdigest()} but its provenance "
-                              f"file says {sha256}", f"rebuild it: doit build:{src.stem}")
+                              f"file says {sha256}", release.repack_hint(src.stem))
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     except BaseException:
@@ -191,70 +197,140 @@ def load_templates(templates_dir: Path) -> dict[str, str]:
 
 def publish_directory(built: list[tuple[PublishedImage, Path]], dest: Path,
                       config: ReleaseConfig, templates: Mapping[str, str],
-                      signer: Signer | None, revision: str | None) -> PublishReport:
+                      signer: Signer | None, revision: str | None,
+                      allow_unsigned: bool = False) -> PublishReport:
+    """Publish `built` (image, .raw path) into `dest`. `revision` stands in for the git
+    revision of images whose provenance does not record one. Without `signer`, a directory
+    that was published signed is refused unless `allow_unsigned`."""
     dest.mkdir(parents=True, exist_ok=True)
     with locked(dest):
-        return _publish_locked(built, dest, config, templates, signer, revision)
+        return _publish_locked(built, dest, config, templates, signer, revision, allow_unsigned)
 
 
-def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer, revision):
+def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer,
+                    revision, allow_unsigned: bool) -> PublishReport:
     for stale in dest.glob(".*.tmp"):   # left by a killed run; under the lock nobody writes them
         stale.unlink()
+    signed_files = [n for n in (release.SIGNATURE, release.PUBLIC_KEY) if (dest / n).exists()]
+    if signer is None and signed_files and not allow_unsigned:
+        raise BakeryError(
+            f"{dest} holds a signed release ({', '.join(signed_files)}) but no signing key is "
+            "configured: publishing would turn it into an unsigned one",
+            "set BAKERY_SIGNING_KEY or BAKERY_SIGNING_KEY_ID (see docs/release.md), or pass "
+            "--allow-unsigned (allow_unsigned=True) to downgrade to an unsigned release on purpose")
+    built = [(_with_build_facts(image, raw, revision), raw) for image, raw in built]
     sums_path, index_path = dest / release.SUMS, dest / release.INDEX
     published = sums.parse(sums_path.read_text(), str(sums_path)) if sums_path.exists() else {}
     index = ({i.filename: i for i in release.parse_index(index_path.read_text(), str(index_path))}
              if index_path.exists() else {})
-
-    # an image already in the directory but not in SHA256SUMS was copied by a run that
-    # stopped before the manifest: it is complete (renamed after verification), adopt it
-    on_disk = {p.name: p for p in dest.glob("*.raw") if release.parse_image_filename(p.name)}
-    known = {name: published.get(name) or file_digest(path) for name, path in on_disk.items()}
-
-    copied: list[str] = []
-    for image, raw in built:
-        if release.check_immutable(image.filename, known.get(image.filename), image.sha256):
-            copy_verified(raw, dest / image.filename, image.sha256)
-            copied.append(image.filename)
-            known[image.filename] = image.sha256
-        if image.filename not in index:
-            built_at = datetime.datetime.fromtimestamp(raw.stat().st_mtime, datetime.UTC)
-            index[image.filename] = dataclasses.replace(
-                image, revision=image.revision or revision,
-                built=image.built or built_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    if copied:
-        _fsync_dir(dest)
-    for name, sha in known.items():
-        if name not in index:   # adopted leftover with no metadata: what its name tells
-            path = dest / name
-            n, version, arch = release.parse_image_filename(name)
-            index[name] = PublishedImage(n, version, arch, sha, path.stat().st_size)
-    images = [index[name] for name in sorted(known)]
-
-    written: list[str] = []
+    present, ignored = _present_images(dest, published, index, built)
+    for name in ignored:
+        print(f"warning: {dest / name}: no build provenance, {release.INDEX} or {release.SUMS} "
+              "entry vouches for these bytes: left alone, not published", file=sys.stderr)
+    new = [(image, raw) for image, raw in built if release.check_immutable(
+        image.filename, present[image.filename].sha256 if image.filename in present else None,
+        image.sha256)]
+    images = {**present, **{image.filename: image for image, _ in new}}
     public_key = export_public_key(signer) if signer else None
-    rendered = release.render_release(images, config, templates, signed=signer is not None)
+    # rendered before anything is copied: a name clash fails with the directory untouched
+    rendered = release.render_release(images.values(), config, templates, public_key)
+
+    for image, raw in new:
+        copy_verified(raw, dest / image.filename, image.sha256)
+    if new:
+        _fsync_dir(dest)
     files = {name: text.encode() for name, text in rendered.files.items()}
     if public_key:
         files[release.PUBLIC_KEY] = public_key
-    for name, data in sorted(files.items()):
-        if write_atomic(dest / name, data):
-            written.append(name)
+    written = [name for name, data in sorted(files.items()) if write_atomic(dest / name, data)]
 
-    # last: the manifest, then its signature
-    manifest = sums.render(release.merge_sums(published, known, known)).encode()
-    if write_atomic(sums_path, manifest):
-        written.append(release.SUMS)
-    removed: list[str] = []
-    sig_path = dest / release.SIGNATURE
+    written += _write_manifest(dest, {n: i.sha256 for n, i in images.items()}, signer, public_key)
+    removed = []
+    if signer is None:   # a signature of another manifest would only mislead
+        for name in signed_files:
+            (dest / name).unlink()
+            removed.append(name)
+    return PublishReport(dest, tuple(image.filename for image, _ in new), tuple(written),
+                         tuple(removed))
+
+
+def _with_build_facts(image: PublishedImage, raw: Path, revision: str | None) -> PublishedImage:
+    """The provenance's revision and build time; for an image packed before the pack step
+    recorded them, the revision being published and the image's mtime."""
+    built_at = datetime.datetime.fromtimestamp(raw.stat().st_mtime, datetime.UTC)
+    return dataclasses.replace(image, revision=image.revision or revision,
+                               built=image.built or built_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _present_images(dest: Path, published: Mapping[str, str], index: Mapping[str, PublishedImage],
+                    built: list[tuple[PublishedImage, Path]]
+                    ) -> tuple[dict[str, PublishedImage], list[str]]:
+    """The images in `dest` that stay published (by file name), and the .raw files left alone.
+
+    An image in SHA256SUMS stays. One that is not was copied by a run that stopped before
+    the manifest (renamed into place only after verification): it is adopted if a build
+    record or index.json vouches for exactly its bytes. Any other file is nobody's."""
+    by_file = {image.filename: image for image, _ in built}
+    present: dict[str, PublishedImage] = {}
+    ignored: list[str] = []
+    for path in sorted(dest.glob("*.raw")):
+        name = path.name
+        record = index.get(name) or by_file.get(name)
+        if name in published:
+            sha = published[name]
+        elif record is None:
+            ignored.append(name)
+            continue
+        else:
+            sha = file_digest(path)
+            if name in by_file:   # the same name built with other bytes: never replaced
+                release.check_immutable(name, sha, by_file[name].sha256)
+            elif sha != record.sha256:
+                ignored.append(name)
+                continue
+        if record is None or record.sha256 != sha:   # listed, but nothing more is known
+            parsed = release.parse_image_filename(name)
+            if parsed is None:
+                ignored.append(name)
+                continue
+            record = PublishedImage(*parsed, sha256=sha, size=path.stat().st_size)
+        present[name] = record
+    return present, ignored
+
+
+def _write_manifest(dest: Path, manifest: Mapping[str, str], signer: Signer | None,
+                    public_key: bytes | None) -> list[str]:
+    """SHA256SUMS and its signature, both prepared first and then renamed back to back:
+    a verifying host fetches the two together, so the pair is only mismatched for the
+    moment between the renames (see docs/release.md). Returns the names written."""
+    data = sums.render(dict(manifest)).encode()
+    sums_path, sig_path = dest / release.SUMS, dest / release.SIGNATURE
+    changes = {}
+    if not sums_path.is_file() or sums_path.read_bytes() != data:
+        changes[sums_path] = data
     if signer and public_key:
-        current = sig_path.read_bytes() if sig_path.exists() else b""
-        if not current or not signature_valid(signer, manifest, current, public_key):
-            write_atomic(sig_path, sign(signer, manifest))
-            written.append(release.SIGNATURE)
-    elif sig_path.exists():
-        sig_path.unlink()   # a stale signature of another manifest would only mislead
-        removed.append(release.SIGNATURE)
-    return PublishReport(dest, tuple(copied), tuple(written), tuple(removed))
+        current = sig_path.read_bytes() if sig_path.is_file() else b""
+        if not current or not signature_valid(signer, data, current, public_key):
+            changes[sig_path] = sign(signer, data)
+    staged = [(path, _stage(path, content)) for path, content in changes.items()]
+    for path, tmp in staged:
+        os.replace(tmp, path)
+    return [path.name for path, _ in staged]
+
+
+def _stage(path: Path, data: bytes) -> str:
+    """`data` in a synced temp file next to `path`, ready to be renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
 # ---- the release command ------------------------------------------------------------------
@@ -268,16 +344,18 @@ def git_revision(root: Path) -> str | None:
 
 
 def run_release(root: Path, dest: str, base_url: str = "", github: bool = False,
-            repo: str = "") -> PublishReport:
+                repo: str = "", allow_unsigned: bool = False) -> PublishReport:
     """`doit release`: publish build/images into `dest` (relative to `root`), then
-    optionally to GitHub Releases."""
+    optionally to GitHub Releases. `allow_unsigned` lets a signed directory be republished
+    without a signing key."""
     config_path = root / "release/release.toml"
     config = release_config(config_path, base_url)
     templates = load_templates(root / "release/templates")
     built = built_images(root / "build/images", root / "build/state")
     revision = git_revision(root)
     with signer_from_env() as signer:
-        report = publish_directory(built, root / dest, config, templates, signer, revision)
+        report = publish_directory(built, root / dest, config, templates, signer, revision,
+                                   allow_unsigned)
         print(report.summary())
         if github:
             from .github import publish_github

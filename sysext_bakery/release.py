@@ -2,15 +2,17 @@
 
 `publish.py` gathers the inputs (provenance files, what is already published, templates)
 and writes the results; everything it writes is rendered by the functions below, so the
-rules of a release (names, patterns, merge and immutability) can be read in one place.
+rules of a release (names, patterns, immutability) can be read in one place.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import string
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Iterable, Mapping
 
 from .arch import ARCHES
@@ -106,11 +108,17 @@ def parse_provenance(text: str, origin: str) -> PublishedImage:
             revision=data.get("revision"), built=data.get("built"))
     except (ValueError, KeyError, TypeError) as e:
         raise BakeryError(f"{origin}: not a valid image provenance file ({type(e).__name__}: {e})",
-                          "rebuild the image: doit build:<name>") from None
+                          repack_hint(PurePath(origin).stem)) from None
     if not _SHA256.fullmatch(image.sha256) or image.arch not in ARCHES:
         raise BakeryError(f"{origin}: bad sha256 or arch ({image.sha256!r}, {image.arch!r})",
-                          "rebuild the image: doit build:<name>")
+                          repack_hint(PurePath(origin).stem))
     return image
+
+
+def repack_hint(image_id: str) -> str:
+    """How to rebuild one image: `forget` first, because doit would call the pack task up to
+    date when only its output was damaged."""
+    return f"rebuild it: doit forget pack:{image_id} && doit pack:{image_id}"
 
 
 def parse_image_filename(filename: str) -> tuple[str, str, str] | None:
@@ -132,15 +140,26 @@ def check_immutable(filename: str, published: str | None, new: str) -> bool:
     return False
 
 
-def merge_sums(published: Mapping[str, str], new: Mapping[str, str],
-               present: Iterable[str]) -> dict[str, str]:
-    """Every image still in the directory keeps its entry; new images are added."""
-    present = set(present)
-    merged = {name: sha for name, sha in published.items() if name in present}
-    for name, sha in new.items():
-        check_immutable(name, merged.get(name), sha)
-        merged[name] = sha
-    return merged
+def check_names(names: Iterable[str]) -> None:
+    """Refuse image names whose published files would be mistaken for another's.
+
+    systemd-sysupdate's `@v` matches any characters, `-` included, so the transfer of
+    `docker` (`docker-@v-%a.raw`) also takes `docker-compose-2.0-x86-64.raw` as a docker
+    version; and `noop.conf` is the file every host installs for the plain update run."""
+    names = sorted(set(names))
+    if NOOP.removesuffix(".conf") in names:
+        raise BakeryError(f"an image named {NOOP.removesuffix('.conf')!r} would overwrite "
+                          f"{NOOP}, the work-around every host installs",
+                          "rename the recipe")
+    for name in names:
+        clashes = [other for other in names if other.startswith(name + "-")]
+        if clashes:
+            raise BakeryError(
+                f"images {name!r} and {clashes[0]!r} cannot be published side by side: the "
+                f"transfer of {name} (MatchPattern={stream_pattern(name, None)}) also matches "
+                f"{clashes[0]}'s images",
+                "rename one recipe so that no name is another name followed by '-' "
+                "(see docs/release.md, 'Image names')")
 
 
 def stream_pattern(name: str, stream: str | None) -> str:
@@ -172,10 +191,13 @@ def parse_index(text: str, origin: str) -> list[PublishedImage]:
 
 
 def render_release(images: Iterable[PublishedImage], config: ReleaseConfig,
-                   templates: Mapping[str, str], signed: bool) -> Rendered:
+                   templates: Mapping[str, str], public_key: bytes | None) -> Rendered:
     """Transfer files, stream transfer files, Butane snippets, noop.conf and index.json
-    for every published image. `templates` maps template file names to their text."""
+    for every published image. `templates` maps template file names to their text;
+    `public_key` is the key that signs SHA256SUMS, None for an unsigned release."""
     images = list(images)
+    check_names(i.name for i in images)
+    signed = public_key is not None
     files: dict[str, str] = {NOOP: templates["noop.conf"], INDEX: index_json(images)}
     verify = {
         "verify": "yes" if signed else "false",
@@ -198,20 +220,33 @@ def render_release(images: Iterable[PublishedImage], config: ReleaseConfig,
             files[f"{stem}.transfer"] = conf
         for arch in sorted({i.arch for i in group}):
             newest = max((i for i in group if i.arch == arch), key=lambda i: version_key(i.version))
-            suffix = "" if arch == "x86-64" or len({i.arch for i in group}) == 1 else f"-{arch}"
-            files[f"{name}{suffix}.butane.yaml"] = _butane(newest, config, templates, signed)
+            files[butane_name(name, arch)] = _butane(newest, config, templates, files, public_key)
     return Rendered(files)
 
 
+def butane_name(name: str, arch: str) -> str:
+    """`<name>.butane.yaml` for x86-64, `<name>-<arch>.butane.yaml` for the others: a URL
+    keeps meaning one arch when a recipe gains or loses arches."""
+    return f"{name}.butane.yaml" if arch == "x86-64" else f"{name}-{arch}.butane.yaml"
+
+
 def _butane(image: PublishedImage, config: ReleaseConfig, templates: Mapping[str, str],
-            signed: bool) -> str:
+            files: Mapping[str, str], public_key: bytes | None) -> str:
+    # every file the snippet downloads is pinned by its sha256, as Ignition checks it
     keyring = (_fill(templates["butane-keyring.yaml"], "butane-keyring.yaml",
-                     key_url=config.base_url + PUBLIC_KEY) if signed else "")
+                     key_url=config.base_url + PUBLIC_KEY, key_sha256=_sha256(public_key))
+               if public_key is not None else "")
+    conf = f"{image.name}.conf"
     return _fill(templates["butane.yaml"], "butane.yaml", name=image.name,
                  version=image.version, arch=image.arch, image=image.filename,
                  image_url=config.base_url + image.filename, sha256=image.sha256,
-                 conf_url=f"{config.base_url}{image.name}.conf",
-                 noop_url=config.base_url + NOOP, keyring=keyring.rstrip("\n"))
+                 conf_url=config.base_url + conf, conf_sha256=_sha256(files[conf].encode()),
+                 noop_url=config.base_url + NOOP, noop_sha256=_sha256(files[NOOP].encode()),
+                 keyring=keyring.rstrip("\n"))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _fill(template: str, origin: str, **values: str) -> str:

@@ -16,14 +16,14 @@ import yaml
 from sysext_bakery.files import file_digest
 from sysext_bakery import publish, release, sums
 from sysext_bakery.errors import BakeryError
-from sysupdate import make_gpg_key, write_provenance
+from sysupdate import gpg_agents, gpg_key, make_gpg_key, stop_gpg_agent, write_provenance  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = "https://sysexts.example.invalid/bakery/"
 
 
 def fake_image(work: Path, name: str, version: str, data: bytes, stream: str | None = None,
-               arch: str = "x86-64") -> None:
+               arch: str = "x86-64", **facts: str) -> None:
     """Image bytes need not be a file system for the publisher: it only copies and hashes."""
     import hashlib
     images = work / "images"
@@ -31,14 +31,18 @@ def fake_image(work: Path, name: str, version: str, data: bytes, stream: str | N
     raw = images / f"{name}-{version}-{arch}.raw"
     raw.write_bytes(data)
     write_provenance(work / "state", name, version, arch, hashlib.sha256(data).hexdigest(),
-                     len(data), stream)
+                     len(data), stream, **facts)
 
 
-def run(work: Path, dest: Path, signer=None) -> publish.PublishReport:
+def run(work: Path, dest: Path, signer=None, allow_unsigned: bool = False) -> publish.PublishReport:
     return publish.publish_directory(
         publish.built_images(work / "images", work / "state"), dest,
         release.ReleaseConfig(base_url=BASE), publish.load_templates(REPO / "release/templates"),
-        signer, "0123abcd")
+        signer, "0123abcd", allow_unsigned)
+
+
+def listing(dest: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in dest.iterdir()}
 
 
 def test_publishes_everything_and_a_second_run_changes_nothing(tmp_path):
@@ -64,10 +68,10 @@ def test_publishes_everything_and_a_second_run_changes_nothing(tmp_path):
     manifest = sums.parse((dest / "SHA256SUMS").read_text())
     assert manifest == {p.name: file_digest(p) for p in dest.glob("*.raw")}
 
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in dest.iterdir()}
+    before = listing(dest)
     again = run(tmp_path, dest)
     assert not again.changed and "nothing to publish" in again.summary()
-    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in dest.iterdir()} == before
+    assert listing(dest) == before
 
 
 def test_index_and_butane_snippets_describe_the_published_files(tmp_path):
@@ -79,6 +83,7 @@ def test_index_and_butane_snippets_describe_the_published_files(tmp_path):
     assert [(i["version"], i["size"]) for i in index] == [("24.0.9", 3), ("24.0.10", 3)]
     for entry in index:
         assert entry["sha256"] == file_digest(dest / entry["file"])
+        # this provenance records neither: the revision published and the image's mtime
         assert entry["revision"] == "0123abcd" and entry["built"].endswith("Z")
         assert entry["sources"] == [{"url": "https://example.invalid/docker-"
                                      f"{entry['version']}.tar.gz", "sha256": "ab" * 32}]
@@ -88,15 +93,67 @@ def test_index_and_butane_snippets_describe_the_published_files(tmp_path):
     image = files["/opt/extensions/docker/docker-24.0.10-x86-64.raw"]   # the newest (24.0.10 > 24.0.9)
     assert image["contents"]["verification"]["hash"] == "sha256-" + file_digest(
         dest / "docker-24.0.10-x86-64.raw")
-    for f in files.values():   # every downloaded file exists in the published directory
-        url = f["contents"]["source"]
-        assert url.startswith(BASE) and (dest / url[len(BASE):]).is_file()
+    assert_downloads_pinned(snippet, dest)
     assert snippet["storage"]["links"][0] == {
         "path": "/etc/extensions/docker.raw", "hard": False,
         "target": "/opt/extensions/docker/docker-24.0.10-x86-64.raw"}
     units = {u["name"]: u for u in snippet["systemd"]["units"]}
     assert units["systemd-sysupdate.timer"]["enabled"] is True
     assert "-C docker update" in units["systemd-sysupdate.service"]["dropins"][0]["contents"]
+
+
+def assert_downloads_pinned(snippet: dict, dest: Path) -> None:
+    """Every file the snippet downloads is in the published directory, pinned by its sha256."""
+    for f in snippet["storage"]["files"]:
+        url = f["contents"]["source"]
+        assert url.startswith(BASE), url
+        assert f["contents"]["verification"]["hash"] == "sha256-" + file_digest(
+            dest / url[len(BASE):]), url
+
+
+def test_provenance_revision_and_build_time_win(tmp_path):
+    fake_image(tmp_path, "docker", "24.0.9", b"one", revision="feedface" * 5,
+               built="2025-01-02T03:04:05Z")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    [entry] = json.loads((dest / "index.json").read_text())["images"]
+    assert (entry["revision"], entry["built"]) == ("feedface" * 5, "2025-01-02T03:04:05Z")
+
+
+def test_butane_snippet_names_keep_their_arch(tmp_path):
+    fake_image(tmp_path, "tool", "1.0", b"arm only", arch="arm64")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    assert not (dest / "tool.butane.yaml").exists()
+    snippet = yaml.safe_load((dest / "tool-arm64.butane.yaml").read_text())
+    assert snippet["storage"]["links"][0]["target"] == "/opt/extensions/tool/tool-1.0-arm64.raw"
+    fake_image(tmp_path, "tool", "1.0", b"now also x86", arch="x86-64")
+    run(tmp_path, dest)
+    assert "tool-1.0-arm64.raw" in (dest / "tool-arm64.butane.yaml").read_text()
+    assert "tool-1.0-x86-64.raw" in (dest / "tool.butane.yaml").read_text()
+
+
+@pytest.mark.parametrize("names, named", [
+    (["docker", "docker-compose"], ["'docker'", "'docker-compose'"]),
+    (["kubernetes", "kubernetes-v1.32"], ["'kubernetes'", "'kubernetes-v1.32'"]),
+    (["noop"], ["noop.conf"]),
+])
+def test_names_that_would_match_each_other_are_refused(tmp_path, names, named):
+    for n, name in enumerate(names):
+        fake_image(tmp_path, name, "1.0", bytes([n]))
+    dest = tmp_path / "pub"
+    with pytest.raises(BakeryError) as err:
+        run(tmp_path, dest)
+    assert all(n in str(err.value) for n in named), err.value
+    assert [p.name for p in dest.iterdir()] == [publish.LOCK]   # nothing copied
+
+
+def test_names_that_only_share_a_prefix_are_fine(tmp_path):
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    fake_image(tmp_path, "dockerd", "1.0", b"two")
+    fake_image(tmp_path, "docker_compose", "2.0", b"three")
+    run(tmp_path, tmp_path / "pub")
+    assert len(sums.parse((tmp_path / "pub/SHA256SUMS").read_text())) == 3
 
 
 def test_merges_with_what_is_published_and_drops_only_vanished_files(tmp_path):
@@ -136,13 +193,53 @@ def test_image_not_matching_its_provenance_is_refused(tmp_path):
     fake_image(tmp_path, "docker", "24.0.9", b"as built")
     (tmp_path / "images/docker-24.0.9-x86-64.raw").write_bytes(b"changed after the build")
     dest = tmp_path / "pub"
-    with pytest.raises(BakeryError, match="provenance"):
+    with pytest.raises(BakeryError, match="provenance") as err:
         run(tmp_path, dest)
+    assert "doit pack:docker-24.0.9-x86-64" in str(err.value)   # a task that exists
     assert not list(dest.glob("*.raw")) and not list(dest.glob(".*.tmp"))
 
 
-def test_signed_release(tmp_path):
-    key = make_gpg_key(tmp_path)
+def test_stray_images_are_left_alone(tmp_path, capsys):
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    (dest / "docker-9.9.9-x86-64.raw").write_bytes(b"nobody built this")
+    (dest / "notes.raw").write_bytes(b"not even an image name")
+    run(tmp_path, dest)
+    manifest = sums.parse((dest / "SHA256SUMS").read_text())
+    assert set(manifest) == {"docker-24.0.9-x86-64.raw"}
+    assert [i["file"] for i in json.loads((dest / "index.json").read_text())["images"]] == [
+        "docker-24.0.9-x86-64.raw"]
+    err = capsys.readouterr().err
+    assert f"warning: {dest / 'docker-9.9.9-x86-64.raw'}" in err and "notes.raw" in err
+    assert (dest / "docker-9.9.9-x86-64.raw").read_bytes() == b"nobody built this"
+
+
+def test_an_image_index_json_vouches_for_is_adopted(tmp_path):
+    """Killed after index.json but before SHA256SUMS, and the build directory is gone."""
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    fake_image(tmp_path / "later", "docker", "24.0.10", b"two")
+    run(tmp_path / "later", dest)
+    (dest / "SHA256SUMS").write_text(sums.render({
+        "docker-24.0.9-x86-64.raw": file_digest(dest / "docker-24.0.9-x86-64.raw")}))
+    (tmp_path / "empty/images").mkdir(parents=True)
+    report = run(tmp_path / "empty", dest)
+    assert report.written == ("SHA256SUMS",) and not report.copied
+    assert set(sums.parse((dest / "SHA256SUMS").read_text())) == {
+        "docker-24.0.9-x86-64.raw", "docker-24.0.10-x86-64.raw"}
+    # bytes the index does not vouch for are not adopted
+    (dest / "SHA256SUMS").write_text(sums.render({
+        "docker-24.0.9-x86-64.raw": file_digest(dest / "docker-24.0.9-x86-64.raw")}))
+    (dest / "docker-24.0.10-x86-64.raw").write_bytes(b"not what index.json says")
+    run(tmp_path / "empty", dest)
+    assert "docker-24.0.10-x86-64.raw" not in sums.parse((dest / "SHA256SUMS").read_text())
+    assert "24.0.10" not in (dest / "index.json").read_text()
+
+
+def test_signed_release(tmp_path, gpg_key):
+    key = gpg_key
     fake_image(tmp_path, "docker", "24.0.9", b"one")
     dest = tmp_path / "pub"
     with publish.signer_from_env({"BAKERY_SIGNING_KEY": key.armored_secret}) as signer:
@@ -152,11 +249,15 @@ def test_signed_release(tmp_path):
         assert (dest / "bakery-signing-key.gpg").read_bytes() == key.public
         snippet = yaml.safe_load((dest / "docker.butane.yaml").read_text())
         assert "/etc/systemd/import-pubring.gpg" in {f["path"] for f in snippet["storage"]["files"]}
+        assert_downloads_pinned(snippet, dest)
         signature = (dest / "SHA256SUMS.gpg").read_bytes()
         assert not run(tmp_path, dest, signer).changed   # a valid signature is kept
         assert (dest / "SHA256SUMS.gpg").read_bytes() == signature
         (dest / "SHA256SUMS.gpg").write_bytes(b"garbage")
         assert run(tmp_path, dest, signer).written == ("SHA256SUMS.gpg",)
+        home = str(signer.gnupghome)
+        assert gpg_agents(home)   # signing started one for the temporary home …
+    assert not gpg_agents(home)   # … and it is gone with it
     # gpg itself (with only the published key) accepts the signature
     keyring = tmp_path / "pubring.gpg"
     keyring.write_bytes(key.public)
@@ -165,8 +266,38 @@ def test_signed_release(tmp_path):
                    check=True, capture_output=True, env={**os.environ, "GNUPGHOME": str(tmp_path)})
 
 
-def test_signing_key_id_from_the_users_keyring(tmp_path, monkeypatch):
+def test_signed_directory_is_not_silently_downgraded(tmp_path, gpg_key):
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    with publish.signer_from_env({"BAKERY_SIGNING_KEY": gpg_key.armored_secret}) as signer:
+        run(tmp_path, dest, signer)
+    fake_image(tmp_path, "docker", "24.0.10", b"two")
+    before = listing(dest)
+    with pytest.raises(BakeryError) as err:
+        run(tmp_path, dest)
+    assert str(dest) in str(err.value) and "BAKERY_SIGNING_KEY_ID" in str(err.value)
+    assert "allow_unsigned=True" in str(err.value)
+    assert listing(dest) == before
+    report = run(tmp_path, dest, allow_unsigned=True)
+    assert set(report.removed) == {"SHA256SUMS.gpg", "bakery-signing-key.gpg"}
+    assert not (dest / "SHA256SUMS.gpg").exists() and not (dest / "bakery-signing-key.gpg").exists()
+    assert "Verify=false" in (dest / "docker.conf").read_text()
+    assert "docker-24.0.10-x86-64.raw" in sums.parse((dest / "SHA256SUMS").read_text())
+    assert not run(tmp_path, dest).changed   # unsigned from now on, no flag needed
+
+
+def test_a_test_keys_agent_is_stopped(tmp_path):
     key = make_gpg_key(tmp_path)
+    assert gpg_agents(str(key.gnupghome))
+    stop_gpg_agent(key.gnupghome)
+    deadline = time.monotonic() + 5
+    while gpg_agents(str(key.gnupghome)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not gpg_agents(str(key.gnupghome))
+
+
+def test_signing_key_id_from_the_users_keyring(tmp_path, monkeypatch, gpg_key):
+    key = gpg_key
     monkeypatch.setenv("GNUPGHOME", str(key.gnupghome))
     with publish.signer_from_env({"BAKERY_SIGNING_KEY_ID": key.fingerprint}) as signer:
         assert publish.export_public_key(signer) == key.public
@@ -202,9 +333,16 @@ publish.publish_directory(publish.built_images(work / "images", work / "state"),
 """
 
 
-def consistent(dest: Path) -> None:
-    """What a reader may rely on at any moment: every file SHA256SUMS names is there, whole."""
-    assert not [p for p in dest.iterdir() if p.suffix == ".raw" and p.name.startswith(".")]
+def consistent(dest: Path, work: Path) -> None:
+    """What a reader may rely on at any moment: every image under its own name is whole
+    (a copy in progress hides under a dot name), and every file SHA256SUMS names is there."""
+    built = {image.filename: image.sha256
+             for image, _ in publish.built_images(work / "images", work / "state")}
+    for path in dest.iterdir():
+        if not path.name.startswith("."):
+            assert path.suffix != ".tmp", path
+            if path.suffix == ".raw":
+                assert file_digest(path) == built[path.name], path
     if (dest / "SHA256SUMS").exists():
         for name, sha in sums.parse((dest / "SHA256SUMS").read_text()).items():
             assert file_digest(dest / name) == sha, name
@@ -231,9 +369,9 @@ def test_killed_between_image_copy_and_manifest_the_next_run_completes(tmp_path)
         pytest.fail("never caught the publisher between image copy and manifest")
     copied = [p.name for p in dest.glob("big-*.raw")]
     assert copied and not (dest / "SHA256SUMS").exists()
-    consistent(dest)
+    consistent(dest, tmp_path)
     report = run(tmp_path, dest)
-    consistent(dest)
+    consistent(dest, tmp_path)
     assert not list(dest.glob(".*.tmp"))   # the killed run's temp file is cleaned up
     assert set(sums.parse((dest / "SHA256SUMS").read_text())) == {
         f"big-1.0.{n}-x86-64.raw" for n in range(3)}

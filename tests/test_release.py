@@ -44,13 +44,22 @@ def test_patterns_names_and_version_order():
     assert sorted(versions[:2] + versions[3:], key=version_key) == ["1.9.2", "1.9.10", "1.10.0"]
 
 
-def test_merge_keeps_present_entries_and_refuses_changed_bytes():
-    a, b, c = "a" * 64, "b" * 64, "c" * 64
-    merged = release.merge_sums({"x.raw": a, "gone.raw": b}, {"y.raw": c}, ["x.raw", "y.raw"])
-    assert merged == {"x.raw": a, "y.raw": c}
+@pytest.mark.parametrize("names, clash", [
+    (["docker", "docker-compose"], "docker-compose"),
+    (["kubernetes", "kubernetes-v1.32", "wasmtime"], "kubernetes-v1.32"),
+    (["a", "a-b", "a-b-c"], "a-b"),
+])
+def test_a_name_that_another_names_transfer_matches_is_refused(names, clash):
     with pytest.raises(BakeryError) as err:
-        release.merge_sums({"x.raw": a}, {"x.raw": b}, ["x.raw"])
-    assert a in str(err.value) and b in str(err.value)
+        release.check_names(names)
+    assert f"'{names[0]}'" in str(err.value) and f"'{clash}'" in str(err.value)
+    assert "docs/release.md" in str(err.value)
+
+
+def test_names_that_no_other_transfer_matches_pass():
+    release.check_names(["docker", "dockerd", "docker_compose", "compose-docker", "wasmtime"])
+    with pytest.raises(BakeryError, match="noop.conf"):
+        release.check_names(["noop", "docker"])
 
 
 def test_a_bad_template_placeholder_is_named():
@@ -58,7 +67,7 @@ def test_a_bad_template_placeholder_is_named():
     templates["transfer.conf"] += "Foo=${nope}\n"
     image = release.PublishedImage("x", "1.0", "x86-64", "a" * 64, 1)
     with pytest.raises(BakeryError, match=r"transfer.conf.*nope"):
-        release.render_release([image], release.ReleaseConfig("https://x/"), templates, False)
+        release.render_release([image], release.ReleaseConfig("https://x/"), templates, None)
 
 
 def test_bad_provenance_is_named(tmp_path):
@@ -74,12 +83,14 @@ def test_release_task_publishes_what_is_built(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("BAKERY_SIGNING_KEY_ID", raising=False)
     task = tasks.release_task(root)
     assert task["basename"] == "release" and task["uptodate"] == [False]
-    assert {p["name"] for p in task["params"]} == {"dest", "base_url", "github", "repo"}
+    defaults = {p["name"]: p["default"] for p in task["params"]}
+    assert {"dest", "base_url", "github", "repo"} <= set(defaults)
     action = task["actions"][0]
-    assert action(dest="out", base_url="https://mirror.example.invalid/x", github=False, repo="") is None
+    mirror = {**defaults, "dest": "out", "base_url": "https://mirror.example.invalid/x"}
+    assert action(**mirror) is None
     assert "published 1 image(s)" in capsys.readouterr().out
     assert "Path=https://mirror.example.invalid/x/" in (root / "out/docker.conf").read_text()
-    assert action(dest="out", base_url="https://mirror.example.invalid/x", github=False, repo="") is None
+    assert action(**mirror) is None
     assert "nothing to publish" in capsys.readouterr().out
-    failed = action(dest="out", base_url="", github=True, repo="")
+    failed = action(**{**defaults, "dest": "out", "github": True})
     assert "GitHub repository" in str(failed)
