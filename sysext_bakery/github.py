@@ -3,6 +3,8 @@ metadata release with the aggregated SHA256SUMS and all transfer files. Only the
 endpoints used here are spoken; the token only ever goes into the Authorization header."""
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import os
 import time
@@ -57,7 +59,7 @@ class GitHub:
         if not limited and resp.status_code < 500:
             return None
         if "retry-after" in resp.headers:
-            wait = float(resp.headers["retry-after"])
+            wait = retry_after_seconds(resp.headers["retry-after"], self.backoff * 2 ** (attempt - 1))
         elif resp.headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in resp.headers:
             wait = float(resp.headers["x-ratelimit-reset"]) - time.time()
         else:
@@ -86,15 +88,18 @@ class GitHub:
             page += 1
 
     def sync(self, rel: dict, files: Mapping[str, bytes | Path]) -> list[str]:
-        """Upload `files` (asset name -> content) to `rel`; assets whose sha256 already
-        matches are skipped, different ones replaced. Returns the uploaded names."""
+        """Upload `files` (asset name -> content) to `rel`, images first and SHA256SUMS(.gpg)
+        last, so the release never lists a manifest before its images. Assets whose sha256
+        already matches are skipped; a different text asset is replaced, a different image
+        is refused. Returns the uploaded names."""
         existing = {a["name"]: a for a in self.assets(rel)}
         upload_url = rel["upload_url"].split("{", 1)[0]
         uploaded = []
-        for name, content in sorted(files.items()):
+        for name in sorted(files, key=upload_order):
+            content = files[name]
             data = content.read_bytes() if isinstance(content, Path) else content
             asset = existing.get(name)
-            if asset and asset.get("digest") == f"sha256:{hashlib.sha256(data).hexdigest()}":
+            if asset and not _replace_asset(rel, asset, data):
                 continue
             if asset:
                 self.request("DELETE", f"{self.api}/repos/{self.repo}/releases/assets/{asset['id']}",
@@ -103,6 +108,45 @@ class GitHub:
                          headers={"Content-Type": "application/octet-stream"})
             uploaded.append(name)
         return uploaded
+
+
+def upload_order(name: str) -> tuple[int, str]:
+    """Images, then the other files, then SHA256SUMS, then its signature."""
+    last = {release.SUMS: 2, release.SIGNATURE: 3}
+    return (0 if name.endswith(".raw") else last.get(name, 1), name)
+
+
+def _replace_asset(rel: dict, asset: dict, data: bytes) -> bool:
+    """Whether `asset` must be replaced by `data`; False if it already holds it. A published
+    image never changes, on GitHub as in the directory."""
+    sha = hashlib.sha256(data).hexdigest()
+    digest = asset.get("digest")
+    if digest == f"sha256:{sha}":
+        return False
+    if not asset["name"].endswith(".raw"):
+        return True
+    if digest is None and asset.get("size") == len(data):
+        return False   # a GitHub that gives no digest: the image is there, never replace it
+    raise BakeryError(
+        f"GitHub release {rel.get('tag_name')}: asset {asset['name']} is already published "
+        f"with {digest or 'size ' + str(asset.get('size'))}; the local image has sha256:{sha}",
+        "a published image never changes: bump the version (or delete the asset by hand if "
+        "it was never served)")
+
+
+def retry_after_seconds(value: str, default: float) -> float:
+    """A Retry-After header: delay seconds or an HTTP date (RFC 9110); `default` if neither."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return default
+    if when.tzinfo is None:   # "-0000": UTC by RFC 5322
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp() - time.time()
 
 
 def tag_locally(root: Path, tag: str, revision: str | None, message: str) -> bool:
@@ -118,14 +162,24 @@ def tag_locally(root: Path, tag: str, revision: str | None, message: str) -> boo
         ref = repo.commit(revision) if revision else repo.head.commit
     except (ValueError, git.BadName):
         ref = repo.head.commit
-    repo.create_tag(tag, ref=ref, message=message)
+    try:
+        repo.create_tag(tag, ref=ref, message=message)
+    except git.GitCommandError as e:
+        # GitPython wraps git's message as "\n  stderr: '...'"; its last line is the reason
+        lines = (e.stderr or str(e)).strip().removeprefix("stderr:").strip(" '\n").splitlines()
+        detail = lines[-1] if lines else f"exit status {e.status}"
+        raise BakeryError(
+            f"git tag {tag} in {root} failed: {detail}",
+            "an annotated tag needs a committer identity; if git has none (as on a fresh CI "
+            "runner), set GIT_COMMITTER_NAME and GIT_COMMITTER_EMAIL, or git config "
+            "user.name / user.email") from None
     return True
 
 
 def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Path,
                    env: Mapping[str, str] = os.environ) -> list[str]:
     """Per image version a release `<name>-<version>` with its images, their SHA256SUMS and
-    the recipe's transfer files; plus the metadata release with the aggregated SHA256SUMS
+    the transfer files `<name>` and `<name>-<stream>` of its stream; plus the metadata release with the aggregated SHA256SUMS
     (+ signature), every transfer file, Butane snippet, key and index.json.
     Returns the uploaded asset names as `<tag>/<name>`."""
     if not repo:
@@ -152,9 +206,10 @@ def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Pa
         files: dict[str, bytes | Path] = {i.filename: dest / i.filename for i in group}
         files[release.SUMS] = sums.render({i.filename: all_sums[i.filename] for i in group
                                            if i.filename in all_sums}).encode()
-        for conf in sorted(dest.glob(f"{name}*.conf")) + sorted(dest.glob(f"{name}*.transfer")):
-            if conf.stem == name or conf.stem.startswith(f"{name}-"):
-                files[conf.name] = conf
+        for stem in [name, *sorted({f"{name}-{i.stream}" for i in group if i.stream})]:
+            for conf in (dest / f"{stem}.conf", dest / f"{stem}.transfer"):
+                if conf.is_file():
+                    files[conf.name] = conf
         rel = client.release(tag, revision, f"{name} {version} system extension images")
         uploaded += [f"{tag}/{n}" for n in client.sync(rel, files)]
 

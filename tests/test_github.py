@@ -2,10 +2,12 @@
 endpoints it uses (release by tag, create release, list/upload/delete assets)."""
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import http.server
 import json
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -24,6 +26,7 @@ class FakeGitHub:
         self.releases: dict[int, dict] = {}
         self.assets: dict[int, dict] = {}      # asset id -> asset (+ "release_id", "data")
         self.log: list[tuple[str, str]] = []
+        self.uploads: list[tuple[int, str]] = []    # (release id, asset name), in order
         self.failures: list[tuple[int, dict]] = []   # (status, headers) served before real answers
         self.next_id = 1
 
@@ -65,6 +68,7 @@ def make_handler(gh: FakeGitHub, base: list[str]):
                          "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
                          "release_id": rid, "data": body}
                 gh.assets[asset["id"]] = asset
+                gh.uploads.append((rid, query["name"]))
                 return self.reply(201, {k: v for k, v in asset.items() if k != "data"})
             if parts[:1] != ["repos"] or parts[3:4] != ["releases"]:
                 return self.reply(404, {"message": "Not Found"})
@@ -172,7 +176,8 @@ def test_retries_rate_limits_and_server_errors(tmp_path, github, project):
     fake_image(tmp_path, "docker", "24.0.9", b"amd")
     dest = tmp_path / "pub"
     run(tmp_path, dest)
-    gh.failures = [(502, {}), (429, {"Retry-After": "0"}),
+    past = email.utils.formatdate(time.time() - 30, usegmt=True)
+    gh.failures = [(502, {}), (429, {"Retry-After": "0"}), (429, {"Retry-After": past}),
                    (403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "0"}), (503, {})]
     client = gh_publisher.GitHub("owner/bakery", TOKEN, api, backoff=0.01)
     rel = client.release("docker-24.0.9", None, "body")
@@ -197,3 +202,78 @@ def test_errors_name_the_request_but_never_the_token(tmp_path, github, project):
     assert TOKEN not in str(err.value)
     with pytest.raises(BakeryError, match="GITHUB_TOKEN"):
         gh_publisher.publish_github(dest, "owner/bakery", config, project, {})
+
+
+def test_retry_after_takes_seconds_or_an_http_date():
+    soon = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < gh_publisher.retry_after_seconds(soon, 1.0) <= 30
+    assert gh_publisher.retry_after_seconds("7", 1.0) == 7.0
+    assert gh_publisher.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", 1.0) < 0
+    assert gh_publisher.retry_after_seconds("soon-ish", 1.5) == 1.5
+
+
+def test_images_go_up_before_the_manifest(tmp_path, github, project):
+    gh, api = github
+    fake_image(tmp_path, "docker", "24.0.9", b"amd", stream="24")
+    fake_image(tmp_path, "docker", "24.0.9", b"arm", stream="24", arch="arm64")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    gh_publisher.publish_github(dest, "owner/bakery", release.ReleaseConfig("https://x.invalid/"),
+                                project, {"GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": api})
+    rid = next(r["id"] for r in gh.releases.values() if r["tag_name"] == "docker-24.0.9")
+    order = [name for r, name in gh.uploads if r == rid]
+    assert order[-1] == "SHA256SUMS"
+    assert set(order[:2]) == {"docker-24.0.9-x86-64.raw", "docker-24.0.9-arm64.raw"}
+    assert sorted(["SHA256SUMS.gpg", "SHA256SUMS", "a.conf", "b.raw"],
+                  key=gh_publisher.upload_order) == ["b.raw", "a.conf", "SHA256SUMS", "SHA256SUMS.gpg"]
+
+
+def test_a_published_image_asset_is_never_replaced(tmp_path, github, project):
+    gh, api = github
+    env = {"GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": api}
+    config = release.ReleaseConfig("https://x.invalid/")
+    fake_image(tmp_path, "docker", "24.0.9", b"first")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    gh_publisher.publish_github(dest, "owner/bakery", config, project, env)
+    # the directory was published afresh (CI starts empty) from a build with other bytes
+    fresh = tmp_path / "fresh"
+    fake_image(fresh, "docker", "24.0.9", b"second")
+    run(fresh, tmp_path / "pub2")
+    on_github = "sha256:" + hashlib.sha256(b"first").hexdigest()
+    gh.log.clear()
+    with pytest.raises(BakeryError) as err:
+        gh_publisher.publish_github(tmp_path / "pub2", "owner/bakery", config, project, env)
+    assert on_github in str(err.value)
+    assert hashlib.sha256(b"second").hexdigest() in str(err.value)
+    assert "docker-24.0.9-x86-64.raw" in str(err.value)
+    assert not [p for m, p in gh.log if m in ("POST", "DELETE")]
+    assert assets_of(gh, "docker-24.0.9")["docker-24.0.9-x86-64.raw"] == b"first"
+
+
+def test_a_version_release_gets_only_its_own_transfer_files(tmp_path, github, project):
+    gh, api = github
+    fake_image(tmp_path, "docker", "24.0.9", b"amd", stream="24")
+    fake_image(tmp_path, "docker", "25.0.0", b"new", stream="25")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    (dest / "docker-compose.conf").write_text("another recipe's transfer\n")
+    (dest / "docker-compose.transfer").write_text("another recipe's transfer\n")
+    gh_publisher.publish_github(dest, "owner/bakery", release.ReleaseConfig("https://x.invalid/"),
+                                project, {"GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": api})
+    assert {n for n in assets_of(gh, "docker-24.0.9") if not n.endswith(".raw")} == {
+        "SHA256SUMS", "docker.conf", "docker.transfer", "docker-24.conf", "docker-24.transfer"}
+
+
+def test_a_tag_without_a_committer_identity_says_how_to_set_one(project, monkeypatch):
+    monkeypatch.setenv("HOME", str(project.parent))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
+                "GIT_COMMITTER_EMAIL", "EMAIL"):
+        monkeypatch.delenv(var, raising=False)
+    git.Repo(project).config_writer().set_value("user", "useConfigOnly", "true").release()
+    with pytest.raises(BakeryError) as err:
+        gh_publisher.tag_locally(project, "docker-24.0.9", None, "sysext docker 24.0.9")
+    assert "docker-24.0.9" in str(err.value) and "GIT_COMMITTER_EMAIL" in str(err.value)
+    assert "docker-24.0.9" not in git.Repo(project).tags
