@@ -463,9 +463,9 @@ def requested_unknown_builds(argv: list[str], the_plan: Plan,
 def release_task(root: Path) -> dict[str, Any]:
     """`doit release`: publishes whatever is built; always runs (publishing is idempotent
     and says when there is nothing to do)."""
-    def release(dest: str, base_url: str, github: bool, repo: str) -> None:
+    def release(dest: str, base_url: str, github: bool, repo: str, allow_unsigned: bool) -> None:
         from .publish import run_release
-        run_release(root, dest, base_url, github, repo)
+        run_release(root, dest, base_url, github, repo, allow_unsigned)
 
     return {
         "basename": "release",
@@ -481,6 +481,8 @@ def release_task(root: Path) -> dict[str, Any]:
              "help": "also publish to GitHub Releases (token from GITHUB_TOKEN)"},
             {"name": "repo", "long": "repo", "type": str, "default": "",
              "help": "owner/name for --github (default: github.repo of release/release.toml)"},
+            {"name": "allow_unsigned", "long": "allow-unsigned", "type": bool, "default": False,
+             "help": "publish into a signed directory without a signing key (it becomes unsigned)"},
         ],
         "uptodate": [False],
         "verbosity": 2,

@@ -84,7 +84,7 @@ def test_release_task_publishes_what_is_built(tmp_path, capsys, monkeypatch):
     task = tasks.release_task(root)
     assert task["basename"] == "release" and task["uptodate"] == [False]
     defaults = {p["name"]: p["default"] for p in task["params"]}
-    assert {"dest", "base_url", "github", "repo"} <= set(defaults)
+    assert set(defaults) == {"dest", "base_url", "github", "repo", "allow_unsigned"}
     action = task["actions"][0]
     mirror = {**defaults, "dest": "out", "base_url": "https://mirror.example.invalid/x"}
     assert action(**mirror) is None
