@@ -42,11 +42,13 @@ def require_tool(name: str) -> str:
     return found
 
 
-def _run(cmd: list[str], path: Path) -> None:
+def run_tool(cmd: list[str], path: Path, hint: str) -> None:
+    """Run an image tool; a failure is a BakeryError about `path` with the tool's last words."""
     done = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if done.returncode != 0:
-        raise BakeryError(f"{path}: {Path(cmd[0]).name} failed (exit {done.returncode}): "
-                          f"{done.stderr.strip()[-2000:]}", "check that the file is a complete image")
+        output = (done.stderr.strip() or done.stdout.strip())[-2000:]
+        raise BakeryError(f"{path}: {Path(cmd[0]).name} failed (exit {done.returncode}): {output}",
+                          hint)
 
 
 @dataclass(frozen=True)
@@ -275,8 +277,8 @@ def _erofs_read(path: Path, inner: str) -> bytes:
             return fs.data(ino, inner)
     # Compressed data: let erofs-utils decompress the whole image into a scratch directory.
     with tempfile.TemporaryDirectory(prefix="bakery-erofs-") as scratch:
-        _run([require_tool("fsck.erofs"), f"--extract={scratch}", "--overwrite", "--no-preserve",
-              str(path)], path)
+        run_tool([require_tool("fsck.erofs"), f"--extract={scratch}", "--overwrite", "--no-preserve",
+              str(path)], path, "check that the file is a complete image")
         return (Path(scratch) / inner).read_bytes()
 
 

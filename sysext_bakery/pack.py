@@ -14,7 +14,6 @@ small files cost more, since their tails share 1 MiB fragment blocks. docs/bench
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -65,7 +64,8 @@ def pack(tree: Path, out: Path, fmt: str = "squashfs", compression: str = "zstd"
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _run(pack_command(tree, tmp, fmt, compression), out)
+        inspect.run_tool(pack_command(tree, tmp, fmt, compression), out,
+                         "check free disk space and that the staged tree is readable")
         diffs = inspect.compare(inspect.read_image(tmp), inspect.tree_entries(tree))
         if diffs:
             shown = "\n  ".join(diffs[:50]) + (f"\n  … and {len(diffs) - 50} more" if len(diffs) > 50 else "")
@@ -80,9 +80,3 @@ def pack(tree: Path, out: Path, fmt: str = "squashfs", compression: str = "zstd"
     return digest
 
 
-def _run(cmd: list[str], out: Path) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-    if done.returncode != 0:
-        output = (done.stderr.strip() or done.stdout.strip())[-2000:]
-        raise BakeryError(f"{out}: {Path(cmd[0]).name} failed (exit {done.returncode}): {output}",
-                          "check free disk space and that the staged tree is readable")
