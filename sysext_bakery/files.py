@@ -16,6 +16,19 @@ def write_atomic(path: Path, data: bytes | str) -> bool:
     if path.is_file() and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stage_file(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def stage_file(path: Path, data: bytes) -> str:
+    """`data` in a synced temp file (mode 0644) next to `path`, ready to be renamed over it;
+    for callers that must rename several files back to back."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -23,12 +36,10 @@ def write_atomic(path: Path, data: bytes | str) -> bool:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide published files from a web server
-        os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
-    return True
+    return tmp
 
 
 def file_digest(path: Path, algorithm: str = "sha256", *, fsync: bool = False) -> str:

@@ -23,7 +23,7 @@ from typing import Iterator, Mapping
 
 from . import release, sums
 from .errors import BakeryError
-from .files import file_digest, write_atomic
+from .files import file_digest, stage_file, write_atomic
 from .release import PublishedImage, ReleaseConfig
 
 LOCK = ".publish.lock"
@@ -313,25 +313,10 @@ def _write_manifest(dest: Path, manifest: Mapping[str, str], signer: Signer | No
         current = sig_path.read_bytes() if sig_path.is_file() else b""
         if not current or not signature_valid(signer, data, current, public_key):
             changes[sig_path] = sign(signer, data)
-    staged = [(path, _stage(path, content)) for path, content in changes.items()]
+    staged = [(path, stage_file(path, content)) for path, content in changes.items()]
     for path, tmp in staged:
         os.replace(tmp, path)
     return [path.name for path, _ in staged]
-
-
-def _stage(path: Path, data: bytes) -> str:
-    """`data` in a synced temp file next to `path`, ready to be renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
 
 
 # ---- the release command ------------------------------------------------------------------
