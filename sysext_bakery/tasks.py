@@ -55,10 +55,6 @@ class Settings:
         return self.root / "build"
 
     @property
-    def state(self) -> Path:
-        return self.build / "state"
-
-    @property
     def images(self) -> Path:
         return self.build / "images"
 
@@ -280,7 +276,8 @@ def files_digest(files_dir: Path | None) -> dict[str, str]:
 
 
 def stage_config(image: Image) -> dict[str, Any]:
-    """What shapes the staged tree besides the downloads' bytes and the static files."""
+    """What shapes the staged tree besides the downloads' bytes and the static files. It goes
+    into the stage record, pack's only dependency, so a tree that changed is repacked."""
     return {"name": image.name, "version": image.version, "arch": image.arch,
             "sources": [{"url": s.url, "kind": s.kind, "allow_setuid": s.allow_setuid,
                          "install": [[i.pattern, i.dest, i.mode] for i in s.install]}

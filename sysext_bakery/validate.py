@@ -49,12 +49,6 @@ def elf_header(path: Path | str) -> tuple[int, int] | None:
     return head[4], struct.unpack_from(order + "H", head, 18)[0]
 
 
-def elf_machine(path: Path | str) -> int | None:
-    """e_machine of an ELF file; None when it is not one."""
-    header = elf_header(path)
-    return header[1] if header else None
-
-
 def validate_tree(tree: Path, name: str, arch: str) -> None:
     """Raises one BakeryError listing every problem of the staged tree of image `name`."""
     problems = _check_top(tree) + _check_host_paths(tree) + _check_elf(tree, arch) \

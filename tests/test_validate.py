@@ -9,7 +9,7 @@ import pytest
 
 from elf import EM_AARCH64, EM_X86_64, make_elf
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.validate import elf_machine, validate_tree
+from sysext_bakery.validate import elf_header, validate_tree
 
 RELEASE = "usr/lib/extension-release.d/extension-release.docker"
 UNITS = "usr/lib/systemd/system"
@@ -121,16 +121,16 @@ def test_symlinks_to_foreign_binaries_are_not_followed(tmp_path):
     validate_tree(tree, "docker", "x86-64")
 
 
-def test_elf_machine(tmp_path):
-    assert elf_machine(put(tmp_path, "a", make_elf("x86-64"))) == EM_X86_64
-    assert elf_machine(put(tmp_path, "b", make_elf("arm64", b"x" * 1000))) == EM_AARCH64
+def test_elf_header(tmp_path):
+    assert elf_header(put(tmp_path, "a", make_elf("x86-64"))) == (2, EM_X86_64)
+    assert elf_header(put(tmp_path, "b", make_elf("arm64", b"x" * 1000))) == (2, EM_AARCH64)
     big_endian = bytearray(make_elf("arm64"))
     big_endian[5] = 2                                   # ELFDATA2MSB
     struct.pack_into(">H", big_endian, 18, 22)          # EM_S390
-    assert elf_machine(put(tmp_path, "c", bytes(big_endian))) == 22
-    assert elf_machine(put(tmp_path, "d", b"#!/bin/sh\n")) is None
-    assert elf_machine(put(tmp_path, "e", b"\x7fELF")) is None      # too short for e_machine
-    assert elf_machine(put(tmp_path, "f", b"")) is None
+    assert elf_header(put(tmp_path, "c", bytes(big_endian)))[1] == 22
+    assert elf_header(put(tmp_path, "d", b"#!/bin/sh\n")) is None
+    assert elf_header(put(tmp_path, "e", b"\x7fELF")) is None      # too short for e_machine
+    assert elf_header(put(tmp_path, "f", b"")) is None
 
 
 def test_extension_release_missing(tmp_path):
