@@ -2,7 +2,6 @@
 from pathlib import Path
 
 from sysext_bakery import tasks
-
 ROOT = Path(__file__).resolve().parent
 DOIT_CONFIG = tasks.doit_config(ROOT)
 

@@ -27,7 +27,7 @@ PROBE = Path(__file__).resolve().parent / "doit_probe.py"
 DOCKER_IMG = f"docker-{fixtures.DOCKER_VERSION}-x86-64"
 CASES = ("noop", "cold", "edit", "size", "scale", "memory")
 sys.path.insert(0, str(REPO))
-from sysext_bakery.pack import pack_command  # noqa: E402  (the exact flags the bakery uses)
+from sysext_bakery.build.pack import pack_command  # noqa: E402  (the exact flags the bakery uses)
 
 
 @dataclass

@@ -8,11 +8,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import BakeryError
+from sysext_bakery.errors import BakeryError
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from .inspect import format_image
+    from sysext_bakery.build.readback import format_image
 
     print(format_image(args.image))
 
@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("image", type=Path)
     inspect.set_defaults(run=_inspect)
 
-    from . import torcx
+    from sysext_bakery.torcx import convert as torcx
     convert = sub.add_parser("torcx-convert", help="turn torcx images or a torcx profile into sysexts",
                              description=torcx.__doc__)
     torcx.add_arguments(convert)

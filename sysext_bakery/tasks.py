@@ -28,13 +28,14 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import lock, sums
-from .arch import ARCHES
-from .errors import BakeryError
-from .files import file_digest, write_atomic
-from .image import COMPRESSIONS, Image
-from .recipe import Recipe, load_recipes, resolve_image
-from .version import stream_of, version_key
+from sysext_bakery.recipe import lock
+from sysext_bakery.build import sums
+from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import file_digest, write_atomic
+from sysext_bakery.model.image import COMPRESSIONS, Image
+from sysext_bakery.recipe.schema import Recipe, load_recipes, resolve_image
+from sysext_bakery.model.version import stream_of, version_key
 
 
 LOCK = "release/lock.toml"   # relative to the project root; also how messages name it
@@ -211,7 +212,7 @@ def _read_json(path: Path) -> Any:
 def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str, Any]:
     """Download every source of `image` (verified) and record what was fetched, in a file
     for the stage task and as doit values for the next up-to-date check."""
-    from .fetch import fetch   # imported lazily: `doit list` should not pay for requests
+    from sysext_bakery.build.fetch import fetch   # imported lazily: `doit list` should not pay for requests
 
     settings.download_cache.mkdir(parents=True, exist_ok=True)
     fetched = []
@@ -289,7 +290,7 @@ def stage_config(image: Image) -> dict[str, Any]:
 
 def stage_image_task(image: Image, settings: Settings, paths: ImagePaths) -> None:
     """Stage and validate the image tree, then record a digest of everything that shaped it."""
-    from .stage import stage_image
+    from sysext_bakery.build.stage import stage_image
 
     fetched = _read_json(Path(paths.fetch_record))["sources"]
     downloads = [settings.download_cache / s["sha256"] for s in fetched]
@@ -300,8 +301,8 @@ def stage_image_task(image: Image, settings: Settings, paths: ImagePaths) -> Non
 
 def pack_image_task(image: Image, settings: Settings, paths: ImagePaths, stream: str | None) -> None:
     """Pack the staged tree, check it by reading it back, record provenance and SHA256SUMS."""
-    from .pack import pack
-    from .publish import git_revision
+    from sysext_bakery.build.pack import pack
+    from sysext_bakery.publish.directory import git_revision
 
     out = Path(paths.image)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +336,7 @@ def write_sums(settings: Settings) -> None:
 
 def print_images(settings: Settings, names: list[str]) -> None:
     """`doit inspect docker-24.0.9-x86-64 …`: an image id (from build/images) or a file."""
-    from .inspect import format_image
+    from sysext_bakery.build.readback import format_image
 
     if not names:
         raise BakeryError("doit inspect: name an image", "e.g. doit inspect docker-24.0.9-x86-64")
@@ -461,7 +462,7 @@ def release_task(root: Path) -> dict[str, Any]:
     """`doit release`: publishes whatever is built; always runs (publishing is idempotent
     and says when there is nothing to do)."""
     def release(dest: str, base_url: str, github: bool, repo: str, allow_unsigned: bool) -> None:
-        from .publish import run_release
+        from sysext_bakery.publish.directory import run_release
         run_release(root, dest, base_url, github, repo, allow_unsigned)
 
     return {

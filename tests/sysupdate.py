@@ -102,7 +102,7 @@ def make_image(workdir: Path, name: str, version: str, *, stream: str | None = N
     """Pack a tiny real sysext (usr/bin/<name> printing its version) into
     workdir/images/<img>.raw and write its provenance to workdir/state/images/<img>.json,
     as the pack step does. Returns (images dir, state dir)."""
-    from sysext_bakery.pack import pack
+    from sysext_bakery.build.pack import pack
 
     img = f"{name}-{version}-{arch}"
     tree = workdir / "trees" / img

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import Project, executed, lock_for
 from elf import make_elf
-from sysext_bakery import sums
-from sysext_bakery.inspect import extension_release, read_file, read_image
-from sysext_bakery.lock import load as load_lock
+from sysext_bakery.build import sums
+from sysext_bakery.build.readback import extension_release, read_file, read_image
+from sysext_bakery.recipe.lock import load as load_lock
 from upstream import DOCKER_BINARIES, Upstream, docker_tgz, docker_url, tar_bytes
 import sysext
 

@@ -19,7 +19,7 @@ import pytest
 from werkzeug import Request, Response
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.fetch import MAX_RESUMES, Fetched, fetch, fetch_text, mirror_url, parse_checksum
+from sysext_bakery.build.fetch import MAX_RESUMES, Fetched, fetch, fetch_text, mirror_url, parse_checksum
 
 UPSTREAM = "https://download.example.org/linux/static/stable/x86_64/docker-24.0.9.tgz"
 MIRRORED = "/download.example.org/linux/static/stable/x86_64/docker-24.0.9.tgz"
@@ -245,7 +245,7 @@ def test_parse_checksum_formats() -> None:
 def test_progress_bar_on_a_terminal(httpserver, cache: Path) -> None:
     """stderr a terminal: rich draws a (transient) bar there; stdout stays empty."""
     httpserver.expect_request(MIRRORED).respond_with_data(BODY)
-    code = ("import sys; from pathlib import Path; from sysext_bakery.fetch import fetch; "
+    code = ("import sys; from pathlib import Path; from sysext_bakery.build.fetch import fetch; "
             "fetch(sys.argv[1], sys.argv[2], Path(sys.argv[3]), mirror=sys.argv[4])")
     main, term = pty.openpty()
     shown = bytearray()

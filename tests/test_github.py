@@ -14,7 +14,8 @@ from pathlib import Path
 import git
 import pytest
 
-from sysext_bakery import github as gh_publisher, release
+from sysext_bakery.publish import github as gh_publisher
+from sysext_bakery.publish import sysupdate as release
 from sysext_bakery.errors import BakeryError
 from test_publish import fake_image, run
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from elf import make_elf
-from sysext_bakery import inspect
+from sysext_bakery.build import readback as inspect
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.inspect import Entry
-from sysext_bakery.pack import pack
+from sysext_bakery.build.readback import Entry
+from sysext_bakery.build.pack import pack
 
 REPO = Path(__file__).resolve().parent.parent
 RELEASE = 'ID=_any\nARCHITECTURE=x86-64\nSYSEXT_VERSION_ID=2.0\n# comment\nEXTENSION_RELOAD_MANAGER="1"\n'

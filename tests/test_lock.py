@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sysext_bakery import lock
+from sysext_bakery.recipe import lock
 from sysext_bakery.errors import BakeryError
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sysext_bakery import inspect
+from sysext_bakery.build import readback as inspect
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.pack import COMPRESSIONS, pack
+from sysext_bakery.build.pack import COMPRESSIONS, pack
 from elf import EM_X86_64, make_elf
 from sysext import make_root, requires_sysext, run_merged
 

@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from sysext_bakery.files import file_digest
-from sysext_bakery import publish, release, sums
+from sysext_bakery.publish import directory as publish
+from sysext_bakery.publish import sysupdate as release
+from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysupdate import gpg_agents, gpg_key, make_gpg_key, stop_gpg_agent, write_provenance  # noqa: F401
 
@@ -325,7 +327,8 @@ def test_lock_stops_a_second_publisher(tmp_path):
 PUBLISHER = """
 import sys
 from pathlib import Path
-from sysext_bakery import publish, release
+from sysext_bakery.publish import directory as publish
+from sysext_bakery.publish import sysupdate as release
 work, dest = Path(sys.argv[1]), Path(sys.argv[2])
 publish.publish_directory(publish.built_images(work / "images", work / "state"), dest,
                           release.ReleaseConfig(base_url=sys.argv[3]),

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import REPO
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.image import Install
-from sysext_bakery.recipe import load_recipe, load_recipes, reference_markdown, resolve_image
-from sysext_bakery.version import stream_of, version_key
+from sysext_bakery.model.image import Install
+from sysext_bakery.recipe.schema import load_recipe, load_recipes, reference_markdown, resolve_image
+from sysext_bakery.model.version import stream_of, version_key
 
 GOOD = """\
 description = "Tool"
@@ -152,7 +152,7 @@ def test_reference_is_rendered_from_schema() -> None:
     for key in ("`description`", "`arch-names`", "`checksum-url`", "`allow-setuid`", "`upholds`"):
         assert key in text
     docs = (REPO / "docs" / "recipes.md").read_text()
-    assert text in docs, "docs/recipes.md is stale: run `python -m sysext_bakery.recipe --docs`"
+    assert text in docs, "docs/recipes.md is stale: run `python -m sysext_bakery.recipe.schema --docs`"
 
 
 def test_file_destination_replacing_a_host_directory(tmp_path: Path) -> None:

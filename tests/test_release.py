@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sysext_bakery import publish, release, tasks
+from sysext_bakery.publish import directory as publish
+from sysext_bakery.publish import sysupdate as release
+from sysext_bakery import tasks
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.version import version_key
+from sysext_bakery.model.version import version_key
 from test_publish import fake_image
 
 REPO = Path(__file__).resolve().parent.parent

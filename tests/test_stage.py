@@ -16,10 +16,10 @@ import pytest
 import zstandard
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.image import Image, Install, Source
-from sysext_bakery.image import archive_kind
-from sysext_bakery.pack import pack
-from sysext_bakery.stage import Member, Tree, iter_members, stage_image, unpacked_key
+from sysext_bakery.model.image import Image, Install, Source
+from sysext_bakery.model.image import archive_kind
+from sysext_bakery.build.pack import pack
+from sysext_bakery.build.stage import Member, Tree, iter_members, stage_image, unpacked_key
 from elf import make_elf
 
 ORIGIN = "recipes/docker.toml: sources[0]"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sysext_bakery import publish, release
+from sysext_bakery.publish import directory as publish
+from sysext_bakery.publish import sysupdate as release
 from sysext import make_root, requires_sysext, run_merged
 from sysupdate import Sysupdate, gpg_key, make_image, serve, sysupdate  # noqa: F401
 

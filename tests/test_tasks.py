@@ -7,8 +7,8 @@ import pytest
 
 from conftest import REPO
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.lock import Pin
-from sysext_bakery.recipe import load_recipes
+from sysext_bakery.recipe.lock import Pin
+from sysext_bakery.recipe.schema import load_recipes
 from sysext_bakery.tasks import Settings, plan, settings_from_env
 
 

@@ -14,12 +14,14 @@ import pytest
 import yaml
 
 from elf import make_elf
-from sysext_bakery import lock, stage, sums
+from sysext_bakery.recipe import lock
+from sysext_bakery.build import stage
+from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.inspect import extension_release, read_file, read_image
-from sysext_bakery.pack import pack
-from sysext_bakery.recipe import load_recipe, resolve_image
-from sysext_bakery.torcx import (add_arguments, load_profile, rewrite_unit, run,
+from sysext_bakery.build.readback import extension_release, read_file, read_image
+from sysext_bakery.build.pack import pack
+from sysext_bakery.recipe.schema import load_recipe, resolve_image
+from sysext_bakery.torcx.convert import (add_arguments, load_profile, rewrite_unit, run,
                                  version_from_reference)
 
 UNITS = "usr/lib/systemd/system"

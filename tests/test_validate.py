@@ -9,7 +9,7 @@ import pytest
 
 from elf import EM_AARCH64, EM_X86_64, make_elf
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.validate import elf_header, validate_tree
+from sysext_bakery.build.validate import elf_header, validate_tree
 
 RELEASE = "usr/lib/extension-release.d/extension-release.docker"
 UNITS = "usr/lib/systemd/system"

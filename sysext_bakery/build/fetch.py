@@ -23,7 +23,7 @@ from requests.adapters import HTTPAdapter
 from rich.filesize import decimal
 from urllib3.util.retry import Retry
 
-from .errors import BakeryError
+from sysext_bakery.errors import BakeryError
 
 if TYPE_CHECKING:
     from rich.progress import Progress

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BakeryError
-from .validate import parse_release
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.build.validate import parse_release
 
 RELEASE_DIR = "usr/lib/extension-release.d"
 RELEASE_PREFIX = f"{RELEASE_DIR}/extension-release."

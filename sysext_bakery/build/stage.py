@@ -37,9 +37,9 @@ from typing import BinaryIO
 
 import zstandard
 
-from .errors import BakeryError
-from .image import Image, Install, Source
-from .validate import iter_tree, validate_tree
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.image import Image, Install, Source
+from sysext_bakery.build.validate import iter_tree, validate_tree
 
 BUFSIZE = 1 << 20   # copy buffer: large enough that Python overhead disappears behind the I/O
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID

@@ -5,8 +5,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import BakeryError
-from .files import write_atomic
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import write_atomic
 
 NAME = "SHA256SUMS"
 

@@ -11,8 +11,8 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from .arch import ARCHES
-from .errors import BakeryError
+from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.errors import BakeryError
 
 UNIT_DIR = "usr/lib/systemd/system"
 RELEASE_DIR = "usr/lib/extension-release.d"

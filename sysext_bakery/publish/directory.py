@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from . import release, sums
-from .errors import BakeryError
-from .files import file_digest, stage_file, write_atomic
-from .release import PublishedImage, ReleaseConfig
+from sysext_bakery.publish import sysupdate
+from sysext_bakery.build import sums
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import file_digest, stage_file, write_atomic
+from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 
 LOCK = ".publish.lock"
 TEMPLATES = ("transfer.conf", "noop.conf", "butane.yaml", "butane-keyring.yaml")
@@ -147,7 +148,7 @@ def copy_verified(src: Path, dest: Path, sha256: str) -> None:
             os.fsync(fout.fileno())
         if digest.hexdigest() != sha256:
             raise BakeryError(f"{src} has sha256 {digest.hexdigest()} but its provenance "
-                              f"file says {sha256}", release.repack_hint(src.stem))
+                              f"file says {sha256}", sysupdate.repack_hint(src.stem))
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     except BaseException:
@@ -181,7 +182,7 @@ def built_images(images_dir: Path, state_dir: Path) -> list[tuple[PublishedImage
     """(image, .raw path) for every provenance file in state_dir/images whose image exists."""
     found = []
     for prov in sorted((state_dir / "images").glob("*.json")):
-        image = release.parse_provenance(prov.read_text(), str(prov))
+        image = sysupdate.parse_provenance(prov.read_text(), str(prov))
         raw = images_dir / image.filename
         if raw.is_file():
             found.append((image, raw))
@@ -212,7 +213,7 @@ def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer,
                     revision, allow_unsigned: bool) -> PublishReport:
     for stale in dest.glob(".*.tmp"):   # left by a killed run; under the lock nobody writes them
         stale.unlink()
-    signed_files = [n for n in (release.SIGNATURE, release.PUBLIC_KEY) if (dest / n).exists()]
+    signed_files = [n for n in (sysupdate.SIGNATURE, sysupdate.PUBLIC_KEY) if (dest / n).exists()]
     if signer is None and signed_files and not allow_unsigned:
         raise BakeryError(
             f"{dest} holds a signed release ({', '.join(signed_files)}) but no signing key is "
@@ -220,21 +221,21 @@ def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer,
             "set BAKERY_SIGNING_KEY or BAKERY_SIGNING_KEY_ID (see docs/release.md), or pass "
             "--allow-unsigned (allow_unsigned=True) to downgrade to an unsigned release on purpose")
     built = [(_with_build_facts(image, raw, revision), raw) for image, raw in built]
-    sums_path, index_path = dest / release.SUMS, dest / release.INDEX
+    sums_path, index_path = dest / sysupdate.SUMS, dest / sysupdate.INDEX
     published = sums.parse(sums_path.read_text(), str(sums_path)) if sums_path.exists() else {}
-    index = ({i.filename: i for i in release.parse_index(index_path.read_text(), str(index_path))}
+    index = ({i.filename: i for i in sysupdate.parse_index(index_path.read_text(), str(index_path))}
              if index_path.exists() else {})
     present, ignored = _present_images(dest, published, index, built)
     for name in ignored:
-        print(f"warning: {dest / name}: no build provenance, {release.INDEX} or {release.SUMS} "
+        print(f"warning: {dest / name}: no build provenance, {sysupdate.INDEX} or {sysupdate.SUMS} "
               "entry vouches for these bytes: left alone, not published", file=sys.stderr)
-    new = [(image, raw) for image, raw in built if release.check_immutable(
+    new = [(image, raw) for image, raw in built if sysupdate.check_immutable(
         image.filename, present[image.filename].sha256 if image.filename in present else None,
         image.sha256)]
     images = {**present, **{image.filename: image for image, _ in new}}
     public_key = export_public_key(signer) if signer else None
     # rendered before anything is copied: a name clash fails with the directory untouched
-    rendered = release.render_release(images.values(), config, templates, public_key)
+    rendered = sysupdate.render_release(images.values(), config, templates, public_key)
 
     for image, raw in new:
         copy_verified(raw, dest / image.filename, image.sha256)
@@ -242,7 +243,7 @@ def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer,
         _fsync_dir(dest)
     files = {name: text.encode() for name, text in rendered.files.items()}
     if public_key:
-        files[release.PUBLIC_KEY] = public_key
+        files[sysupdate.PUBLIC_KEY] = public_key
     written = [name for name, data in sorted(files.items()) if write_atomic(dest / name, data)]
 
     written += _write_manifest(dest, {n: i.sha256 for n, i in images.items()}, signer, public_key)
@@ -285,12 +286,12 @@ def _present_images(dest: Path, published: Mapping[str, str], index: Mapping[str
         else:
             sha = file_digest(path)
             if name in by_file:   # the same name built with other bytes: never replaced
-                release.check_immutable(name, sha, by_file[name].sha256)
+                sysupdate.check_immutable(name, sha, by_file[name].sha256)
             elif sha != record.sha256:
                 ignored.append(name)
                 continue
         if record is None or record.sha256 != sha:   # listed, but nothing more is known
-            parsed = release.parse_image_filename(name)
+            parsed = sysupdate.parse_image_filename(name)
             if parsed is None:
                 ignored.append(name)
                 continue
@@ -305,7 +306,7 @@ def _write_manifest(dest: Path, manifest: Mapping[str, str], signer: Signer | No
     a verifying host fetches the two together, so the pair is only mismatched for the
     moment between the renames (see docs/release.md). Returns the names written."""
     data = sums.render(dict(manifest)).encode()
-    sums_path, sig_path = dest / release.SUMS, dest / release.SIGNATURE
+    sums_path, sig_path = dest / sysupdate.SUMS, dest / sysupdate.SIGNATURE
     changes = {}
     if not sums_path.is_file() or sums_path.read_bytes() != data:
         changes[sums_path] = data
@@ -348,7 +349,7 @@ def run_release(root: Path, dest: str, base_url: str = "", github: bool = False,
                                    allow_unsigned)
         print(report.summary())
         if github:
-            from .github import publish_github
+            from sysext_bakery.publish.github import publish_github
             publish_github(root / dest, repo or config.github_repo, config, root)
     return report
 
@@ -356,7 +357,7 @@ def run_release(root: Path, dest: str, base_url: str = "", github: bool = False,
 def release_config(path: Path, base_url: str = "") -> ReleaseConfig:
     if not path.is_file():
         raise BakeryError(f"{path}: missing", "create it with base_url = \"https://…/\"")
-    config = release.parse_config(path.read_text(), str(path))
+    config = sysupdate.parse_config(path.read_text(), str(path))
     if base_url:
-        config = dataclasses.replace(config, base_url=release.with_slash(base_url))
+        config = dataclasses.replace(config, base_url=sysupdate.with_slash(base_url))
     return config

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from . import release, sums
-from .errors import BakeryError
-from .release import PublishedImage, ReleaseConfig
+from sysext_bakery.publish import sysupdate
+from sysext_bakery.build import sums
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 
 
 class GitHub:
@@ -112,7 +113,7 @@ class GitHub:
 
 def upload_order(name: str) -> tuple[int, str]:
     """Images, then the other files, then SHA256SUMS, then its signature."""
-    last = {release.SUMS: 2, release.SIGNATURE: 3}
+    last = {sysupdate.SUMS: 2, sysupdate.SIGNATURE: 3}
     return (0 if name.endswith(".raw") else last.get(name, 1), name)
 
 
@@ -189,10 +190,10 @@ def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Pa
     if not token:
         raise BakeryError("GITHUB_TOKEN is not set", "export a token that may write releases")
     client = GitHub(repo, token, env.get("GITHUB_API_URL", "https://api.github.com"))
-    index_path, sums_path = dest / release.INDEX, dest / release.SUMS
+    index_path, sums_path = dest / sysupdate.INDEX, dest / sysupdate.SUMS
     if not index_path.is_file() or not sums_path.is_file():
         raise BakeryError(f"{dest} holds no published release", "run doit release first")
-    images = release.parse_index(index_path.read_text(), str(index_path))
+    images = sysupdate.parse_index(index_path.read_text(), str(index_path))
     all_sums = sums.parse(sums_path.read_text(), str(sums_path))
 
     uploaded: list[str] = []
@@ -204,7 +205,7 @@ def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Pa
         revision = group[0].revision
         tag_locally(root, tag, revision, f"sysext {name} {version}")
         files: dict[str, bytes | Path] = {i.filename: dest / i.filename for i in group}
-        files[release.SUMS] = sums.render({i.filename: all_sums[i.filename] for i in group
+        files[sysupdate.SUMS] = sums.render({i.filename: all_sums[i.filename] for i in group
                                            if i.filename in all_sums}).encode()
         for stem in [name, *sorted({f"{name}-{i.stream}" for i in group if i.stream})]:
             for conf in (dest / f"{stem}.conf", dest / f"{stem}.transfer"):
@@ -213,7 +214,7 @@ def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Pa
         rel = client.release(tag, revision, f"{name} {version} system extension images")
         uploaded += [f"{tag}/{n}" for n in client.sync(rel, files)]
 
-    meta_names = [release.SUMS, release.SIGNATURE, release.PUBLIC_KEY, release.INDEX]
+    meta_names = [sysupdate.SUMS, sysupdate.SIGNATURE, sysupdate.PUBLIC_KEY, sysupdate.INDEX]
     meta = {p.name: p for p in dest.iterdir() if p.is_file() and (
         p.name in meta_names or p.suffix in (".conf", ".transfer") or p.name.endswith(".butane.yaml"))}
     rel = client.release(config.github_metadata_tag, None,

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Iterable, Mapping
 
-from .arch import ARCHES
-from .errors import BakeryError
-from . import sums
-from .version import version_key
+from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.build import sums
+from sysext_bakery.model.version import version_key
 
 SUMS = sums.NAME
 SIGNATURE = f"{SUMS}.gpg"

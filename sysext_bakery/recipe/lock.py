@@ -21,10 +21,10 @@ from pathlib import Path
 
 import tomli_w
 
-from .arch import ARCHES
-from .errors import BakeryError
-from .files import write_atomic
-from .version import version_problem
+from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import write_atomic
+from sysext_bakery.model.version import version_problem
 
 HEADER = ("# Pinned versions per recipe: per arch, each source's URL and sha256.\n"
           "# A version pinned by hand needs only its table, e.g. [wasmtime.\"29.0.1\"];\n"

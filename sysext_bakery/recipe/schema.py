@@ -2,7 +2,7 @@
 
 `SCHEMA` is the single description of the recipe format. The loader walks it to validate a
 recipe (so every error names the file and the key), and `docs/recipes.md` is rendered from
-it (`python -m sysext_bakery.recipe --docs`), so the reference cannot drift from the parser.
+it (`python -m sysext_bakery.recipe.schema --docs`), so the reference cannot drift from the parser.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from .arch import ARCHES
-from .errors import BakeryError
-from .version import version_problem, version_vars
-from .image import ARCHIVE_KINDS, COMPRESSIONS, Image, Install, Source, archive_kind
+from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.version import version_problem, version_vars
+from sysext_bakery.model.image import ARCHIVE_KINDS, COMPRESSIONS, Image, Install, Source, archive_kind
 
 OS_PROFILES = {"_any": None, "flatcar": "1.0"}   # ID= -> SYSEXT_LEVEL=
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
@@ -498,5 +498,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--docs"] and len(sys.argv) == 3:
         update_docs(Path(sys.argv[2]))
     else:
-        print("usage: python -m sysext_bakery.recipe --docs docs/recipes.md", file=sys.stderr)
+        print("usage: python -m sysext_bakery.recipe.schema --docs docs/recipes.md", file=sys.stderr)
         sys.exit(2)

@@ -24,14 +24,16 @@ from typing import BinaryIO
 
 import yaml
 
-from . import lock, stage, sums
-from .arch import ARCHES
-from .errors import BakeryError
-from .files import file_digest, write_atomic
-from .image import COMPRESSIONS, Image
-from .recipe import NAME_RE, OS_PROFILES, UNIT_SUFFIXES
-from .validate import iter_tree
-from .version import version_problem
+from sysext_bakery.recipe import lock
+from sysext_bakery.build import stage
+from sysext_bakery.build import sums
+from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import file_digest, write_atomic
+from sysext_bakery.model.image import COMPRESSIONS, Image
+from sysext_bakery.recipe.schema import NAME_RE, OS_PROFILES, UNIT_SUFFIXES
+from sysext_bakery.build.validate import iter_tree
+from sysext_bakery.model.version import version_problem
 
 IMAGE_KIND = "image-manifest-v0"
 PROFILE_KINDS = ("profile-manifest-v0", "profile-manifest-v1")
@@ -249,7 +251,7 @@ def load_package_list(path: Path) -> dict[tuple[str, str], tuple[str, list[dict]
 
 def _from_package_list(name: str, reference: str, entry: tuple[str, list[dict]],
                        stores: Sequence[Path], origin: Path, cache: Path) -> Path | None:
-    from .fetch import fetch
+    from sysext_bakery.build.fetch import fetch
 
     digest, locations = entry
     algorithm, _, expected = digest.partition("-")
@@ -629,7 +631,7 @@ def stage_converted(converted: Converted, arch: str, work: Path, *, os_id: str =
 
 def pack_staged(image: Image, tree: Path, out_dir: Path) -> Built:
     """Packs a staged tree into out_dir/<img>.raw and records it in out_dir/SHA256SUMS."""
-    from .pack import pack
+    from sysext_bakery.build.pack import pack
 
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / image.filename

@@ -1,0 +1,1 @@
+"""The build pipeline per image: fetch, stage, validate, pack, read back, SHA256SUMS."""

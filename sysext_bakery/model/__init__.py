@@ -1,0 +1,1 @@
+"""Values shared by every stage: arches, images, names and versions."""

@@ -1,0 +1,1 @@
+"""Publishing: sysupdate transfer files, the published directory, signing, GitHub Releases."""

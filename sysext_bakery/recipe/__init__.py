@@ -1,0 +1,1 @@
+"""Recipes and the lock: the schema, loading and validation, the generated reference."""

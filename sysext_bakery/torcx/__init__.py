@@ -1,0 +1,1 @@
+"""Converting torcx images and profiles into sysexts."""
