@@ -30,6 +30,7 @@ from doit.tools import config_changed
 
 from sysext_bakery.recipe import lock
 from sysext_bakery.build import sums
+from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import file_digest, write_atomic
@@ -132,13 +133,12 @@ def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: 
                 f"{LOCK}: pins {name!r}, but there is no loadable recipes/{name}.toml",
                 "fix or add the recipe, or remove its versions from the lock"))
     for name, recipe in sorted(recipes.items()):
-        clash = next((other for other in recipes if name.startswith(other + "-")), None)
-        if clash:   # sysupdate's @v matches "-": clash's transfer would install this image
+        clash = naming.clash(name, recipes)
+        if clash and name.startswith(clash + "-"):   # the shorter name keeps building
             problems.append(BakeryError(
                 f"{recipe.shown}: the name {name!r} starts with {clash + '-'!r}, so the "
-                f"sysupdate pattern {clash}-@v-%a.raw of recipes/{clash}.toml would also "
-                f"match {name}'s images",
-                f"rename it without the '-' after {clash!r}, e.g. {name.replace('-', '_', 1)!r}"))
+                f"sysupdate pattern {naming.match_pattern(clash)} of recipes/{clash}.toml "
+                f"would also match {name}'s images", naming.clash_hint(name, clash)))
             continue
         versions = sorted(pins.get(name, []), key=lambda p: version_key(p.version))
         if not versions:

@@ -11,7 +11,6 @@ from sysext_bakery.publish import directory as publish
 from sysext_bakery.publish import sysupdate as release
 from sysext_bakery import tasks
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.model.version import version_key
 from test_publish import fake_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,17 +32,6 @@ def test_bad_config_names_the_key(text, key):
     with pytest.raises(BakeryError) as err:
         release.parse_config(text, "release/release.toml")
     assert "release/release.toml" in str(err.value) and key in str(err.value)
-
-
-def test_patterns_names_and_version_order():
-    assert release.stream_pattern("kubernetes", "v1.32") == "kubernetes-v1.32.@v-%a.raw"
-    assert release.stream_pattern("docker", None) == "docker-@v-%a.raw"
-    assert release.parse_image_filename("docker-24.0.9-x86-64.raw") == ("docker", "24.0.9", "x86-64")
-    assert release.parse_image_filename("docker-compose-2.1.0-arm64.raw") == (
-        "docker-compose", "2.1.0", "arm64")
-    assert release.parse_image_filename("SHA256SUMS") is None
-    versions = ["1.10.0", "1.9.2", "v1.32.2+k3s1", "1.9.10"]
-    assert sorted(versions[:2] + versions[3:], key=version_key) == ["1.9.2", "1.9.10", "1.10.0"]
 
 
 @pytest.mark.parametrize("names, clash", [

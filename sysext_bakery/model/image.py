@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sysext_bakery.model import naming
+
 # image format -> its compressors, the default first
 COMPRESSIONS: dict[str, tuple[str, ...]] = {
     "squashfs": ("zstd", "gzip", "xz", "lz4"),
@@ -75,8 +77,8 @@ class Image:
     @property
     def id(self) -> str:
         """`<name>-<version>-<arch>`: the image file stem and the per-image task name."""
-        return f"{self.name}-{self.version}-{self.arch}"
+        return naming.image_id(self.name, self.version, self.arch)
 
     @property
     def filename(self) -> str:
-        return f"{self.id}.raw"
+        return naming.image_filename(self.name, self.version, self.arch)

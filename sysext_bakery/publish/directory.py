@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from sysext_bakery.model import naming
 from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
@@ -291,7 +292,7 @@ def _present_images(dest: Path, published: Mapping[str, str], index: Mapping[str
                 ignored.append(name)
                 continue
         if record is None or record.sha256 != sha:   # listed, but nothing more is known
-            parsed = sysupdate.parse_image_filename(name)
+            parsed = naming.parse_image_filename(name)
             if parsed is None:
                 ignored.append(name)
                 continue

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Iterable, Mapping
 
+from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.build import sums
@@ -26,8 +27,6 @@ PUBLIC_KEY = "bakery-signing-key.gpg"
 INDEX = "index.json"
 NOOP = "noop.conf"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_IMAGE_FILE = re.compile(r"(?P<name>[a-z0-9][a-z0-9._+]*(?:-[a-z0-9][a-z0-9._+]*)*?)"
-                         r"-(?P<version>[^-/]+)-(?P<arch>" + "|".join(map(re.escape, ARCHES)) + r")\.raw")
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class PublishedImage:
 
     @property
     def filename(self) -> str:
-        return f"{self.name}-{self.version}-{self.arch}.raw"
+        return naming.image_filename(self.name, self.version, self.arch)
 
 
 @dataclass(frozen=True)
@@ -121,12 +120,6 @@ def repack_hint(image_id: str) -> str:
     return f"rebuild it: doit forget pack:{image_id} && doit pack:{image_id}"
 
 
-def parse_image_filename(filename: str) -> tuple[str, str, str] | None:
-    """`docker-24.0.9-x86-64.raw` -> ("docker", "24.0.9", "x86-64"); None if not an image name."""
-    m = _IMAGE_FILE.fullmatch(filename)
-    return (m["name"], m["version"], m["arch"]) if m else None
-
-
 def check_immutable(filename: str, published: str | None, new: str) -> bool:
     """True if `filename` must be copied; False if the same bytes are already published."""
     if published is None:
@@ -152,19 +145,14 @@ def check_names(names: Iterable[str]) -> None:
                           f"{NOOP}, the work-around every host installs",
                           "rename the recipe")
     for name in names:
-        clashes = [other for other in names if other.startswith(name + "-")]
-        if clashes:
+        other = naming.clash(name, names)
+        if other:
+            short, long = sorted((name, other), key=len)
             raise BakeryError(
-                f"images {name!r} and {clashes[0]!r} cannot be published side by side: the "
-                f"transfer of {name} (MatchPattern={stream_pattern(name, None)}) also matches "
-                f"{clashes[0]}'s images",
-                "rename one recipe so that no name is another name followed by '-' "
-                "(see docs/release.md, 'Image names')")
-
-
-def stream_pattern(name: str, stream: str | None) -> str:
-    """MatchPattern of a transfer: any version, or only versions of one stream (`<stream>.x`)."""
-    return f"{name}-{stream}.@v-%a.raw" if stream else f"{name}-@v-%a.raw"
+                f"images {short!r} and {long!r} cannot be published side by side: the "
+                f"transfer of {short} (MatchPattern={naming.match_pattern(short)}) also matches "
+                f"{long}'s images",
+                naming.clash_hint(short, long) + " (see docs/release.md, 'Image names')")
 
 
 def index_json(images: Iterable[PublishedImage]) -> str:
@@ -214,7 +202,7 @@ def render_release(images: Iterable[PublishedImage], config: ReleaseConfig,
         for stream in [None, *streams]:
             stem = f"{name}-{stream}" if stream else name
             conf = _fill(templates["transfer.conf"], "transfer.conf", name=name, conf=stem,
-                         base_url=config.base_url, pattern=stream_pattern(name, stream),
+                         base_url=config.base_url, pattern=naming.match_pattern(name, stream),
                          instances_max=str(config.instances_max), **verify)
             files[f"{stem}.conf"] = conf
             files[f"{stem}.transfer"] = conf

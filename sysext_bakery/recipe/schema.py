@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.version import version_problem, version_vars
@@ -23,7 +24,6 @@ OS_PROFILES = {"_any": None, "flatcar": "1.0"}   # ID= -> SYSEXT_LEVEL=
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
 URL_PLACEHOLDERS = ("name", "version", "version_bare", "version_major", "version_minor",
                     "version_patch", "arch", "sysext_arch")
-NAME_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 
 
 # --- the schema -------------------------------------------------------------------------
@@ -321,9 +321,8 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
     `shown` is how messages name the file (`recipes/<name>.toml`)."""
     shown = shown or str(path)
     problems = _Problems(shown)
-    if not NAME_RE.match(name):
-        problems.add("", f"recipe name {name!r} must be lower-case letters and digits, words "
-                         "joined by single '-' or '_'")
+    if problem := naming.name_problem(name):
+        problems.add("", f"recipe {problem}")
     _check_table(SCHEMA, data, "", problems)
     problems.raise_if_any("see docs/recipes.md for the recipe format")
 

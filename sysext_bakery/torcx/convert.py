@@ -31,7 +31,8 @@ from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import file_digest, write_atomic
 from sysext_bakery.model.image import COMPRESSIONS, Image
-from sysext_bakery.recipe.schema import NAME_RE, OS_PROFILES, UNIT_SUFFIXES
+from sysext_bakery.model import naming
+from sysext_bakery.recipe.schema import OS_PROFILES, UNIT_SUFFIXES
 from sysext_bakery.build.validate import iter_tree
 from sysext_bakery.model.version import version_problem
 
@@ -145,9 +146,8 @@ def check_version(version: str) -> None:
 
 
 def check_name(name: str, origin: str) -> None:
-    if not NAME_RE.match(name):
-        raise BakeryError(f"{origin}: image name {name!r} cannot name a sysext (lower-case "
-                          "letters, digits, '-' and '_' only)", "pass --name")
+    if problem := naming.name_problem(name):
+        raise BakeryError(f"{origin}: image {problem}", "pass --name")
 
 
 def _load_json(path: Path, what: str) -> dict:
@@ -700,13 +700,13 @@ def check_recipe_free(recipes_dir: Path, name: str) -> Path:
     if recipe.exists() and not recipe.read_text().startswith(RECIPE_MARK):
         raise BakeryError(f"{recipe}: a recipe of that name exists and was not made by "
                           "torcx-convert; not replacing it", safe)
-    for other in sorted(p.stem for p in recipes_dir.glob("*.toml")):
-        if name.startswith(other + "-") or other.startswith(name + "-"):
-            raise BakeryError(f"{recipe}: the name clashes with the recipe {other!r}: the "
-                              f"sysupdate MatchPattern of {min(name, other, key=len)!r} "
-                              f"(<name>-@v-%a.raw) would also match the images of "
-                              f"{max(name, other, key=len)!r}",
-                              safe + ": no recipe name followed by '-' may begin it")
+    other = naming.clash(name, (p.stem for p in recipes_dir.glob("*.toml")))
+    if other:
+        short, long = sorted((name, other), key=len)
+        raise BakeryError(f"{recipe}: the name clashes with the recipe {other!r}: the "
+                          f"sysupdate MatchPattern {naming.match_pattern(short)} "
+                          f"would also match the images of {long!r}",
+                          safe + ": no recipe name followed by '-' may begin it")
     return recipe
 
 
