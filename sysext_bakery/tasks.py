@@ -302,7 +302,7 @@ def stage_image_task(image: Image, settings: Settings, paths: ImagePaths) -> Non
 def pack_image_task(image: Image, settings: Settings, paths: ImagePaths, stream: str | None) -> None:
     """Pack the staged tree, check it by reading it back, record provenance and SHA256SUMS."""
     from sysext_bakery.build.pack import pack
-    from sysext_bakery.publish.directory import git_revision
+    from sysext_bakery.build.provenance import git_revision
 
     out = Path(paths.image)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import yaml
 
 from sysext_bakery.files import file_digest
 from sysext_bakery.publish import directory as publish
+from sysext_bakery.publish import sign
 from sysext_bakery.publish import sysupdate as release
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
@@ -244,7 +245,7 @@ def test_signed_release(tmp_path, gpg_key):
     key = gpg_key
     fake_image(tmp_path, "docker", "24.0.9", b"one")
     dest = tmp_path / "pub"
-    with publish.signer_from_env({"BAKERY_SIGNING_KEY": key.armored_secret}) as signer:
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY": key.armored_secret}) as signer:
         assert signer is not None and signer.key == key.fingerprint
         run(tmp_path, dest, signer)
         assert "Verify=yes" in (dest / "docker.conf").read_text()
@@ -271,7 +272,7 @@ def test_signed_release(tmp_path, gpg_key):
 def test_signed_directory_is_not_silently_downgraded(tmp_path, gpg_key):
     fake_image(tmp_path, "docker", "24.0.9", b"one")
     dest = tmp_path / "pub"
-    with publish.signer_from_env({"BAKERY_SIGNING_KEY": gpg_key.armored_secret}) as signer:
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY": gpg_key.armored_secret}) as signer:
         run(tmp_path, dest, signer)
     fake_image(tmp_path, "docker", "24.0.10", b"two")
     before = listing(dest)
@@ -301,12 +302,12 @@ def test_a_test_keys_agent_is_stopped(tmp_path):
 def test_signing_key_id_from_the_users_keyring(tmp_path, monkeypatch, gpg_key):
     key = gpg_key
     monkeypatch.setenv("GNUPGHOME", str(key.gnupghome))
-    with publish.signer_from_env({"BAKERY_SIGNING_KEY_ID": key.fingerprint}) as signer:
-        assert publish.export_public_key(signer) == key.public
-    with publish.signer_from_env({"BAKERY_SIGNING_KEY_ID": "0000DEADBEEF"}) as signer:
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY_ID": key.fingerprint}) as signer:
+        assert sign.export_public_key(signer) == key.public
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY_ID": "0000DEADBEEF"}) as signer:
         with pytest.raises(BakeryError, match="0000DEADBEEF"):
-            publish.export_public_key(signer)
-    with publish.signer_from_env({}) as signer:
+            sign.export_public_key(signer)
+    with sign.signer_from_env({}) as signer:
         assert signer is None
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sysext_bakery.publish import directory as publish
+from sysext_bakery.publish import sign
 from sysext_bakery.publish import sysupdate as release
 from sysext import make_root, requires_sysext, run_merged
 from sysupdate import Sysupdate, gpg_key, make_image, serve, sysupdate  # noqa: F401
@@ -86,7 +87,7 @@ def test_signed_release_verifies_and_tampering_is_refused(tmp_path, sysupdate, g
     dest.mkdir()
     with serve(dest) as url:
         make_image(tmp_path, "hello", "1.0.0")
-        with publish.signer_from_env({"BAKERY_SIGNING_KEY": key.armored_secret}) as signer:
+        with sign.signer_from_env({"BAKERY_SIGNING_KEY": key.armored_secret}) as signer:
             publish_dir(tmp_path, dest, url, signer)
         assert "Verify=yes" in (dest / "hello.conf").read_text()
         keyring.write_bytes((dest / "bakery-signing-key.gpg").read_bytes())

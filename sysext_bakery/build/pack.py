@@ -17,11 +17,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from sysext_bakery import run
 from sysext_bakery.build import readback
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import file_digest
 from sysext_bakery.model.image import COMPRESSIONS
 
+PACK_TIMEOUT = 3600.0   # seconds: xz on a multi-GB tree (ollama, kata) takes minutes
 EROFS_UUID = "5ab0e7e1-0000-4000-8000-000000000000"   # fixed so the superblock is reproducible
 # Beyond -comp: see the module docstring for why zstd gets these.
 SQUASHFS_TUNING: dict[str, tuple[str, ...]] = {"zstd": ("-b", "1M", "-Xcompression-level", "10")}
@@ -30,10 +32,10 @@ SQUASHFS_TUNING: dict[str, tuple[str, ...]] = {"zstd": ("-b", "1M", "-Xcompressi
 def pack_command(tree: Path, out: Path, fmt: str, compression: str) -> list[str]:
     """The packing command line for `fmt` and `compression` (both already checked)."""
     if fmt == "squashfs":
-        return [readback.require_tool("mksquashfs"), str(tree), str(out), "-noappend", "-all-root",
+        return [run.require("mksquashfs"), str(tree), str(out), "-noappend", "-all-root",
                 "-mkfs-time", "0", "-all-time", "0", "-root-mode", "755", "-no-xattrs",
                 "-comp", compression, *SQUASHFS_TUNING.get(compression, ()), "-quiet", "-no-progress"]
-    cmd = [readback.require_tool("mkfs.erofs"), "--quiet", "--all-root", "-T0", "-x-1", f"-U{EROFS_UUID}"]
+    cmd = [run.require("mkfs.erofs"), "--quiet", "--all-root", "-T0", "-x-1", f"-U{EROFS_UUID}"]
     if compression != "none":
         cmd.append(f"-z{compression}")
     return cmd + [str(out), str(tree)]
@@ -64,8 +66,9 @@ def pack(tree: Path, out: Path, fmt: str = "squashfs", compression: str = "zstd"
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        readback.run_tool(pack_command(tree, tmp, fmt, compression), out,
-                         "check free disk space and that the staged tree is readable")
+        run.run(pack_command(tree, tmp, fmt, compression), what=f"packing {out}",
+                hint="check free disk space and that the staged tree is readable",
+                timeout=PACK_TIMEOUT)
         diffs = readback.compare(readback.read_image(tmp), readback.tree_entries(tree))
         if diffs:
             shown = "\n  ".join(diffs[:50]) + (f"\n  … and {len(diffs) - 50} more" if len(diffs) > 50 else "")

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import mmap
 import os
-import shutil
 import stat
 import struct
-import subprocess
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.build.validate import parse_release
 
@@ -31,24 +30,6 @@ SQUASHFS_COMPRESSIONS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "
 PYSQUASHFS_READS = {"gzip", "xz", "zstd"}
 EROFS_MAGIC = 0xE0F5E1E2
 EROFS_SUPER_OFFSET = 1024
-SETUP_HINT = "scripts/setup installs squashfs-tools and erofs-utils"
-
-
-def require_tool(name: str) -> str:
-    """The path of an external tool, or a BakeryError saying how to install it."""
-    found = shutil.which(name)
-    if not found:
-        raise BakeryError(f"{name}: command not found", SETUP_HINT)
-    return found
-
-
-def run_tool(cmd: list[str], path: Path, hint: str) -> None:
-    """Run an image tool; a failure is a BakeryError about `path` with the tool's last words."""
-    done = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-    if done.returncode != 0:
-        output = (done.stderr.strip() or done.stdout.strip())[-2000:]
-        raise BakeryError(f"{path}: {Path(cmd[0]).name} failed (exit {done.returncode}): {output}",
-                          hint)
 
 
 @dataclass(frozen=True)
@@ -153,9 +134,8 @@ def _parse_pf_line(path: Path, line: str) -> Entry | None:
 
 def _unsquashfs_entries(path: Path) -> list[Entry]:
     # -pf writes the metadata first, then every file's data: stop reading at the data marker.
-    proc = subprocess.Popen([require_tool("unsquashfs"), "-no-progress", "-pf", "/dev/stdout", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            errors="surrogateescape")
+    proc = run.spawn([run.require("unsquashfs"), "-no-progress", "-pf", "/dev/stdout", str(path)],
+                     what=f"{path}: listing the image", text=True)
     entries, done = [], False
     try:
         for line in proc.stdout:
@@ -168,7 +148,7 @@ def _unsquashfs_entries(path: Path) -> list[Entry]:
                 entries.append(entry)
     finally:
         proc.kill()
-        _, err = proc.communicate()
+        _, err = proc.communicate(timeout=60)
     if not done:
         raise BakeryError(f"{path}: unsquashfs could not list the image: {err.strip()}",
                           "check that the file is a complete squashfs image")
@@ -277,8 +257,9 @@ def _erofs_read(path: Path, inner: str) -> bytes:
             return fs.data(ino, inner)
     # Compressed data: let erofs-utils decompress the whole image into a scratch directory.
     with tempfile.TemporaryDirectory(prefix="bakery-erofs-") as scratch:
-        run_tool([require_tool("fsck.erofs"), f"--extract={scratch}", "--overwrite", "--no-preserve",
-              str(path)], path, "check that the file is a complete image")
+        run.run([run.require("fsck.erofs"), f"--extract={scratch}", "--overwrite", "--no-preserve",
+                 str(path)], what=f"{path}: reading {inner}",
+                hint="check that the file is a complete image")
         return (Path(scratch) / inner).read_bytes()
 
 
@@ -360,13 +341,9 @@ def read_file(path: Path, inner: str) -> bytes:
 
 
 def _unsquashfs_cat(path: Path, inner: str) -> bytes:
-    done = subprocess.run([require_tool("unsquashfs"), "-no-wildcards", "-cat", str(path), inner],
-                          capture_output=True)
-    if done.returncode != 0:
-        raise BakeryError(f"{path}: cannot read {inner} from the image: "
-                          f"{done.stderr.decode(errors='replace').strip()}",
-                          "list it with `bakery inspect IMAGE`")
-    return done.stdout
+    return run.run([run.require("unsquashfs"), "-no-wildcards", "-cat", str(path), inner],
+                   what=f"{path}: cannot read {inner} from the image",
+                   hint="list it with `bakery inspect IMAGE`").stdout
 
 
 def _release_files(entries: list[Entry]) -> list[str]:

@@ -24,7 +24,6 @@ import lzma
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 import tempfile
 import zipfile
@@ -33,13 +32,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import zstandard
 
+from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Image, Install, Source
 from sysext_bakery.build.validate import iter_tree, validate_tree
+
+if TYPE_CHECKING:
+    from subprocess import Popen
 
 BUFSIZE = 1 << 20   # copy buffer: large enough that Python overhead disappears behind the I/O
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
@@ -148,7 +151,7 @@ class _ChildFailed(OSError):
 class _ChildOutput:
     """The stdout of a decompressor child; at its end, the child's failure is raised."""
 
-    def __init__(self, proc: subprocess.Popen, ok: set[int], stderr: BinaryIO):
+    def __init__(self, proc: Popen, ok: set[int], stderr: BinaryIO):
         self._proc, self._ok, self._stderr = proc, ok, stderr
 
     def read(self, size: int = -1) -> bytes:
@@ -183,21 +186,20 @@ def _plain_tar(archive: Path, kind: str) -> Iterator[BinaryIO]:
         return
     ok = {0, _WARNING_STATUS.get(Path(command[0]).name, 0)}
     with open(archive, "rb") as raw, tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(command, stdin=raw, stdout=subprocess.PIPE, stderr=stderr)
+        proc = run.spawn(command, what=f"decompressing {archive.name}", stdin=raw, stderr=stderr)
         try:
             _grow_pipe(proc.stdout)
             output = _ChildOutput(proc, ok, stderr)
             yield output
             output.drain()
         finally:
-            proc.kill()          # a no-op once it exited; stops it when reading ended early
             proc.stdout.close()
-            proc.wait()
+            run.kill(proc)       # a no-op once it exited; stops it when reading ended early
 
 
 def _find_tool(kind: str) -> list[str] | None:
     for name, *args in _TOOLS.get(kind, ()):
-        path = shutil.which(name)
+        path = run.which(name)
         if path is not None:
             return [path, *args]
     return None

@@ -11,10 +11,8 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
-import functools
 import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -26,18 +24,13 @@ from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import file_digest, stage_file, write_atomic
+from sysext_bakery.build.provenance import git_revision
+from sysext_bakery.publish.sign import (Signer, export_public_key, sign, signature_valid,
+                                      signer_from_env)
 from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 
 LOCK = ".publish.lock"
 TEMPLATES = ("transfer.conf", "noop.conf", "butane.yaml", "butane-keyring.yaml")
-
-
-@dataclass(frozen=True)
-class Signer:
-    """A gpg key that signs SHA256SUMS; `gnupghome` None means the user's own keyring."""
-    key: str                      # key id or fingerprint
-    gnupghome: Path | None = None
-    passphrase: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,82 +52,6 @@ class PublishReport:
             parts.append(f"removed {', '.join(self.removed)}")
         return f"{self.dest}: " + ", ".join(parts)
 
-
-# ---- signing -----------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def signer_from_env(env: Mapping[str, str] = os.environ) -> Iterator[Signer | None]:
-    """BAKERY_SIGNING_KEY (an armored exported secret key, imported into a temporary
-    GNUPGHOME) or BAKERY_SIGNING_KEY_ID (a key in the user's keyring); None if neither.
-    BAKERY_SIGNING_PASSPHRASE unlocks a protected key."""
-    passphrase = env.get("BAKERY_SIGNING_PASSPHRASE")
-    if env.get("BAKERY_SIGNING_KEY"):
-        with tempfile.TemporaryDirectory(prefix="bakery-gnupg-") as home:
-            os.chmod(home, 0o700)
-            _gpg(Signer("", Path(home)), "--import", data=env["BAKERY_SIGNING_KEY"].encode(),
-                 what="importing BAKERY_SIGNING_KEY")
-            listing = _gpg(Signer("", Path(home)), "--list-secret-keys", "--with-colons",
-                           what="listing the imported key").decode()
-            fingerprints = [line.split(":")[9] for line in listing.splitlines()
-                            if line.startswith("fpr:")]
-            if not fingerprints:
-                raise BakeryError("BAKERY_SIGNING_KEY holds no secret key",
-                                  "export it with: gpg --armor --export-secret-keys KEYID")
-            try:
-                yield Signer(fingerprints[0], Path(home), passphrase)
-            finally:
-                # signing started a gpg-agent for this home; it would outlive the directory
-                subprocess.run(["gpgconf", "--kill", "gpg-agent"], capture_output=True,
-                               env={**os.environ, "GNUPGHOME": home})
-    elif env.get("BAKERY_SIGNING_KEY_ID"):
-        yield Signer(env["BAKERY_SIGNING_KEY_ID"], None, passphrase)
-    else:
-        yield None
-
-
-def _gpg(signer: Signer, *args: str, data: bytes = b"", what: str) -> bytes:
-    env = dict(os.environ)
-    if signer.gnupghome:
-        env["GNUPGHOME"] = str(signer.gnupghome)
-    cmd = ["gpg", "--batch", "--no-tty", "--quiet"]
-    if signer.passphrase is not None:
-        # the passphrase goes first on stdin, the data follows
-        cmd += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
-        data = signer.passphrase.encode() + b"\n" + data
-    proc = subprocess.run([*cmd, *args], input=data, env=env, capture_output=True)
-    if proc.returncode != 0:
-        raise BakeryError(f"gpg failed {what}: {proc.stderr.decode(errors='replace').strip()}",
-                          "check BAKERY_SIGNING_KEY / BAKERY_SIGNING_KEY_ID and the passphrase")
-    return proc.stdout
-
-
-def export_public_key(signer: Signer) -> bytes:
-    key = _gpg(signer, "--export", signer.key, what=f"exporting public key {signer.key}")
-    if not key:
-        raise BakeryError(f"gpg knows no key {signer.key!r}",
-                          "set BAKERY_SIGNING_KEY_ID to a key listed by: gpg --list-secret-keys")
-    return key
-
-
-def sign(signer: Signer, data: bytes) -> bytes:
-    return _gpg(signer, "--local-user", signer.key, "--detach-sign", "--output", "-",
-                data=data, what=f"signing with key {signer.key}")
-
-
-def signature_valid(signer: Signer, data: bytes, signature: bytes, public_key: bytes) -> bool:
-    """Whether `signature` is a good signature of `data` by exactly the published key."""
-    with tempfile.TemporaryDirectory(prefix="bakery-verify-") as tmp:
-        keyring, sig = Path(tmp, "key.gpg"), Path(tmp, "data.sig")
-        keyring.write_bytes(public_key)
-        sig.write_bytes(signature)
-        proc = subprocess.run(
-            ["gpg", "--batch", "--no-tty", "--quiet", "--no-default-keyring",
-             "--keyring", str(keyring), "--trust-model", "always", "--verify", str(sig), "-"],
-            input=data, capture_output=True, env={**os.environ, "GNUPGHOME": tmp})
-        return proc.returncode == 0
-
-
-# ---- files -------------------------------------------------------------------------------
 
 def copy_verified(src: Path, dest: Path, sha256: str) -> None:
     """Copy an image under a temp name, hashing while streaming; rename only if it matches."""
@@ -322,18 +239,6 @@ def _write_manifest(dest: Path, manifest: Mapping[str, str], signer: Signer | No
 
 
 # ---- the release command ------------------------------------------------------------------
-
-@functools.cache
-def git_revision(root: Path) -> str | None:
-    """The commit checked out at `root`, None outside git. Every pack records it, so this is
-    one `git rev-parse` per process rather than importing GitPython (0.1 s) on that path."""
-    try:
-        done = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "--quiet", "HEAD"],
-                              capture_output=True, text=True)
-    except OSError:
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
 
 def run_release(root: Path, dest: str, base_url: str = "", github: bool = False,
                 repo: str = "", allow_unsigned: bool = False) -> PublishReport:

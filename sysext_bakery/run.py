@@ -1,0 +1,120 @@
+"""The one program runner: every external tool the bakery starts goes through here.
+
+An argv list (never a shell), a bounded wait, stderr captured, and any failure turned into a
+BakeryError that names the program, what it was doing and which package installs it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Mapping
+
+from sysext_bakery.errors import BakeryError
+
+DEFAULT_TIMEOUT = 600.0     # seconds; packing a large image passes more
+LAST_WORDS = 2000           # characters of a failing tool's output kept in the message
+
+# program -> Debian package, for the "what to install" hint
+PACKAGES = {
+    "mksquashfs": "squashfs-tools", "unsquashfs": "squashfs-tools",
+    "mkfs.erofs": "erofs-utils", "fsck.erofs": "erofs-utils", "dump.erofs": "erofs-utils",
+    "gpg": "gnupg", "gpgconf": "gnupg", "git": "git",
+    "gzip": "gzip", "pigz": "pigz", "xz": "xz-utils", "zstd": "zstd", "bzip2": "bzip2",
+    "unzip": "unzip",
+}
+
+
+@dataclass(frozen=True)
+class Done:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+
+def install_hint(program: str) -> str:
+    package = PACKAGES.get(Path(program).name)
+    if package:
+        return f"scripts/setup installs it (apt-get install {package})"
+    return f"install {Path(program).name}"
+
+
+def which(program: str) -> str | None:
+    return shutil.which(program)
+
+
+def require(program: str) -> str:
+    """The path of `program`, or a BakeryError saying how to install it."""
+    found = shutil.which(program)
+    if not found:
+        raise BakeryError(f"{program}: command not found", install_hint(program))
+    return found
+
+
+def run(argv: list[str], *, what: str, hint: str | None = None, input: bytes | None = None,
+        env: Mapping[str, str] | None = None, timeout: float = DEFAULT_TIMEOUT,
+        check: bool = True, stdout: IO[bytes] | None = None) -> Done:
+    """Run `argv` to completion. `what` says what it was for ("packing build/images/x.raw");
+    with `check`, a non-zero exit is a BakeryError carrying the tool's last words.
+    `stdout` sends the output to a file instead of memory (large outputs)."""
+    program = Path(argv[0]).name
+    try:
+        proc = subprocess.run(argv, input=input, env=None if env is None else dict(env),
+                              stdout=stdout if stdout is not None else subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=timeout)
+    except FileNotFoundError:
+        raise BakeryError(f"{what}: {program}: command not found", install_hint(program)) from None
+    except subprocess.TimeoutExpired:
+        raise BakeryError(f"{what}: {program} did not finish within {timeout:.0f} s",
+                          hint or "the input may be too large; retry, or report it") from None
+    except OSError as e:
+        raise BakeryError(f"{what}: cannot start {program}: {e.strerror}",
+                          install_hint(program)) from None
+    done = Done(proc.returncode, proc.stdout or b"", proc.stderr or b"")
+    if check and done.returncode != 0:
+        raise BakeryError(f"{what}: {program} failed (exit {done.returncode}): {last_words(done)}",
+                          hint or install_hint(program))
+    return done
+
+
+def spawn(argv: list[str], *, what: str, stdin: IO[bytes] | int | None = None,
+          stdout: IO[bytes] | int | None = subprocess.PIPE,
+          stderr: IO[bytes] | int | None = subprocess.PIPE,
+          text: bool = False, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start `argv` for streaming (a decompressor feeding the tar reader, unsquashfs -pf).
+    The caller reaps it; `kill` below is the safe way to stop it early."""
+    program = Path(argv[0]).name
+    try:
+        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
+                                errors="surrogateescape" if text else None,
+                                env=None if env is None else dict(env))
+    except FileNotFoundError:
+        raise BakeryError(f"{what}: {program}: command not found", install_hint(program)) from None
+    except OSError as e:
+        raise BakeryError(f"{what}: cannot start {program}: {e.strerror}",
+                          install_hint(program)) from None
+
+
+def kill(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """Stop a spawned child (a no-op once it exited) and reap it; its exit status."""
+    proc.kill()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:   # unkillable (D state): leave it to init
+        return None
+
+
+def last_words(done: Done) -> str:
+    output = done.stderr.decode(errors="replace").strip() or done.text.strip()
+    return output[-LAST_WORDS:]
+
+
+def environ(**overrides: str) -> dict[str, str]:
+    """The process environment with `overrides`, for tools that need one more variable."""
+    return {**os.environ, **overrides}
