@@ -12,11 +12,11 @@ from sysext_bakery.errors import BakeryError
 
 def test_load_pins(tmp_path: Path) -> None:
     path = tmp_path / "lock.toml"
-    path.write_text('[docker."24.0.9".x86-64]\nsources = [{ url = "https://a/b.tgz", sha256 = "ab" }]\n'
+    path.write_text('[docker."24.0.9".x86-64]\nsources = [{ url = "https://a/b.tgz", sha256 = "abababababababababababababababababababababababababababababababab" }]\n'
                     '[wasmtime."29.0.1"]\n')
     pins = lock.load(path)
     assert pins["docker"] == [lock.Pin("docker", "24.0.9",
-                                       {"x86-64": [{"url": "https://a/b.tgz", "sha256": "ab"}]})]
+                                       {"x86-64": [{"url": "https://a/b.tgz", "sha256": "ab" * 32}]})]
     assert pins["wasmtime"] == [lock.Pin("wasmtime", "29.0.1", {})]
     assert lock.load(tmp_path / "missing.toml") == {}
 
@@ -50,3 +50,16 @@ def test_record_keeps_other_entries_and_is_world_readable(tmp_path: Path) -> Non
     assert path.read_text().startswith(lock.HEADER)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["lock.toml"]
+
+
+@pytest.mark.parametrize("entry, says", [
+    ('url = "https://a/b.tgz\\n", sha256 = "%s"' % ("ab" * 32), "sources[0].url"),
+    ('url = "http://a/b.tgz"', "must start with https://"),
+    ('url = "https://a/b.tgz", sha256 = "AB"', "sources[0].sha256: expected 64"),
+])
+def test_a_bad_pinned_url_or_sha256_is_named(tmp_path: Path, entry: str, says: str) -> None:
+    path = tmp_path / "lock.toml"
+    path.write_text(f'[docker."24.0.9".x86-64]\nsources = [{{ {entry} }}]\n')
+    with pytest.raises(BakeryError) as err:
+        lock.load(path, "release/lock.toml")
+    assert "release/lock.toml: docker.24.0.9.x86-64" in str(err.value) and says in str(err.value)

@@ -95,7 +95,8 @@ def test_bad_template(tmp_path: Path) -> None:
 
 def test_plain_http_refused(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("https://example.org/tool", "http://example.org/tool"))
-    assert error_of(path) == f"{path}: sources[0].url: must be an https:// URL"
+    assert error_of(path) == (f"{path}: sources[0].url: URL 'http://example.org/tool-{{version}}-{{arch}}.tar.gz' "
+                              "must start with https://")
 
 
 def test_bad_install_mode_and_unit(tmp_path: Path) -> None:

@@ -157,3 +157,19 @@ def test_installed_image_merges_with_systemd_sysext(tmp_path, sysupdate):
     done = run_merged(sysext_root, {"hello": installed_image}, '"$ROOT/usr/bin/hello"')
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "hello 1.2.3"
+
+
+def test_a_percent_encoded_base_url_survives_systemds_specifiers(tmp_path, sysupdate):
+    """`my%20dir` would be read as the specifier `%2` by sysupdate's unit-file parser: the
+    published transfer file must say `my%%20dir`, and the real sysupdate then finds it."""
+    served = tmp_path / "srv"
+    dest = served / "my dir"
+    dest.mkdir(parents=True)
+    with serve(served) as url:
+        make_image(tmp_path, "hello", "1.0.0")
+        base = release.parse_config(f'base_url = "{url}my%20dir/"', "release.toml").base_url
+        publish_dir(tmp_path, dest, base)
+        assert f"Path={url}my%%20dir/\n" in (dest / "hello.conf").read_text()
+        root, defs = host(tmp_path, "hello", dest / "hello.conf")
+        update(sysupdate, defs, root)
+        assert current(root, "hello") == "hello-1.0.0-x86-64.raw"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from sysext_bakery.model import naming
+from sysext_bakery.model.url import BaseUrl, parse_base_url
 from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
@@ -251,6 +252,7 @@ def run_release(root: Path, dest: str, base_url: str = "", github: bool = False,
     built = built_images(root / "build/images", root / "build/state")
     revision = git_revision(root)
     with signer_from_env() as signer:
+        check_transport(config.base_url, signed=signer is not None)
         report = publish_directory(built, root / dest, config, templates, signer, revision,
                                    allow_unsigned)
         print(report.summary())
@@ -260,10 +262,22 @@ def run_release(root: Path, dest: str, base_url: str = "", github: bool = False,
     return report
 
 
+def check_transport(base_url: str, signed: bool) -> None:
+    """Plain http is only safe when hosts verify a signed SHA256SUMS (Verify=yes)."""
+    if not BaseUrl(base_url).insecure:
+        return
+    if not signed:
+        raise BakeryError(f"base_url {base_url} is plain http and the release is unsigned: "
+                          "anyone on the path could serve hosts other images",
+                          "serve it over https, or sign the release (BAKERY_SIGNING_KEY)")
+    print(f"WARNING: base_url {base_url} is plain http; hosts rely on the signature alone",
+          file=sys.stderr)
+
+
 def release_config(path: Path, base_url: str = "") -> ReleaseConfig:
     if not path.is_file():
         raise BakeryError(f"{path}: missing", "create it with base_url = \"https://…/\"")
     config = sysupdate.parse_config(path.read_text(), str(path))
-    if base_url:
-        config = dataclasses.replace(config, base_url=sysupdate.with_slash(base_url))
+    if base_url is not None and base_url != "":
+        config = dataclasses.replace(config, base_url=parse_base_url(base_url, "--base-url").url)
     return config

@@ -17,6 +17,7 @@ from typing import Iterable, Mapping
 
 from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.model.url import BaseUrl, parse_base_url
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.build import sums
 from sysext_bakery.model.version import version_key
@@ -72,10 +73,7 @@ def parse_config(text: str, origin: str) -> ReleaseConfig:
     if unknown:
         raise BakeryError(f"{origin}: unknown key(s): {', '.join(unknown)}",
                           f"known keys: {', '.join(sorted(known))}")
-    base_url = data.get("base_url")
-    if not isinstance(base_url, str) or not re.match(r"https?://[^/\s]+", base_url):
-        raise BakeryError(f"{origin}: base_url: must be an http(s) URL, got {base_url!r}",
-                          "set base_url to the public URL the release directory is served at")
+    base_url = parse_base_url(data.get("base_url"), f"{origin}: base_url")
     instances_max = data.get("instances_max", 3)
     if not isinstance(instances_max, int) or isinstance(instances_max, bool) or instances_max < 2:
         raise BakeryError(f"{origin}: instances_max: must be an integer >= 2, got {instances_max!r}",
@@ -87,13 +85,9 @@ def parse_config(text: str, origin: str) -> ReleaseConfig:
     repo = github.get("repo")
     if repo is not None and not (isinstance(repo, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", repo)):
         raise BakeryError(f"{origin}: github.repo: must be 'owner/name', got {repo!r}")
-    return ReleaseConfig(base_url=with_slash(base_url), instances_max=instances_max,
+    return ReleaseConfig(base_url=base_url.url, instances_max=instances_max,
                          github_repo=repo,
                          github_metadata_tag=str(github.get("metadata_tag", "metadata")))
-
-
-def with_slash(url: str) -> str:
-    return url if url.endswith("/") else url + "/"
 
 
 def parse_provenance(text: str, origin: str) -> PublishedImage:
@@ -202,7 +196,8 @@ def render_release(images: Iterable[PublishedImage], config: ReleaseConfig,
         for stream in [None, *streams]:
             stem = f"{name}-{stream}" if stream else name
             conf = _fill(templates["transfer.conf"], "transfer.conf", name=name, conf=stem,
-                         base_url=config.base_url, pattern=naming.match_pattern(name, stream),
+                         base_url=BaseUrl(config.base_url).for_unit_file,
+                         pattern=naming.match_pattern(name, stream),
                          instances_max=str(config.instances_max), **verify)
             files[f"{stem}.conf"] = conf
             files[f"{stem}.transfer"] = conf

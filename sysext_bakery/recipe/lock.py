@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,10 @@ import tomli_w
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import write_atomic
+from sysext_bakery.model.url import url_problem
 from sysext_bakery.model.version import version_problem
 
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 HEADER = ("# Pinned versions per recipe: per arch, each source's URL and sha256.\n"
           "# A version pinned by hand needs only its table, e.g. [wasmtime.\"29.0.1\"];\n"
           "# URLs then come from the recipe and the sha256 is recorded on first fetch.\n\n")
@@ -68,6 +71,14 @@ def load(path: Path, shown: str | None = None) -> dict[str, list[Pin]]:
                         isinstance(s, dict) and set(s) <= {"url", "sha256"}
                         and all(isinstance(v, str) for v in s.values()) for s in sources):
                     raise BakeryError(f"{where}.{arch}: expected sources = [{{ url = \"…\", sha256 = \"…\" }}, …]")
+                for i, source in enumerate(sources):
+                    if "url" in source and (problem := url_problem(source["url"])):
+                        raise BakeryError(f"{where}.{arch}.sources[{i}].url: {problem}",
+                                          "remove the entry to re-pin it from the recipe")
+                    if "sha256" in source and not SHA256_RE.fullmatch(source["sha256"]):
+                        raise BakeryError(f"{where}.{arch}.sources[{i}].sha256: expected 64 "
+                                          f"lower-case hex digits, got {source['sha256'][:80]!r}",
+                                          "remove it to record it again on the next fetch")
                 parsed[arch] = sources
             pins.setdefault(name, []).append(Pin(name, version, parsed))
     return pins

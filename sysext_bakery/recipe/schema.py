@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.model.url import url_problem
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.version import version_problem, version_vars
 from sysext_bakery.model.image import ARCHIVE_KINDS, COMPRESSIONS, Image, Install, Source, archive_kind
@@ -46,7 +47,7 @@ class Key:
 
 
 def _https(value: str) -> str | None:
-    return None if value.startswith("https://") else "must be an https:// URL"
+    return url_problem(value)
 
 
 def _template(extra: tuple[str, ...] = ()) -> Check:
