@@ -1,15 +1,13 @@
-"""The plan (recipes + lock -> images and build groups) and the settings read from the environment."""
+"""The plan: recipes + lock -> images, build groups and the problems to report."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from conftest import REPO
-from sysext_bakery.errors import BakeryError
 from sysext_bakery.recipe.lock import Pin
-from sysext_bakery.recipe.schema import load_recipes
-from sysext_bakery.tasks import Settings, plan, settings_from_env
+from sysext_bakery.plan import plan
+from sysext_bakery.recipe.load import load_recipes
+from sysext_bakery.settings import Settings
 
 
 def pins(**versions: list[str]) -> dict[str, list[Pin]]:
@@ -33,24 +31,6 @@ def test_plan_restricted_arch_and_orphan_pin() -> None:
     assert [i.id for i in the_plan.images] == ["docker-24.0.9-arm64"]
     assert len(the_plan.problems) == 1
     assert "pins 'nosuch', but there is no loadable recipes/nosuch.toml" in str(the_plan.problems[0])
-
-
-def test_settings_from_env() -> None:
-    s = settings_from_env(Path("/p"), {"BAKERY_MIRROR": "/srv/m", "BAKERY_ARCH": "arm64, x86-64",
-                                       "BAKERY_FORMAT": "erofs", "BAKERY_COMPRESSION": "lz4",
-                                       "BAKERY_CACHE": "/c"})
-    assert (s.mirror, s.arches, s.fmt, s.compression) == ("/srv/m", ("arm64", "x86-64"), "erofs", "lz4")
-    assert s.download_cache == Path("/c") and s.images == Path("/p/build/images")
-
-
-@pytest.mark.parametrize("env, message", [
-    ({"BAKERY_ARCH": "amd64"}, "BAKERY_ARCH: unknown arch 'amd64'"),
-    ({"BAKERY_FORMAT": "ext4"}, "BAKERY_FORMAT: unknown format 'ext4'"),
-    ({"BAKERY_COMPRESSION": "lz4hc"}, "BAKERY_COMPRESSION: 'lz4hc' is not available for squashfs"),
-])
-def test_settings_errors(env: dict[str, str], message: str) -> None:
-    with pytest.raises(BakeryError, match=message):
-        settings_from_env(Path("/p"), env)
 
 
 def test_a_name_extending_another_with_dash_is_refused(tmp_path: Path) -> None:
