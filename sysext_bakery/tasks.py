@@ -1,5 +1,5 @@
 """The doit task factory: recipes + lock -> tasks. `dodo.py` only calls `doit_config` and
-`generate`.
+`generate`. What to build comes from `plan`, what the tasks do from `build.actions`.
 
 Per image `<img>` = `<name>-<version>-<arch>`:
   fetch:<img>  downloads into the content-addressed cache; writes build/state/fetch/<img>.json
@@ -15,175 +15,25 @@ no download and no image.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import stat
 import sys
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterator
 
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from sysext_bakery.recipe import lock
-from sysext_bakery.build import sums
-from sysext_bakery.model import naming
-from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.build import actions
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import file_digest, write_atomic
-from sysext_bakery.model.image import COMPRESSIONS, Image
-from sysext_bakery.recipe.schema import Recipe, load_recipes, resolve_image
-from sysext_bakery.model.version import stream_of, version_key
+from sysext_bakery.model.image import Image
+from sysext_bakery.model.version import stream_of
+from sysext_bakery.plan import Plan, plan, unpinned_message
+from sysext_bakery.recipe import lock
+from sysext_bakery.recipe.load import Recipe, load_recipes
+from sysext_bakery.settings import LOCK, ImagePaths, Settings, settings_from_env
 
-
-LOCK = "release/lock.toml"   # relative to the project root; also how messages name it
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything a build reads from the environment, read once at the edge."""
-    root: Path
-    mirror: str | None = None
-    cache: Path | None = None
-    arches: tuple[str, ...] | None = None      # BAKERY_ARCH: restrict builds to these arches
-    fmt: str | None = None                     # BAKERY_FORMAT overrides recipes' format
-    compression: str | None = None             # BAKERY_COMPRESSION overrides recipes' compression
-
-    @property
-    def build(self) -> Path:
-        return self.root / "build"
-
-    @property
-    def images(self) -> Path:
-        return self.build / "images"
-
-    @property
-    def download_cache(self) -> Path:
-        return self.cache or self.build / "cache"
-
-    @property
-    def lock_path(self) -> Path:
-        return self.root / LOCK
-
-
-class ImagePaths(NamedTuple):
-    """Where one image's files live (plain strings: building thousands of Paths per graph
-    load costs more than the rest of a no-op run)."""
-    fetch_record: str     # build/state/fetch/<img>.json: what was downloaded
-    stage_record: str     # build/state/stage/<img>.json: digest of what shaped the tree
-    tree: str             # build/stage/<img>/
-    image: str            # build/images/<img>.raw
-    provenance: str       # build/state/images/<img>.json
-
-    @classmethod
-    def of(cls, settings: Settings, image_id: str) -> "ImagePaths":
-        build = str(settings.build)
-        return cls(f"{build}/state/fetch/{image_id}.json", f"{build}/state/stage/{image_id}.json",
-                   f"{build}/stage/{image_id}", f"{build}/images/{image_id}.raw",
-                   f"{build}/state/images/{image_id}.json")
-
-
-def settings_from_env(root: Path, env: Mapping[str, str] = os.environ) -> Settings:
-    arches = tuple(a.strip() for a in env.get("BAKERY_ARCH", "").split(",") if a.strip()) or None
-    for a in arches or ():
-        if a not in ARCHES:
-            raise BakeryError(f"BAKERY_ARCH: unknown arch {a!r}", f"use one of {', '.join(ARCHES)}")
-    fmt = env.get("BAKERY_FORMAT") or None
-    if fmt not in (None, "squashfs", "erofs"):
-        raise BakeryError(f"BAKERY_FORMAT: unknown format {fmt!r}", "use squashfs or erofs")
-    compression = env.get("BAKERY_COMPRESSION") or None
-    allowed = COMPRESSIONS[fmt or "squashfs"]
-    if compression is not None and compression not in allowed:
-        raise BakeryError(f"BAKERY_COMPRESSION: {compression!r} is not available for {fmt or 'squashfs'}",
-                          f"use one of {', '.join(allowed)}")
-    return Settings(root=root, mirror=env.get("BAKERY_MIRROR") or None,
-                    cache=Path(env["BAKERY_CACHE"]) if env.get("BAKERY_CACHE") else None,
-                    arches=arches, fmt=fmt, compression=compression)
-
-
-# --- the plan: pure, offline ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Build:
-    """A `build:<name>-<x>` group: the images it packs and what the doc line says."""
-    images: tuple[str, ...]
-    doc: str
-    alias_of: str | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    images: tuple[Image, ...]
-    builds: dict[str, Build]
-    unbuildable: dict[str, str] = field(default_factory=dict)   # build name -> why it cannot run
-    problems: tuple[BakeryError, ...] = ()
-
-
-def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: Settings) -> Plan:
-    images: list[Image] = []
-    builds: dict[str, Build] = {}
-    unbuildable: dict[str, str] = {}
-    problems: list[BakeryError] = []
-    for name in sorted(pins):
-        if name not in recipes:
-            problems.append(BakeryError(
-                f"{LOCK}: pins {name!r}, but there is no loadable recipes/{name}.toml",
-                "fix or add the recipe, or remove its versions from the lock"))
-    for name, recipe in sorted(recipes.items()):
-        clash = naming.clash(name, recipes)
-        if clash and name.startswith(clash + "-"):   # the shorter name keeps building
-            problems.append(BakeryError(
-                f"{recipe.shown}: the name {name!r} starts with {clash + '-'!r}, so the "
-                f"sysupdate pattern {naming.match_pattern(clash)} of recipes/{clash}.toml "
-                f"would also match {name}'s images", naming.clash_hint(name, clash)))
-            continue
-        versions = sorted(pins.get(name, []), key=lambda p: version_key(p.version))
-        if not versions:
-            unbuildable[f"{name}"] = unpinned_message(name, None)
-            continue
-        for pin in versions:
-            arches = [a for a in recipe.arches if settings.arches is None or a in settings.arches]
-            try:   # all arches of a version or none: a half version would build as if whole
-                resolved = [resolve_image(recipe, pin.version, arch, pin.arches.get(arch),
-                                          fmt=settings.fmt, compression=settings.compression)
-                            for arch in arches]
-            except BakeryError as e:
-                problems.append(e)
-                continue
-            images += resolved
-            builds[f"{name}-{pin.version}"] = Build(
-                tuple(i.id for i in resolved),
-                f"{name} {pin.version} for {', '.join(arches) or 'no arch selected'}")
-        newest_by_stream: dict[str, str] = {}
-        for pin in versions:
-            stream = stream_of(pin.version, recipe.streams)
-            if stream is not None:
-                newest_by_stream[stream] = pin.version
-        for stream, version in newest_by_stream.items():
-            if f"{name}-{version}" in builds and f"{name}-{stream}" not in builds:
-                builds[f"{name}-{stream}"] = Build((), f"newest pinned {name} {stream}.x: {version}",
-                                                   alias_of=f"{name}-{version}")
-        newest = versions[-1].version
-        if f"{name}-{newest}" in builds:
-            builds[name] = Build((), f"newest pinned {name}: {newest}", alias_of=f"{name}-{newest}")
-    return Plan(tuple(images), builds, unbuildable, tuple(problems))
-
-
-def unpinned_message(name: str, wanted: str | None, stream: bool = False) -> str:
-    if stream:
-        first, example = f"no {name} {wanted}.x is pinned", f"{wanted}.<rest of the version>"
-    else:
-        first, example = f"{name} {wanted or '(any version)'} is not pinned", wanted or "<version>"
-    return (f"{first} in {LOCK}. "
-            f"Pin it by adding a table [{name}.\"{example}\"] to the lock (URLs come from "
-            f"recipes/{name}.toml, the sha256 is recorded on first fetch); `doit update` will "
-            "pin new upstream versions once upstream tracking lands.")
-
-
-# --- actions: the side-effect edge -------------------------------------------------------------
 
 def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
     """doit action wrapper: a BakeryError becomes a clean task failure (no traceback).
@@ -195,41 +45,6 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BakeryError as e:
             return TaskFailed(f"error: {e}")
     return action
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str, Any]:
-    """Download every source of `image` (verified) and record what was fetched, in a file
-    for the stage task and as doit values for the next up-to-date check."""
-    from sysext_bakery.build.fetch import fetch   # imported lazily: `doit list` should not pay for requests
-
-    settings.download_cache.mkdir(parents=True, exist_ok=True)
-    fetched = []
-    record = False
-    for source in image.sources:
-        got = fetch(source.url, source.sha256, settings.download_cache,
-                    checksum_url=source.checksum_url, mirror=settings.mirror)
-        if got.first_use:
-            print(f"WARNING: trust on first use: {source.url} has no pinned sha256 and no upstream "
-                  f"checksum; recorded sha256 {got.sha256} in {settings.lock_path}. Review it "
-                  "(git diff) before you commit.", file=sys.stderr)
-        record = record or source.sha256 is None
-        fetched.append({"url": source.url, "sha256": got.sha256})
-    if record:
-        lock.record_sha256(settings.lock_path, image.name, image.version, image.arch, fetched)
-    _write_json(Path(paths.fetch_record), {"sources": fetched})
-    return {"sources": fetched}
 
 
 def _fetch_current(image: Image, cache: str) -> Callable[..., bool]:
@@ -263,98 +78,11 @@ def files_signature(files_dir: Path | None) -> str:
     return "\n".join(lines)
 
 
-def files_digest(files_dir: Path | None) -> dict[str, str]:
-    """Content of files/ as recorded in the stage record: sha256 and exec bit per file, the
-    target per symlink."""
-    digest = {}
-    for path in sorted(files_dir.rglob("*")) if files_dir else ():
-        rel = str(path.relative_to(files_dir))
-        if path.is_symlink():
-            digest[rel] = f"-> {os.readlink(path)}"
-        elif path.is_file():
-            digest[rel] = f"{file_digest(path)} {'x' if path.stat().st_mode & 0o111 else '-'}"
-    return digest
-
-
-def stage_config(image: Image) -> dict[str, Any]:
-    """What shapes the staged tree besides the downloads' bytes and the static files. It goes
-    into the stage record, pack's only dependency, so a tree that changed is repacked."""
-    return {"name": image.name, "version": image.version, "arch": image.arch,
-            "sources": [{"url": s.url, "kind": s.kind, "allow_setuid": s.allow_setuid,
-                         "install": [[i.pattern, i.dest, i.mode] for i in s.install]}
-                        for s in image.sources],
-            "files": str(image.files_dir) if image.files_dir else None,
-            "upholds": image.upholds, "reload_manager": image.reload_manager,
-            "os": [image.os_id, image.sysext_level]}
-
-
-def stage_image_task(image: Image, settings: Settings, paths: ImagePaths) -> None:
-    """Stage and validate the image tree, then record a digest of everything that shaped it."""
-    from sysext_bakery.build.stage import stage_image
-
-    fetched = _read_json(Path(paths.fetch_record))["sources"]
-    downloads = [settings.download_cache / s["sha256"] for s in fetched]
-    stage_image(image, downloads, Path(paths.tree), unpacked=settings.build / "stage" / ".unpacked")
-    _write_json(Path(paths.stage_record), {"config": stage_config(image), "sources": fetched,
-                                           "files": files_digest(image.files_dir)})
-
-
-def pack_image_task(image: Image, settings: Settings, paths: ImagePaths, stream: str | None) -> None:
-    """Pack the staged tree, check it by reading it back, record provenance and SHA256SUMS."""
-    from sysext_bakery.build.pack import pack
-    from sysext_bakery.build.provenance import git_revision
-
-    out = Path(paths.image)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    digest = pack(Path(paths.tree), out, image.fmt, image.compression)
-    staged = _read_json(Path(paths.stage_record))
-    st = out.stat()
-    _write_json(Path(paths.provenance), {
-        "name": image.name, "version": image.version, "arch": image.arch, "stream": stream,
-        "file": out.name, "sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-        "format": image.fmt, "compression": image.compression, "sources": staged["sources"],
-        "revision": git_revision(settings.root),
-        "built": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    sums.update(out.parent, {out.name: digest})
-
-
-def write_sums(settings: Settings) -> None:
-    """Rewrite build/images/SHA256SUMS for every image present, hashing only images whose
-    provenance record does not match their size and mtime (replaced by hand, or a crash
-    between placing the image and writing its record)."""
-    settings.images.mkdir(parents=True, exist_ok=True)
-    entries = {}
-    for image in sorted(settings.images.glob("*.raw")):
-        record = _read_json(Path(ImagePaths.of(settings, image.stem).provenance)) or {}
-        st = image.stat()
-        same = (record.get("file"), record.get("size"), record.get("mtime_ns")) == \
-            (image.name, st.st_size, st.st_mtime_ns)
-        entries[image.name] = record["sha256"] if same else file_digest(image)
-    changed = write_atomic(settings.images / sums.NAME, sums.render(entries))
-    print(f"{settings.images / sums.NAME}: {len(entries)} images, {'updated' if changed else 'unchanged'}")
-
-
-def print_images(settings: Settings, names: list[str]) -> None:
-    """`doit inspect docker-24.0.9-x86-64 …`: an image id (from build/images) or a file."""
-    from sysext_bakery.build.readback import format_image
-
-    if not names:
-        raise BakeryError("doit inspect: name an image", "e.g. doit inspect docker-24.0.9-x86-64")
-    for name in names:
-        path = Path(name) if name.endswith(".raw") else settings.images / f"{name}.raw"
-        if not path.exists():
-            raise BakeryError(f"{path}: no such image", f"build it first: doit pack:{path.stem}")
-        print(format_image(path))
-
-
-def fail_with(message: str) -> None:
-    raise BakeryError(message)
-
-
 # --- doit tasks ------------------------------------------------------------------------------
 
-_FETCH, _STAGE, _PACK = _edge(fetch_image), _edge(stage_image_task), _edge(pack_image_task)
-_INSPECT, _SUMS, _FAIL = _edge(print_images), _edge(write_sums), _edge(fail_with)
+_FETCH, _STAGE, _PACK = (_edge(actions.fetch_image), _edge(actions.stage_image),
+                         _edge(actions.pack_image))
+_INSPECT, _SUMS, _FAIL = _edge(actions.print_images), _edge(actions.write_sums), _edge(actions.fail_with)
 
 
 def doit_config(root: Path) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The lock: parsing with errors that name the key, and trust-on-first-use recording."""
 from __future__ import annotations
 
+import difflib
 import stat
 from pathlib import Path
 
@@ -47,9 +48,71 @@ def test_record_keeps_other_entries_and_is_world_readable(tmp_path: Path) -> Non
     pins = lock.load(path)
     assert pins["docker"][0].arches == {"arm64": entry}
     assert pins["wasmtime"][0].version == "29.0.1"
-    assert path.read_text().startswith(lock.HEADER)
+    assert path.read_text().startswith('[docker."24.0.9"]\n')   # no header forced on a hand-made lock
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["lock.toml"]
+
+
+def test_record_into_a_new_lock(tmp_path: Path) -> None:
+    path = tmp_path / "lock.toml"
+    lock.record_sha256(path, "kubernetes", "v1.32.2", "x86-64", [{"url": "https://k/b", "sha256": "ef" * 32}])
+    assert path.read_text() == lock.HEADER + (
+        '[kubernetes."v1.32.2".x86-64]\nsources = [\n    { url = "https://k/b", sha256 = "efefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefef" },\n]\n')
+    assert lock.load(path)["kubernetes"][0].arches == {"x86-64": [{"url": "https://k/b", "sha256": "ef" * 32}]}
+
+
+COMMENTED = """\
+# our pins; reviewed in every PR
+[docker."24.0.9".x86-64]
+sources = [{ url = "https://a/docker.tgz", sha256 = "abababababababababababababababababababababababababababababababab" }]  # from the release page
+
+[docker."24.0.9".arm64]
+sources = [
+    { url = "https://a/docker-arm64.tgz" },  # sha256 on first fetch
+    { url = 'https://a/extra.tgz', sha256 = "" },
+]
+
+# pinned by hand
+[wasmtime."29.0.1"]
+"""
+
+
+def changes(before: str, after: str) -> list[str]:
+    return [line for line in difflib.ndiff(before.splitlines(), after.splitlines())
+            if line[:1] in "+-?"]
+
+
+def test_record_keeps_comments_and_layout(tmp_path: Path) -> None:
+    """Recording edits only the image's entry: every comment, the inline table and the
+    spacing come back unchanged, and the diff is the new entry or the sha256 values."""
+    path = tmp_path / "lock.toml"
+    path.write_text(COMMENTED)
+    lock.record_sha256(path, "wasmtime", "29.0.1", "x86-64",
+                       [{"url": "https://w/wasmtime.tar.xz", "sha256": "cd" * 32}])
+    after = path.read_text()
+    assert changes(COMMENTED, after) == [
+        "+ ", '+ [wasmtime."29.0.1".x86-64]', "+ sources = [",
+        f'+     {{ url = "https://w/wasmtime.tar.xz", sha256 = "{"cd" * 32}" }},', "+ ]"]
+    assert after.startswith(COMMENTED)
+
+    lock.record_sha256(path, "docker", "24.0.9", "arm64",
+                       [{"url": "https://a/docker-arm64.tgz", "sha256": "01" * 32},
+                        {"url": "https://a/extra.tgz", "sha256": "02" * 32}])
+    assert sorted(line for line in changes(after, path.read_text()) if line[0] in "+-") == [
+        '+     { url = "https://a/docker-arm64.tgz", sha256 = "0101010101010101010101010101010101010101010101010101010101010101" },  # sha256 on first fetch',
+        "+     { url = 'https://a/extra.tgz', sha256 = \"0202020202020202020202020202020202020202020202020202020202020202\" },",
+        '-     { url = "https://a/docker-arm64.tgz" },  # sha256 on first fetch',
+        "-     { url = 'https://a/extra.tgz', sha256 = \"\" },"]
+    assert lock.load(path)["docker"][0].arches["arm64"][1] == {"url": "https://a/extra.tgz", "sha256": "02" * 32}
+
+
+def test_record_between_tables_keeps_the_next_tables_comment(tmp_path: Path) -> None:
+    path = tmp_path / "lock.toml"
+    path.write_text(COMMENTED)
+    lock.record_sha256(path, "docker", "24.0.9", "s390x", [])
+    text = path.read_text()
+    assert changes(COMMENTED, text) == ['+ [docker."24.0.9".s390x]', "+ sources = []", "+ "]
+    assert '[docker."24.0.9".s390x]\nsources = []\n\n# pinned by hand\n[wasmtime."29.0.1"]' in text
 
 
 @pytest.mark.parametrize("entry, says", [

@@ -9,7 +9,8 @@ import pytest
 from conftest import REPO
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Install
-from sysext_bakery.recipe.schema import load_recipe, load_recipes, reference_markdown, resolve_image
+from sysext_bakery.recipe.docs import reference_markdown
+from sysext_bakery.recipe.load import load_recipe, load_recipes, resolve_image
 from sysext_bakery.model.version import stream_of, version_key
 
 GOOD = """\
@@ -153,7 +154,7 @@ def test_reference_is_rendered_from_schema() -> None:
     for key in ("`description`", "`arch-names`", "`checksum-url`", "`allow-setuid`", "`upholds`"):
         assert key in text
     docs = (REPO / "docs" / "recipes.md").read_text()
-    assert text in docs, "docs/recipes.md is stale: run `python -m sysext_bakery.recipe.schema --docs`"
+    assert text in docs, "docs/recipes.md is stale: run `python -m sysext_bakery.recipe.docs docs/recipes.md`"
 
 
 def test_file_destination_replacing_a_host_directory(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.build.readback import extension_release, read_file, read_image
 from sysext_bakery.build.pack import pack
-from sysext_bakery.recipe.schema import load_recipe, resolve_image
+from sysext_bakery.recipe.load import load_recipe, resolve_image
 from sysext_bakery.torcx.convert import (add_arguments, load_profile, rewrite_unit, run,
                                  version_from_reference)
 

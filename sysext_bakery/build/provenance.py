@@ -1,11 +1,17 @@
-"""Facts about how an image was built that go into its provenance record."""
+"""Provenance records: what each packed image is, where its bytes came from and which bakery
+revision built it (`build/state/images/<img>.json`). `doit sums` and publishing read them."""
 from __future__ import annotations
 
 import functools
+import json
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import write_atomic
+from sysext_bakery.model.image import Image
 
 
 @functools.cache
@@ -18,3 +24,30 @@ def git_revision(root: Path) -> str | None:
     except BakeryError:      # no git: the revision is simply unknown
         return None
     return done.text.strip() or None if done.returncode == 0 else None
+
+
+def record(image: Image, packed: Path, sha256: str, sources: list[dict[str, str]],
+           stream: str | None, revision: str | None) -> dict[str, Any]:
+    """The provenance record of `image`, packed into `packed` with digest `sha256`. Size and
+    mtime let `doit sums` trust the digest without hashing the image again."""
+    st = packed.stat()
+    return {
+        "name": image.name, "version": image.version, "arch": image.arch, "stream": stream,
+        "file": packed.name, "sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        "format": image.fmt, "compression": image.compression, "sources": sources,
+        "revision": revision, "built": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def write(path: Path, value: dict[str, Any]) -> None:
+    """Place a provenance record atomically: a reader sees the old record or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def read(path: Path) -> dict[str, Any] | None:
+    """The provenance record at `path`; None when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,6 +1,7 @@
 """The lock, `release/lock.toml`: which versions are pinned, with per-arch URLs and sha256.
 
-Format (hand-editable; the bakery rewrites it canonically when it records a sha256):
+Format (hand-editable; recording a sha256 edits only the image's own entry, so comments and
+layout stay and the diff shows just what was recorded):
 
     [docker."24.0.9".x86-64]
     sources = [
@@ -19,8 +20,6 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-
-import tomli_w
 
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
@@ -75,7 +74,7 @@ def load(path: Path, shown: str | None = None) -> dict[str, list[Pin]]:
                     if "url" in source and (problem := url_problem(source["url"])):
                         raise BakeryError(f"{where}.{arch}.sources[{i}].url: {problem}",
                                           "remove the entry to re-pin it from the recipe")
-                    if "sha256" in source and not SHA256_RE.fullmatch(source["sha256"]):
+                    if source.get("sha256") and not SHA256_RE.fullmatch(source["sha256"]):
                         raise BakeryError(f"{where}.{arch}.sources[{i}].sha256: expected 64 "
                                           f"lower-case hex digits, got {source['sha256'][:80]!r}",
                                           "remove it to record it again on the next fetch")
@@ -94,11 +93,10 @@ def record_sha256(path: Path, name: str, version: str, arch: str,
     guard = os.open(path.parent, os.O_RDONLY)   # flock on the directory: no stray lock file
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)
-        try:
-            data = tomllib.loads(path.read_text()) if path.exists() else {}
-        except tomllib.TOMLDecodeError as e:
-            raise BakeryError(f"{path}: not valid TOML: {e}", "fix the syntax by hand") from None
-        data.setdefault(name, {}).setdefault(version, {})[arch] = {"sources": sources}
-        write_atomic(path, HEADER + tomli_w.dumps(data))
+        # imported here: tomlkit takes longer to import than the rest of `doit list`
+        from sysext_bakery.recipe.lock_edit import with_sources
+
+        text = path.read_text() if path.exists() else ""
+        write_atomic(path, with_sources(text, name, version, arch, sources, str(path)))
     finally:
         os.close(guard)

@@ -1,33 +1,29 @@
-"""Recipes: the one schema, loading TOML into frozen values, resolving images.
+"""The recipe format: `SCHEMA`, the one description of a recipe, and the checks that walk it.
 
-`SCHEMA` is the single description of the recipe format. The loader walks it to validate a
-recipe (so every error names the file and the key), and `docs/recipes.md` is rendered from
-it (`python -m sysext_bakery.recipe.schema --docs`), so the reference cannot drift from the parser.
+The loader (`recipe.load`) validates a recipe against `SCHEMA`, so every error names the file
+and the key, and `docs/recipes.md` is rendered from it (`recipe.docs`), so the reference
+cannot drift from the parser.
 """
 from __future__ import annotations
 
+import difflib
 import re
 import string
-import sys
-import tomllib
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, Callable
 
-from sysext_bakery.model import naming
+from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import url_problem
-from sysext_bakery.errors import BakeryError
-from sysext_bakery.model.version import version_problem, version_vars
-from sysext_bakery.model.image import ARCHIVE_KINDS, COMPRESSIONS, Image, Install, Source, archive_kind
+from sysext_bakery.model.image import ARCHIVE_KINDS, COMPRESSIONS
+from sysext_bakery.model.version import version_problem
 
 OS_PROFILES = {"_any": None, "flatcar": "1.0"}   # ID= -> SYSEXT_LEVEL=
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
 URL_PLACEHOLDERS = ("name", "version", "version_bare", "version_major", "version_minor",
                     "version_patch", "arch", "sysext_arch")
 
-
-# --- the schema -------------------------------------------------------------------------
 
 Check = Callable[[Any], "str | None"]   # returns what is wrong, or None
 
@@ -172,49 +168,9 @@ SCHEMA = (
 )
 
 
-# --- loading ----------------------------------------------------------------------------
+# --- validation: walking SCHEMA -----------------------------------------------------------
 
-@dataclass(frozen=True)
-class SourceTemplate:
-    url: str
-    checksum_url: str | None
-    kind: str
-    version: str | None
-    arches: tuple[str, ...]
-    install: tuple[Install, ...]
-    allow_setuid: bool
-
-
-@dataclass(frozen=True)
-class Upstream:
-    type: str
-    repo: str | None = None
-    url: str | None = None
-    pattern: str | None = None
-    prereleases: bool = False
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    path: Path
-    description: str
-    homepage: str
-    arches: tuple[str, ...]
-    streams: str
-    os: str
-    format: str
-    compression: str
-    reload_manager: bool | None     # None: decided by whether the image ships units
-    upstream: Upstream | None
-    arch_names: dict[str, str] = field(hash=False)
-    sources: tuple[SourceTemplate, ...] = ()
-    upholds: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    files_dir: Path | None = None
-    shown: str = ""                 # how messages name the file: recipes/<name>.toml
-
-
-class _Problems:
+class Problems:
     """Collects every problem of one file so the user fixes them in one go."""
 
     def __init__(self, where: str):
@@ -233,7 +189,7 @@ _PY_TYPES = {"string": str, "boolean": bool, "string list": list, "table": dict,
              "array of tables": list, "map": dict}
 
 
-def _check_value(key: Key, value: Any, path: str, problems: _Problems) -> None:
+def _check_value(key: Key, value: Any, path: str, problems: Problems) -> None:
     if not isinstance(value, _PY_TYPES[key.type]):
         problems.add(path, f"expected a {key.type}, got {type(value).__name__} {value!r}")
         return
@@ -250,14 +206,14 @@ def _check_value(key: Key, value: Any, path: str, problems: _Problems) -> None:
             problems.add(path, f"duplicate entries in {value!r}")
         return
     if key.type == "table":
-        _check_table(key.keys, value, path, problems)
+        check_table(key.keys, value, path, problems)
         return
     if key.type == "array of tables":
         for i, item in enumerate(value):
             if not isinstance(item, dict):
                 problems.add(f"{path}[{i}]", "expected a table")
             else:
-                _check_table(key.keys, item, f"{path}[{i}]", problems)
+                check_table(key.keys, item, f"{path}[{i}]", problems)
         return
     if key.type == "map":
         for k, v in value.items():
@@ -274,7 +230,7 @@ def _check_value(key: Key, value: Any, path: str, problems: _Problems) -> None:
         problems.add(path, what)
 
 
-def _check_map_value(kind: str, value: Any, path: str, map_key: str, problems: _Problems) -> None:
+def _check_map_value(kind: str, value: Any, path: str, map_key: str, problems: Problems) -> None:
     if kind == "string":
         if not isinstance(value, str):
             problems.add(path, f"expected a string, got {value!r}")
@@ -296,12 +252,12 @@ def _check_map_value(kind: str, value: Any, path: str, map_key: str, problems: _
             problems.add(path, what)
 
 
-def _check_table(keys: tuple[Key, ...], data: dict, path: str, problems: _Problems) -> None:
+def check_table(keys: tuple[Key, ...], data: dict, path: str, problems: Problems) -> None:
     known = {k.name: k for k in keys}
     prefix = f"{path}." if path else ""
     for name, value in data.items():
         if name not in known:
-            close = [k for k in known if _similar(k, name)]
+            close = difflib.get_close_matches(name.replace("_", "-"), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
             problems.add(f"{prefix}{name}", f"unknown key{hint}")
         else:
@@ -309,194 +265,3 @@ def _check_table(keys: tuple[Key, ...], data: dict, path: str, problems: _Proble
     for key in keys:
         if key.required and key.name not in data:
             problems.add(f"{prefix}{key.name}", "missing (required)")
-
-
-def _similar(a: str, b: str) -> bool:
-    a, b = a.replace("_", "-"), b.replace("_", "-")
-    return a == b or (len(a) > 3 and (a in b or b in a)) or sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b)) <= 2
-
-
-def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
-                 shown: str | None = None) -> Recipe:
-    """Validate raw TOML data against SCHEMA and build a Recipe (raises BakeryError).
-    `shown` is how messages name the file (`recipes/<name>.toml`)."""
-    shown = shown or str(path)
-    problems = _Problems(shown)
-    if problem := naming.name_problem(name):
-        problems.add("", f"recipe {problem}")
-    _check_table(SCHEMA, data, "", problems)
-    problems.raise_if_any("see docs/recipes.md for the recipe format")
-
-    arches = tuple(data["arches"])
-    arch_names = dict(data.get("arch-names", {}))
-    for a in arch_names:
-        if a not in ARCHES:
-            problems.add(f"arch-names.{a}", f"unknown arch; known: {', '.join(ARCHES)}")
-    fmt = data.get("format", "squashfs")
-    allowed = COMPRESSIONS[fmt]
-    compression = data.get("compression", allowed[0])
-    if compression not in allowed:
-        problems.add("compression", f"{compression!r} is not available for {fmt}; use one of {', '.join(allowed)}")
-
-    sources = []
-    for i, raw in enumerate(data.get("sources", [])):
-        kind = raw.get("type") or archive_kind(raw["url"].rsplit("/", 1)[-1]) or "file"
-        installs = []
-        for pattern, target in raw["install"].items():
-            dest, mode = (target["to"], target.get("mode")) if isinstance(target, dict) else (target, None)
-            if pattern.startswith("/") or ".." in pattern.split("/"):
-                problems.add(f"sources[{i}].install", f"pattern {pattern!r} must be relative, without '..'")
-            installs.append(Install(pattern, dest, int(mode, 8) if mode else None))
-        if not installs:
-            problems.add(f"sources[{i}].install", "must install at least one path")
-        sources.append(SourceTemplate(
-            url=raw["url"], checksum_url=raw.get("checksum-url"), kind=kind,
-            version=raw.get("version"), arches=tuple(raw.get("arches", arches)),
-            install=tuple(installs), allow_setuid=raw.get("allow-setuid", False)))
-        for a in raw.get("arches", []):
-            if a not in arches:
-                problems.add(f"sources[{i}].arches", f"{a!r} is not in the recipe's arches")
-
-    upholds = tuple((target, tuple(units))
-                    for target, units in sorted(data.get("units", {}).get("upholds", {}).items()))
-
-    if files_dir is not None:
-        for top in sorted(files_dir.iterdir()):
-            if top.name not in ("usr", "opt"):
-                problems.add("", f"{shown.removesuffix('.toml')}/files/{top.name}: static files may only live under usr/ and opt/")
-        if (files_dir / "usr" / "sbin").exists():
-            problems.add("", f"{shown.removesuffix('.toml')}/files/usr/sbin: {install_target_problem('/usr/sbin/x')}")
-    if not sources and files_dir is None:
-        problems.add("sources", "a recipe needs at least one source or a files/ directory")
-
-    upstream = data.get("upstream")
-    if upstream and upstream["type"].startswith(("github", "gitlab")) and "repo" not in upstream:
-        problems.add("upstream.repo", f"required for type {upstream['type']!r}")
-    if upstream and upstream["type"] in ("html-index", "json-api") and "url" not in upstream:
-        problems.add("upstream.url", f"required for type {upstream['type']!r}")
-    problems.raise_if_any("see docs/recipes.md for the recipe format")
-
-    return Recipe(
-        name=name, path=path, description=data["description"], homepage=data["homepage"],
-        arches=arches, streams=data.get("streams", "none"), os=data.get("os", "_any"),
-        format=fmt, compression=compression,
-        reload_manager=data.get("reload-manager"),
-        upstream=Upstream(**{k.replace("-", "_"): v for k, v in upstream.items()}) if upstream else None,
-        arch_names=arch_names, sources=tuple(sources), upholds=upholds, files_dir=files_dir,
-        shown=shown)
-
-
-def load_recipe(path: Path, shown: str | None = None) -> Recipe:
-    """Load and validate `recipes/<name>.toml` (raises BakeryError naming the file as `shown`)."""
-    shown = shown or str(path)
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise BakeryError(f"{shown}: not valid TOML: {e}", "fix the syntax; see docs/recipes.md") from None
-    except OSError as e:
-        raise BakeryError(f"{shown}: cannot read: {e.strerror}") from None
-    files_dir = path.parent / path.stem / "files"
-    return parse_recipe(path.stem, path, data, files_dir if files_dir.is_dir() else None, shown)
-
-
-def load_recipes(directory: Path) -> tuple[dict[str, Recipe], list[BakeryError]]:
-    """Every recipe of the directory that loads, plus the errors of those that do not:
-    one broken recipe must not hide the others."""
-    recipes: dict[str, Recipe] = {}
-    errors: list[BakeryError] = []
-    for path in sorted(directory.glob("*.toml")):
-        try:
-            recipes[path.stem] = load_recipe(path, f"{directory.name}/{path.name}")
-        except BakeryError as e:
-            errors.append(e)
-    return recipes, errors
-
-
-# --- images -------------------------------------------------------------------------------
-
-def render_url(template: str, recipe: Recipe, version: str, arch: str, url: str = "") -> str:
-    values = {"name": recipe.name, "arch": recipe.arch_names.get(arch, ARCHES[arch].uname),
-              "sysext_arch": arch, "url": url, **version_vars(version)}
-    return template.format(**values)
-
-
-def resolve_image(recipe: Recipe, version: str, arch: str,
-                  pinned: list[dict[str, str]] | None, *, fmt: str | None = None,
-                  compression: str | None = None) -> Image:
-    """The Image for one recipe + version + arch. `pinned` is the lock's source list for this
-    arch (url + sha256 per source), or None when the lock only names the version."""
-    templates = [s for s in recipe.sources if arch in s.arches]
-    if pinned is not None and len(pinned) != len(templates):
-        raise BakeryError(
-            f"release/lock.toml: {recipe.name}.{version}.{arch}: pins {len(pinned)} sources, "
-            f"{recipe.shown} has {len(templates)} for {arch}",
-            f"remove the {arch} entry to re-derive it from the recipe, or fix the list")
-    sources = []
-    for i, tpl in enumerate(templates):
-        v = tpl.version or version
-        url = render_url(tpl.url, recipe, v, arch)
-        sha256 = None
-        if pinned is not None:
-            url = pinned[i].get("url", url)
-            sha256 = pinned[i].get("sha256") or None
-        sources.append(Source(
-            url=url, sha256=sha256,
-            checksum_url=render_url(tpl.checksum_url, recipe, v, arch, url) if tpl.checksum_url else None,
-            kind=tpl.kind, install=tpl.install, allow_setuid=tpl.allow_setuid,
-            origin=f"{recipe.shown}: sources[{recipe.sources.index(tpl)}]"))
-    fmt = fmt or recipe.format
-    return Image(
-        name=recipe.name, version=version, arch=arch, sources=tuple(sources),
-        files_dir=recipe.files_dir, upholds=recipe.upholds, reload_manager=recipe.reload_manager,
-        os_id=recipe.os, sysext_level=OS_PROFILES[recipe.os], fmt=fmt,
-        compression=compression or (recipe.compression if fmt == recipe.format
-                                    else COMPRESSIONS[fmt][0]),
-        recipe_file=recipe.path)
-
-
-# --- the reference, rendered from SCHEMA ----------------------------------------------------
-
-def reference_markdown() -> str:
-    """The key tables of docs/recipes.md, generated from SCHEMA."""
-    out: list[str] = []
-
-    def table(keys: tuple[Key, ...], title: str) -> None:
-        out.append(f"### {title}\n")
-        out.append("| key | type | required | default | meaning |")
-        out.append("| --- | --- | --- | --- | --- |")
-        for k in keys:
-            meaning = k.doc
-            if k.choices:
-                meaning += " One of: " + ", ".join(f"`{c}`" for c in k.choices) + "."
-            if k.example:
-                meaning += f" Example: `{k.name} = {k.example}`."
-            default = "" if k.default is None else f"`{str(k.default).lower() if isinstance(k.default, bool) else k.default}`"
-            typ = k.type + (f" of {k.values}" if k.values else "")
-            out.append(f"| `{k.name}` | {typ} | {'yes' if k.required else ''} | {default} | {meaning} |")
-        out.append("")
-        for k in keys:
-            if k.keys:
-                table(k.keys, f"`[{k.name}]`" if k.type == "table" else f"`[[{k.name}]]`")
-
-    table(SCHEMA, "Top-level keys")
-    return "\n".join(out)
-
-
-START, END = "<!-- reference:start (generated from SCHEMA) -->\n", "<!-- reference:end -->"
-
-
-def update_docs(path: Path) -> None:
-    """Replace the generated part of the recipe reference."""
-    text = path.read_text()
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{START}{reference_markdown()}{END}{tail}")
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--docs"] and len(sys.argv) == 3:
-        update_docs(Path(sys.argv[2]))
-    else:
-        print("usage: python -m sysext_bakery.recipe.schema --docs docs/recipes.md", file=sys.stderr)
-        sys.exit(2)

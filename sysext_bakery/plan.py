@@ -1,0 +1,90 @@
+"""The plan: recipes + lock + settings -> the images to build, the `build:` groups, the
+builds that cannot run yet and the problems to report. Pure and offline: `doit list` never
+needs the network."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.model import naming
+from sysext_bakery.model.image import Image
+from sysext_bakery.model.version import stream_of, version_key
+from sysext_bakery.recipe import lock
+from sysext_bakery.recipe.load import Recipe, resolve_image
+from sysext_bakery.settings import LOCK, Settings
+
+@dataclass(frozen=True)
+class Build:
+    """A `build:<name>-<x>` group: the images it packs and what the doc line says."""
+    images: tuple[str, ...]
+    doc: str
+    alias_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    images: tuple[Image, ...]
+    builds: dict[str, Build]
+    unbuildable: dict[str, str] = field(default_factory=dict)   # build name -> why it cannot run
+    problems: tuple[BakeryError, ...] = ()
+
+
+def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: Settings) -> Plan:
+    images: list[Image] = []
+    builds: dict[str, Build] = {}
+    unbuildable: dict[str, str] = {}
+    problems: list[BakeryError] = []
+    for name in sorted(pins):
+        if name not in recipes:
+            problems.append(BakeryError(
+                f"{LOCK}: pins {name!r}, but there is no loadable recipes/{name}.toml",
+                "fix or add the recipe, or remove its versions from the lock"))
+    for name, recipe in sorted(recipes.items()):
+        clash = naming.clash(name, recipes)
+        if clash and name.startswith(clash + "-"):   # the shorter name keeps building
+            problems.append(BakeryError(
+                f"{recipe.shown}: the name {name!r} starts with {clash + '-'!r}, so the "
+                f"sysupdate pattern {naming.match_pattern(clash)} of recipes/{clash}.toml "
+                f"would also match {name}'s images", naming.clash_hint(name, clash)))
+            continue
+        versions = sorted(pins.get(name, []), key=lambda p: version_key(p.version))
+        if not versions:
+            unbuildable[f"{name}"] = unpinned_message(name, None)
+            continue
+        for pin in versions:
+            arches = [a for a in recipe.arches if settings.arches is None or a in settings.arches]
+            try:   # all arches of a version or none: a half version would build as if whole
+                resolved = [resolve_image(recipe, pin.version, arch, pin.arches.get(arch),
+                                          fmt=settings.fmt, compression=settings.compression)
+                            for arch in arches]
+            except BakeryError as e:
+                problems.append(e)
+                continue
+            images += resolved
+            builds[f"{name}-{pin.version}"] = Build(
+                tuple(i.id for i in resolved),
+                f"{name} {pin.version} for {', '.join(arches) or 'no arch selected'}")
+        newest_by_stream: dict[str, str] = {}
+        for pin in versions:
+            stream = stream_of(pin.version, recipe.streams)
+            if stream is not None:
+                newest_by_stream[stream] = pin.version
+        for stream, version in newest_by_stream.items():
+            if f"{name}-{version}" in builds and f"{name}-{stream}" not in builds:
+                builds[f"{name}-{stream}"] = Build((), f"newest pinned {name} {stream}.x: {version}",
+                                                   alias_of=f"{name}-{version}")
+        newest = versions[-1].version
+        if f"{name}-{newest}" in builds:
+            builds[name] = Build((), f"newest pinned {name}: {newest}", alias_of=f"{name}-{newest}")
+    return Plan(tuple(images), builds, unbuildable, tuple(problems))
+
+
+def unpinned_message(name: str, wanted: str | None, stream: bool = False) -> str:
+    if stream:
+        first, example = f"no {name} {wanted}.x is pinned", f"{wanted}.<rest of the version>"
+    else:
+        first, example = f"{name} {wanted or '(any version)'} is not pinned", wanted or "<version>"
+    return (f"{first} in {LOCK}. "
+            f"Pin it by adding a table [{name}.\"{example}\"] to the lock (URLs come from "
+            f"recipes/{name}.toml, the sha256 is recorded on first fetch); `doit update` will "
+            "pin new upstream versions once upstream tracking lands.")

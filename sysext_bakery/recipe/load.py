@@ -1,0 +1,193 @@
+"""Loading recipes: TOML -> validated, frozen `Recipe` values, and resolving one recipe +
+version + arch into the `Image` the build uses."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.model import naming
+from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.model.image import COMPRESSIONS, Image, Install, Source, archive_kind
+from sysext_bakery.model.version import version_vars
+from sysext_bakery.recipe.schema import OS_PROFILES, SCHEMA, Problems, check_table, install_target_problem
+
+
+@dataclass(frozen=True)
+class SourceTemplate:
+    url: str
+    checksum_url: str | None
+    kind: str
+    version: str | None
+    arches: tuple[str, ...]
+    install: tuple[Install, ...]
+    allow_setuid: bool
+
+
+@dataclass(frozen=True)
+class Upstream:
+    type: str
+    repo: str | None = None
+    url: str | None = None
+    pattern: str | None = None
+    prereleases: bool = False
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    description: str
+    homepage: str
+    arches: tuple[str, ...]
+    streams: str
+    os: str
+    format: str
+    compression: str
+    reload_manager: bool | None     # None: decided by whether the image ships units
+    upstream: Upstream | None
+    arch_names: dict[str, str] = field(hash=False)
+    sources: tuple[SourceTemplate, ...] = ()
+    upholds: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    files_dir: Path | None = None
+    shown: str = ""                 # how messages name the file: recipes/<name>.toml
+
+
+def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
+                 shown: str | None = None) -> Recipe:
+    """Validate raw TOML data against SCHEMA and build a Recipe (raises BakeryError).
+    `shown` is how messages name the file (`recipes/<name>.toml`)."""
+    shown = shown or str(path)
+    problems = Problems(shown)
+    if problem := naming.name_problem(name):
+        problems.add("", f"recipe {problem}")
+    check_table(SCHEMA, data, "", problems)
+    problems.raise_if_any("see docs/recipes.md for the recipe format")
+
+    arches = tuple(data["arches"])
+    arch_names = dict(data.get("arch-names", {}))
+    for a in arch_names:
+        if a not in ARCHES:
+            problems.add(f"arch-names.{a}", f"unknown arch; known: {', '.join(ARCHES)}")
+    fmt = data.get("format", "squashfs")
+    allowed = COMPRESSIONS[fmt]
+    compression = data.get("compression", allowed[0])
+    if compression not in allowed:
+        problems.add("compression", f"{compression!r} is not available for {fmt}; use one of {', '.join(allowed)}")
+
+    sources = []
+    for i, raw in enumerate(data.get("sources", [])):
+        kind = raw.get("type") or archive_kind(raw["url"].rsplit("/", 1)[-1]) or "file"
+        installs = []
+        for pattern, target in raw["install"].items():
+            dest, mode = (target["to"], target.get("mode")) if isinstance(target, dict) else (target, None)
+            if pattern.startswith("/") or ".." in pattern.split("/"):
+                problems.add(f"sources[{i}].install", f"pattern {pattern!r} must be relative, without '..'")
+            installs.append(Install(pattern, dest, int(mode, 8) if mode else None))
+        if not installs:
+            problems.add(f"sources[{i}].install", "must install at least one path")
+        sources.append(SourceTemplate(
+            url=raw["url"], checksum_url=raw.get("checksum-url"), kind=kind,
+            version=raw.get("version"), arches=tuple(raw.get("arches", arches)),
+            install=tuple(installs), allow_setuid=raw.get("allow-setuid", False)))
+        for a in raw.get("arches", []):
+            if a not in arches:
+                problems.add(f"sources[{i}].arches", f"{a!r} is not in the recipe's arches")
+
+    upholds = tuple((target, tuple(units))
+                    for target, units in sorted(data.get("units", {}).get("upholds", {}).items()))
+
+    if files_dir is not None:
+        for top in sorted(files_dir.iterdir()):
+            if top.name not in ("usr", "opt"):
+                problems.add("", f"{shown.removesuffix('.toml')}/files/{top.name}: static files may only live under usr/ and opt/")
+        if (files_dir / "usr" / "sbin").exists():
+            problems.add("", f"{shown.removesuffix('.toml')}/files/usr/sbin: {install_target_problem('/usr/sbin/x')}")
+    if not sources and files_dir is None:
+        problems.add("sources", "a recipe needs at least one source or a files/ directory")
+
+    upstream = data.get("upstream")
+    if upstream and upstream["type"].startswith(("github", "gitlab")) and "repo" not in upstream:
+        problems.add("upstream.repo", f"required for type {upstream['type']!r}")
+    if upstream and upstream["type"] in ("html-index", "json-api") and "url" not in upstream:
+        problems.add("upstream.url", f"required for type {upstream['type']!r}")
+    problems.raise_if_any("see docs/recipes.md for the recipe format")
+
+    return Recipe(
+        name=name, path=path, description=data["description"], homepage=data["homepage"],
+        arches=arches, streams=data.get("streams", "none"), os=data.get("os", "_any"),
+        format=fmt, compression=compression,
+        reload_manager=data.get("reload-manager"),
+        upstream=Upstream(**{k.replace("-", "_"): v for k, v in upstream.items()}) if upstream else None,
+        arch_names=arch_names, sources=tuple(sources), upholds=upholds, files_dir=files_dir,
+        shown=shown)
+
+
+def load_recipe(path: Path, shown: str | None = None) -> Recipe:
+    """Load and validate `recipes/<name>.toml` (raises BakeryError naming the file as `shown`)."""
+    shown = shown or str(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise BakeryError(f"{shown}: not valid TOML: {e}", "fix the syntax; see docs/recipes.md") from None
+    except OSError as e:
+        raise BakeryError(f"{shown}: cannot read: {e.strerror}") from None
+    files_dir = path.parent / path.stem / "files"
+    return parse_recipe(path.stem, path, data, files_dir if files_dir.is_dir() else None, shown)
+
+
+def load_recipes(directory: Path) -> tuple[dict[str, Recipe], list[BakeryError]]:
+    """Every recipe of the directory that loads, plus the errors of those that do not:
+    one broken recipe must not hide the others."""
+    recipes: dict[str, Recipe] = {}
+    errors: list[BakeryError] = []
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            recipes[path.stem] = load_recipe(path, f"{directory.name}/{path.name}")
+        except BakeryError as e:
+            errors.append(e)
+    return recipes, errors
+
+
+# --- images -------------------------------------------------------------------------------
+
+def render_url(template: str, recipe: Recipe, version: str, arch: str, url: str = "") -> str:
+    values = {"name": recipe.name, "arch": recipe.arch_names.get(arch, ARCHES[arch].uname),
+              "sysext_arch": arch, "url": url, **version_vars(version)}
+    return template.format(**values)
+
+
+def resolve_image(recipe: Recipe, version: str, arch: str,
+                  pinned: list[dict[str, str]] | None, *, fmt: str | None = None,
+                  compression: str | None = None) -> Image:
+    """The Image for one recipe + version + arch. `pinned` is the lock's source list for this
+    arch (url + sha256 per source), or None when the lock only names the version."""
+    templates = [s for s in recipe.sources if arch in s.arches]
+    if pinned is not None and len(pinned) != len(templates):
+        raise BakeryError(
+            f"release/lock.toml: {recipe.name}.{version}.{arch}: pins {len(pinned)} sources, "
+            f"{recipe.shown} has {len(templates)} for {arch}",
+            f"remove the {arch} entry to re-derive it from the recipe, or fix the list")
+    sources = []
+    for i, tpl in enumerate(templates):
+        v = tpl.version or version
+        url = render_url(tpl.url, recipe, v, arch)
+        sha256 = None
+        if pinned is not None:
+            url = pinned[i].get("url", url)
+            sha256 = pinned[i].get("sha256") or None
+        sources.append(Source(
+            url=url, sha256=sha256,
+            checksum_url=render_url(tpl.checksum_url, recipe, v, arch, url) if tpl.checksum_url else None,
+            kind=tpl.kind, install=tpl.install, allow_setuid=tpl.allow_setuid,
+            origin=f"{recipe.shown}: sources[{recipe.sources.index(tpl)}]"))
+    fmt = fmt or recipe.format
+    return Image(
+        name=recipe.name, version=version, arch=arch, sources=tuple(sources),
+        files_dir=recipe.files_dir, upholds=recipe.upholds, reload_manager=recipe.reload_manager,
+        os_id=recipe.os, sysext_level=OS_PROFILES[recipe.os], fmt=fmt,
+        compression=compression or (recipe.compression if fmt == recipe.format
+                                    else COMPRESSIONS[fmt][0]),
+        recipe_file=recipe.path)

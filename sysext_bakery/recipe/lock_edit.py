@@ -1,0 +1,118 @@
+"""Editing the lock in place: tomlkit keeps every comment, the order and the layout of the
+file, so recording a sha256 shows in `git diff` as just the new entry or values."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+from tomlkit.container import Container
+from tomlkit.items import AoT, Comment, Key, KeyType, SingleKey, Table, Whitespace
+
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.recipe.lock import HEADER
+
+
+def with_sources(text: str, name: str, version: str, arch: str,
+                 sources: list[dict[str, str]], shown: str) -> str:
+    """The lock `text` with `[name."version".arch] sources` set, edited in place (tomlkit):
+    the rest of the file, comments and layout included, comes back byte for byte. An entry
+    that already lists the same URLs only gains or changes its sha256 values."""
+    if text.strip() == "":
+        text = HEADER
+    elif not text.endswith("\n"):
+        text += "\n"
+    try:
+        doc = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as e:
+        raise BakeryError(f"{shown}: not valid TOML: {e}", "fix the syntax by hand") from None
+    node: Any = doc
+    keys = (name, version, arch)
+    for depth, key in enumerate(keys):
+        if key not in node:
+            break
+        node = node[key]
+        if not isinstance(node, dict):
+            raise BakeryError(f"{shown}: {'.'.join(keys[:depth + 1])}: expected a table",
+                              "fix the lock by hand; see the comment at the top of lock.toml")
+    else:
+        old = node.get("sources")
+        if isinstance(old, list) and all(isinstance(s, dict) for s in old) \
+                and [s.get("url") for s in old] == [s["url"] for s in sources]:
+            for i, (entry, source) in enumerate(zip(old, sources)):
+                if "sha256" in entry or isinstance(entry, Table):
+                    entry["sha256"] = source["sha256"]
+                else:   # tomlkit would glue a new key to the closing brace: write it afresh
+                    old[i] = _inline(source)
+        else:
+            node["sources"] = _sources_array(sources)
+        return tomlkit.dumps(doc)
+    new: Table = tomlkit.table()
+    new.append("sources", _sources_array(sources))
+    leaf = new
+    for below in range(len(keys) - 1, depth, -1):   # the tables above it that do not exist yet
+        parent = tomlkit.table(is_super_table=True)
+        parent.append(_key(keys[below], below), new)
+        new = parent
+    _append_table(node, _key(keys[depth], depth), new, leaf)
+    return tomlkit.dumps(doc)
+
+
+def _key(key: str, depth: int) -> Key:
+    """Keys as the format shows them: versions always quoted (`"1.0"`, also `"27"`)."""
+    bare = depth != 1 and re.fullmatch(r"[A-Za-z0-9_-]+", key)
+    return SingleKey(key, t=KeyType.Bare if bare else KeyType.Basic)
+
+
+def _inline(source: dict[str, str]) -> Any:
+    pairs = ", ".join(f"{k} = {tomlkit.string(v).as_string()}" for k, v in source.items())
+    return tomlkit.parse(f"x = {{ {pairs} }}\n")["x"]
+
+
+def _sources_array(sources: list[dict[str, str]]) -> Any:
+    """`sources = [...]` laid out as the format above shows: one inline table per line."""
+    lines = "".join(f"    {_inline(s).as_string()},\n" for s in sources)
+    return tomlkit.parse(f"sources = [\n{lines}]\n" if sources else "sources = []\n")["sources"]
+
+
+def _append_table(container: Any, key: Key, table: Table, leaf: Table) -> None:
+    """Append `table` to `container` so that it reads as the next table of the file: the
+    comments and blank lines that trail the table rendered last before it introduce whatever
+    follows, so they move after the new table (to the end of `leaf`, its last part)."""
+    if not isinstance(container, (Table, Container)):
+        # a table split across the file (tomlkit's proxy): tomlkit places the new part after
+        # the blank line that ends the first part
+        container[key] = table
+        leaf.value.append(None, tomlkit.nl())
+        return
+    trailing = _peel_trailing(container)
+    at_blank_line = isinstance(container, Container) and container.as_string().endswith("\n\n")
+    table.trivia.indent = "" if at_blank_line else "\n"
+    container.append(key, table)
+    for item in trailing:
+        leaf.value.append(None, item)
+
+
+def _peel_trailing(node: Any) -> list[Any]:
+    """Remove and return the comments and blank lines at the end of the last table rendered
+    in `node`. Those at the top level of the file stay: they are its header."""
+    while True:
+        if isinstance(node, Table):
+            body = node.value.body
+        elif isinstance(node, Container):
+            body = node.body
+        elif isinstance(node, AoT) and node.body:
+            node = node.body[-1]
+            continue
+        else:
+            return []
+        if body and body[-1][0] is not None and isinstance(body[-1][1], (Table, AoT)):
+            node = body[-1][1]
+            continue
+        if isinstance(node, Container):
+            return []
+        peeled = []
+        while body and body[-1][0] is None and isinstance(body[-1][1], (Whitespace, Comment)):
+            peeled.append(body.pop()[1])
+        return peeled[::-1]

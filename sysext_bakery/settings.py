@@ -1,0 +1,75 @@
+"""What a build reads from the environment (read once, at the edge) and where its files live."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, NamedTuple
+
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.model.image import COMPRESSIONS
+
+LOCK = "release/lock.toml"   # relative to the project root; also how messages name it
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a build reads from the environment, read once at the edge."""
+    root: Path
+    mirror: str | None = None
+    cache: Path | None = None
+    arches: tuple[str, ...] | None = None      # BAKERY_ARCH: restrict builds to these arches
+    fmt: str | None = None                     # BAKERY_FORMAT overrides recipes' format
+    compression: str | None = None             # BAKERY_COMPRESSION overrides recipes' compression
+
+    @property
+    def build(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def images(self) -> Path:
+        return self.build / "images"
+
+    @property
+    def download_cache(self) -> Path:
+        return self.cache or self.build / "cache"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK
+
+
+class ImagePaths(NamedTuple):
+    """Where one image's files live (plain strings: building thousands of Paths per graph
+    load costs more than the rest of a no-op run)."""
+    fetch_record: str     # build/state/fetch/<img>.json: what was downloaded
+    stage_record: str     # build/state/stage/<img>.json: digest of what shaped the tree
+    tree: str             # build/stage/<img>/
+    image: str            # build/images/<img>.raw
+    provenance: str       # build/state/images/<img>.json
+
+    @classmethod
+    def of(cls, settings: Settings, image_id: str) -> "ImagePaths":
+        build = str(settings.build)
+        return cls(f"{build}/state/fetch/{image_id}.json", f"{build}/state/stage/{image_id}.json",
+                   f"{build}/stage/{image_id}", f"{build}/images/{image_id}.raw",
+                   f"{build}/state/images/{image_id}.json")
+
+
+def settings_from_env(root: Path, env: Mapping[str, str] = os.environ) -> Settings:
+    arches = tuple(a.strip() for a in env.get("BAKERY_ARCH", "").split(",") if a.strip()) or None
+    for a in arches or ():
+        if a not in ARCHES:
+            raise BakeryError(f"BAKERY_ARCH: unknown arch {a!r}", f"use one of {', '.join(ARCHES)}")
+    fmt = env.get("BAKERY_FORMAT") or None
+    if fmt not in (None, "squashfs", "erofs"):
+        raise BakeryError(f"BAKERY_FORMAT: unknown format {fmt!r}", "use squashfs or erofs")
+    compression = env.get("BAKERY_COMPRESSION") or None
+    allowed = COMPRESSIONS[fmt or "squashfs"]
+    if compression is not None and compression not in allowed:
+        raise BakeryError(f"BAKERY_COMPRESSION: {compression!r} is not available for {fmt or 'squashfs'}",
+                          f"use one of {', '.join(allowed)}")
+    return Settings(root=root, mirror=env.get("BAKERY_MIRROR") or None,
+                    cache=Path(env["BAKERY_CACHE"]) if env.get("BAKERY_CACHE") else None,
+                    arches=arches, fmt=fmt, compression=compression)
