@@ -146,7 +146,7 @@ def test_streams_and_version_order() -> None:
     assert stream_of("1.7.27", "none") is None
     assert sorted(["24.0.10", "24.0.9", "3.0.0"], key=version_key) == ["3.0.0", "24.0.9", "24.0.10"]
     assert sorted(["1.0.1", "1.0", "1.0~rc1", "1.0~rc2", "1.0a"], key=version_key) == \
-        ["1.0~rc1", "1.0~rc2", "1.0", "1.0a", "1.0.1"]
+        ["1.0~rc1", "1.0~rc2", "1.0", "1.0.1", "1.0a"]   # systemd-analyze: 1.0a > 1.0.1
 
 
 def test_reference_is_rendered_from_schema() -> None:

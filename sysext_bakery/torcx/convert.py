@@ -34,7 +34,7 @@ from sysext_bakery.model.image import COMPRESSIONS, Image
 from sysext_bakery.model import naming
 from sysext_bakery.recipe.schema import OS_PROFILES, UNIT_SUFFIXES
 from sysext_bakery.build.validate import iter_tree
-from sysext_bakery.model.version import version_problem
+from sysext_bakery.model.version import NOT_VERSION_CHAR, VERSION_PUNCTUATION, version_problem
 
 IMAGE_KIND = "image-manifest-v0"
 PROFILE_KINDS = ("profile-manifest-v0", "profile-manifest-v1")
@@ -74,7 +74,6 @@ _IMAGEDIR = r"(?:\$\{TORCX_IMAGEDIR\}|\$TORCX_IMAGEDIR\b)"
 # under a path the conversion does not know.
 _UNPACK_ELSEWHERE = re.compile(r"(?:\$\{TORCX_UNPACKDIR\}|\$TORCX_UNPACKDIR\b)(?!"
                                + _IMAGEDIR + r")[^\s\"']*")
-_UNSAFE_VERSION_CHARS = re.compile(r"[^A-Za-z0-9._+~^]")
 
 HINT_ARCHIVE = ("a torcx image is `<name>:<reference>.torcx.tgz` (or `.torcx.squashfs`) holding "
                 "bin/, lib/ and .torcx/manifest.json; pass that file, or --profile with --store")
@@ -131,7 +130,7 @@ def parse_archive_name(path: Path) -> tuple[str, str]:
 def version_from_reference(reference: str, origin: str) -> str:
     """A sysext version from a torcx reference: characters that would break
     `MatchPattern=<name>-@v-%a.raw` ('-', '/', ':' ...) become '_'."""
-    version = _UNSAFE_VERSION_CHARS.sub("_", reference).lstrip("._+~^")
+    version = NOT_VERSION_CHAR.sub("_", reference).lstrip(VERSION_PUNCTUATION)
     if problem := version_problem(version):
         raise BakeryError(f"{origin}: reference {reference!r} gives no usable version: {problem}",
                           "pass --version with a version such as 20.10.24")
@@ -142,7 +141,7 @@ def check_version(version: str) -> None:
     """--version becomes part of the image file name, so it follows the version rule."""
     if problem := version_problem(version):
         raise BakeryError(f"--version: {problem}",
-                          "use letters, digits and . _ + ~ ^ only, e.g. 1.0_rc1 for 1.0-rc1")
+                          "use letters, digits and . , _ + only, e.g. 1.0_rc1 for 1.0-rc1")
 
 
 def check_name(name: str, origin: str) -> None:
