@@ -11,6 +11,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from sysext_bakery.build import hostdirs
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 
@@ -57,7 +58,8 @@ def validate_tree(tree: Path, name: str, arch: str) -> None:
         raise BakeryError(
             f"{name} ({arch}): the staged tree is not a valid sysext:\n"
             + "\n".join(f"  {p}" for p in problems),
-            hint="the image may hold only usr/ and opt/, nothing in usr/sbin, binaries for "
+            hint="the image may hold only usr/ and opt/, nothing in usr/sbin, no file or link "
+                 "where a host has a directory, binaries for "
                  f"{arch}, and every unit its drop-ins name: fix what put these files there "
                  "(a recipe's install map, files/ or [units]; a torcx image's contents or --arch)")
 
@@ -79,12 +81,13 @@ def _check_host_paths(tree: Path) -> list[str]:
     problems = []
     if os.path.lexists(tree / "usr/lib/os-release"):
         problems.append("usr/lib/os-release: a sysext must not replace the host's os-release")
-    for top in ("usr", "opt"):
-        if (tree / top).is_dir() and not (tree / top).is_symlink():
-            for entry in sorted(os.scandir(tree / top), key=lambda e: e.name):
-                if not entry.is_dir(follow_symlinks=False) and entry.name != "sbin":
-                    problems.append(f"{top}/{entry.name}: must be a directory (a file or link here "
-                                    f"would hide the host's whole /{top}/{entry.name} once merged)")
+    base_dirs = hostdirs.base_tree_dirs()
+    for rel, entry in iter_tree(tree):
+        # usr/sbin has its own rule below (nothing may be there at all)
+        if not entry.is_dir(follow_symlinks=False) and rel != "usr/sbin" \
+                and hostdirs.shadows_host_dir(rel, base_dirs):
+            problems.append(f"{rel}: must be a directory (a file or link here would hide the "
+                            f"host's whole /{rel} once merged)")
     sbin = tree / "usr/sbin"
     if os.path.lexists(sbin):
         inside = [f"usr/sbin/{rel}" for rel, _ in iter_tree(sbin)] if sbin.is_dir() and \

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Callable
 
+from sysext_bakery.build import hostdirs
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import url_problem
@@ -91,8 +92,8 @@ def install_target_problem(dest: str) -> str | None:
         return f"destination {dest} must be an absolute path without '..'"
     if p.parts[1:2] not in (("usr",), ("opt",)) or len(p.parts) < 3:
         return f"destination {dest} is outside /usr and /opt"
-    if len(p.parts) == 3 and not dest.endswith("/"):
-        return (f"destination {dest} would replace the host's whole /{p.parts[1]}/{p.parts[2]}; "
+    if not dest.endswith("/") and hostdirs.shadows_host_dir(str(p)):
+        return (f"destination {dest} would replace the host's whole {p}; "
                 f"end it with '/' to install into it")
     if p.parts[1:3] == ("usr", "sbin"):
         return (f"destination {dest} is under /usr/sbin, which is a symlink to bin on Flatcar; "
