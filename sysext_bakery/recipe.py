@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from .arch import ARCHES
 from .errors import BakeryError
+from .upstream.json_api import path_problem
 from .version import version_problem, version_vars
 from .image import ARCHIVE_KINDS, COMPRESSIONS, Image, Install, Source, archive_kind
 
@@ -23,6 +24,8 @@ OS_PROFILES = {"_any": None, "flatcar": "1.0"}   # ID= -> SYSEXT_LEVEL=
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
 URL_PLACEHOLDERS = ("name", "version", "version_bare", "version_major", "version_minor",
                     "version_patch", "arch", "sysext_arch")
+UPSTREAM_TYPES = ("github-releases", "github-tags", "gitlab-tags", "html-index", "json-api",
+                  "kubernetes-schedule")
 NAME_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 
 
@@ -149,14 +152,30 @@ SCHEMA = (
         + ". `BAKERY_COMPRESSION` overrides it for one build."),
     Key("reload-manager", "boolean", "Set EXTENSION_RELOAD_MANAGER=1 so systemd reloads units "
         "on merge. Default: true when the image ships units."),
-    Key("upstream", "table", "How upstream releases are discovered (upstream tracking).", keys=(
-        Key("type", "string", "Discovery method.", required=True,
-            choices=("github-releases", "github-tags", "gitlab-tags", "html-index", "json-api")),
-        Key("repo", "string", "`owner/name` for github-*/gitlab-* types."),
-        Key("url", "string", "Index page or JSON endpoint for html-index/json-api.", check=_https),
-        Key("pattern", "string", "Regular expression with one group capturing the version.",
+    Key("upstream", "table", "How upstream releases are discovered (upstream tracking; see "
+        "Upstream tracking above).", keys=(
+        Key("type", "string", "Discovery method.", required=True, choices=UPSTREAM_TYPES),
+        Key("repo", "string", "`owner/name` for github-* types, `group/project` for gitlab-tags."),
+        Key("url", "string", "Index page (html-index), JSON endpoint (json-api) or schedule "
+            "(kubernetes-schedule; default: the Kubernetes website's `schedule.yaml`).",
+            check=_https),
+        Key("pattern", "string", "Regular expression with one group capturing the version; a "
+            "tag it does not match is not a release. Without it a tag's leading `v` is "
+            "stripped. Required for html-index, where every match in the page counts.",
             check=_regex_one_group, example=r"'docker-(\d+\.\d+\.\d+)\.tgz'"),
-        Key("prereleases", "boolean", "Also consider pre-releases.", default=False),
+        Key("prefix", "string", "Put in front of every discovered version "
+            "(kubernetes: `v` + `1.32.2`).", example='"v"'),
+        Key("prereleases", "boolean", "Also take GitHub releases marked pre-release "
+            "(github-releases; elsewhere `pattern` or `filter` decide).", default=False),
+        Key("path", "string", "json-api: where the tags are: field names joined by `.`, `[*]` "
+            "for every element of a list, `[N]` for one.", check=path_problem,
+            example='"[*].version"'),
+        Key("filter", "map", "json-api: keep only items (the objects holding the path's last "
+            "field) whose fields equal these values; a dotted key looks into nested objects.",
+            values="scalar", example='{ is_prerelease = false, license_class = "oss" }'),
+        Key("next-page", "map", "json-api: query parameter -> field of a page's last item; the "
+            "next page is asked with it until a page selects nothing.", values="string",
+            example='{ after = "timestamp_created" }'),
     )),
     Key("arch-names", "map", "Our arch -> upstream spelling, available as `{arch}` in URLs "
         "(default: the `uname -m` spelling: x86_64, aarch64).", values="string",
@@ -190,7 +209,11 @@ class Upstream:
     repo: str | None = None
     url: str | None = None
     pattern: str | None = None
+    prefix: str = ""
     prereleases: bool = False
+    path: str | None = None                              # json-api only, like the two below
+    filter: tuple[tuple[str, Any], ...] = ()
+    next_page: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -277,6 +300,9 @@ def _check_map_value(kind: str, value: Any, path: str, map_key: str, problems: _
     if kind == "string":
         if not isinstance(value, str):
             problems.add(path, f"expected a string, got {value!r}")
+    elif kind == "scalar":
+        if not isinstance(value, (str, bool, int)):
+            problems.add(path, f"expected a string, boolean or integer, got {value!r}")
     elif kind == "string list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problems.add(path, f"expected a list of strings, got {value!r}")
@@ -374,6 +400,12 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
         problems.add("upstream.repo", f"required for type {upstream['type']!r}")
     if upstream and upstream["type"] in ("html-index", "json-api") and "url" not in upstream:
         problems.add("upstream.url", f"required for type {upstream['type']!r}")
+    for key, kind in (("pattern", "html-index"), ("path", "json-api")):
+        if upstream and upstream["type"] == kind and key not in upstream:
+            problems.add(f"upstream.{key}", f"required for type {kind!r}")
+    for key in ("path", "filter", "next-page"):
+        if upstream and key in upstream and upstream["type"] != "json-api":
+            problems.add(f"upstream.{key}", "only for type 'json-api'")
     problems.raise_if_any("see docs/recipes.md for the recipe format")
 
     return Recipe(
@@ -381,7 +413,8 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
         arches=arches, streams=data.get("streams", "none"), os=data.get("os", "_any"),
         format=fmt, compression=compression,
         reload_manager=data.get("reload-manager"),
-        upstream=Upstream(**{k.replace("-", "_"): v for k, v in upstream.items()}) if upstream else None,
+        upstream=Upstream(**{k.replace("-", "_"): tuple(sorted(v.items())) if isinstance(v, dict) else v
+                             for k, v in upstream.items()}) if upstream else None,
         arch_names=arch_names, sources=tuple(sources), upholds=upholds, files_dir=files_dir,
         shown=shown)
 
