@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model import naming
@@ -31,7 +32,11 @@ class Upstream:
     repo: str | None = None
     url: str | None = None
     pattern: str | None = None
+    prefix: str = ""
     prereleases: bool = False
+    path: str | None = None                              # json-api only, like the two below
+    filter: tuple[tuple[str, Any], ...] = ()
+    next_page: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,12 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
         problems.add("upstream.repo", f"required for type {upstream['type']!r}")
     if upstream and upstream["type"] in ("html-index", "json-api") and "url" not in upstream:
         problems.add("upstream.url", f"required for type {upstream['type']!r}")
+    for key, kind in (("pattern", "html-index"), ("path", "json-api")):
+        if upstream and upstream["type"] == kind and key not in upstream:
+            problems.add(f"upstream.{key}", f"required for type {kind!r}")
+    for key in ("path", "filter", "next-page"):
+        if upstream and key in upstream and upstream["type"] != "json-api":
+            problems.add(f"upstream.{key}", "only for type 'json-api'")
     problems.raise_if_any("see docs/recipes.md for the recipe format")
 
     return Recipe(
@@ -119,7 +130,8 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
         arches=arches, streams=data.get("streams", "none"), os=data.get("os", "_any"),
         format=fmt, compression=compression,
         reload_manager=data.get("reload-manager"),
-        upstream=Upstream(**{k.replace("-", "_"): v for k, v in upstream.items()}) if upstream else None,
+        upstream=Upstream(**{k.replace("-", "_"): tuple(sorted(v.items())) if isinstance(v, dict) else v
+                             for k, v in upstream.items()}) if upstream else None,
         arch_names=arch_names, sources=tuple(sources), upholds=upholds, files_dir=files_dir,
         shown=shown)
 

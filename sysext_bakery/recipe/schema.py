@@ -19,9 +19,12 @@ from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import url_problem
 from sysext_bakery.model.image import ARCHIVE_KINDS, COMPRESSIONS
 from sysext_bakery.model.version import version_problem
+from sysext_bakery.upstream.json_api import path_problem
 
 OS_PROFILES = {"_any": None, "flatcar": "1.0"}   # ID= -> SYSEXT_LEVEL=
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
+UPSTREAM_TYPES = ("github-releases", "github-tags", "gitlab-tags", "html-index", "json-api",
+                  "kubernetes-schedule")
 URL_PLACEHOLDERS = ("name", "version", "version_bare", "version_major", "version_minor",
                     "version_patch", "arch", "sysext_arch")
 
@@ -147,14 +150,30 @@ SCHEMA = (
         + ". `BAKERY_COMPRESSION` overrides it for one build."),
     Key("reload-manager", "boolean", "Set EXTENSION_RELOAD_MANAGER=1 so systemd reloads units "
         "on merge. Default: true when the image ships units."),
-    Key("upstream", "table", "How upstream releases are discovered (upstream tracking).", keys=(
-        Key("type", "string", "Discovery method.", required=True,
-            choices=("github-releases", "github-tags", "gitlab-tags", "html-index", "json-api")),
-        Key("repo", "string", "`owner/name` for github-*/gitlab-* types."),
-        Key("url", "string", "Index page or JSON endpoint for html-index/json-api.", check=_https),
-        Key("pattern", "string", "Regular expression with one group capturing the version.",
+    Key("upstream", "table", "How upstream releases are discovered (upstream tracking; see "
+        "Upstream tracking above).", keys=(
+        Key("type", "string", "Discovery method.", required=True, choices=UPSTREAM_TYPES),
+        Key("repo", "string", "`owner/name` for github-* types, `group/project` for gitlab-tags."),
+        Key("url", "string", "Index page (html-index), JSON endpoint (json-api) or schedule "
+            "(kubernetes-schedule; default: the Kubernetes website's `schedule.yaml`).",
+            check=_https),
+        Key("pattern", "string", "Regular expression with one group capturing the version; a "
+            "tag it does not match is not a release. Without it a tag's leading `v` is "
+            "stripped. Required for html-index, where every match in the page counts.",
             check=_regex_one_group, example=r"'docker-(\d+\.\d+\.\d+)\.tgz'"),
-        Key("prereleases", "boolean", "Also consider pre-releases.", default=False),
+        Key("prefix", "string", "Put in front of every discovered version "
+            "(kubernetes: `v` + `1.32.2`).", example='"v"'),
+        Key("prereleases", "boolean", "Also take GitHub releases marked pre-release "
+            "(github-releases; elsewhere `pattern` or `filter` decide).", default=False),
+        Key("path", "string", "json-api: where the tags are: field names joined by `.`, `[*]` "
+            "for every element of a list, `[N]` for one.", check=path_problem,
+            example='"[*].version"'),
+        Key("filter", "map", "json-api: keep only items (the objects holding the path's last "
+            "field) whose fields equal these values; a dotted key looks into nested objects.",
+            values="scalar", example='{ is_prerelease = false, license_class = "oss" }'),
+        Key("next-page", "map", "json-api: query parameter -> field of a page's last item; the "
+            "next page is asked with it until a page selects nothing.", values="string",
+            example='{ after = "timestamp_created" }'),
     )),
     Key("arch-names", "map", "Our arch -> upstream spelling, available as `{arch}` in URLs "
         "(default: the `uname -m` spelling: x86_64, aarch64).", values="string",
@@ -235,6 +254,9 @@ def _check_map_value(kind: str, value: Any, path: str, map_key: str, problems: P
     if kind == "string":
         if not isinstance(value, str):
             problems.add(path, f"expected a string, got {value!r}")
+    elif kind == "scalar":
+        if not isinstance(value, (str, bool, int)):
+            problems.add(path, f"expected a string, boolean or integer, got {value!r}")
     elif kind == "string list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problems.add(path, f"expected a list of strings, got {value!r}")

@@ -1,0 +1,276 @@
+"""What every discovery type shares: the reply of a GET, paging, JSON with clear errors, and
+turning upstream tags into our versions (or naming why a tag was refused)."""
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
+
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.version import version_key, version_problem
+
+# A discovery never needs the whole history, only the newest releases: upstreams list newest
+# first, so stopping here loses old releases only (1000+ on GitHub, 400 on HashiCorp).
+MAX_PAGES = 20
+RECIPE_HINT = "check [upstream] in the recipe (docs/recipes.md: Upstream tracking)"
+
+
+class Headers(Mapping[str, str]):
+    """Response headers with case-insensitive lookup (HTTP header names are)."""
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()):
+        pairs = items.items() if isinstance(items, Mapping) else items
+        self._data: dict[str, str] = {}
+        for name, value in pairs:
+            key = name.lower()
+            # repeated headers (several Link lines) fold into one, as RFC 9110 allows
+            self._data[key] = f"{self._data[key]}, {value}" if key in self._data else value
+
+    def __getitem__(self, name: str) -> str:
+        return self._data[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._data!r})"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer to a GET. `url` is the upstream URL that was asked for (never the mirror's,
+    which may carry credentials), so messages can name it."""
+    status: int
+    headers: Headers
+    body: bytes
+    url: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.headers, Headers):
+            object.__setattr__(self, "headers", Headers(self.headers))
+
+
+Get = Callable[[str, Mapping[str, str]], Reply]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An upstream tag that looked like a release but cannot be one of our versions."""
+    tag: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.tag!r}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Discovery:
+    versions: tuple[str, ...]                  # our spelling, newest first, no duplicates
+    skipped: tuple[Skipped, ...] = ()          # refused tags, in upstream order
+    source: str = ""                           # the first URL asked, for messages
+
+
+# --- tags -> versions ---------------------------------------------------------------------
+
+def _refusal(tag: str) -> str | None:
+    """Git's check-ref-format forbids these in any ref, so a tag carrying one did not come
+    from git: refuse it whatever the pattern says."""
+    if any(unicodedata.category(c) == "Cc" for c in tag):
+        return "contains a control character"
+    if any(c.isspace() for c in tag):
+        return "contains whitespace"
+    if ".." in tag:
+        return "contains '..'"
+    return None
+
+
+def strip_v(tag: str) -> str:
+    return tag[1:] if tag[:1] in "vV" and tag[1:2].isdigit() else tag
+
+
+def tag_version(tag: str, pattern: str | None, prefix: str = "") -> str | Skipped | None:
+    """Our version for an upstream tag; a Skipped naming why it is refused; or None when the
+    tag is not a release of this recipe (the pattern does not match).
+
+    Without a pattern a leading `v` is stripped (`v1.2.3` -> `1.2.3`); with one, its group is
+    the version. `prefix` is put in front either way (kubernetes: `v` + `1.32.2`)."""
+    if why := _refusal(tag):
+        return Skipped(tag, why)
+    if pattern:
+        m = re.search(pattern, tag)
+        if not m:
+            return None
+        candidate = m.group(1)
+    else:
+        candidate = strip_v(tag)
+    if "/" in tag:
+        return Skipped(tag, "contains '/' (a tag of a sub-project, or a path)")
+    return checked_version(tag, prefix + candidate)
+
+
+def checked_version(tag: str, version: str) -> str | Skipped:
+    if why := _refusal(version) or version_problem(version):
+        return Skipped(tag, why)
+    return version
+
+
+def collect(results: Iterable[str | Skipped | None], source: str) -> Discovery:
+    versions: dict[str, None] = {}
+    skipped: list[Skipped] = []
+    for r in results:
+        if isinstance(r, Skipped):
+            skipped.append(r)
+        elif r is not None:
+            versions.setdefault(r)
+    ordered = sorted(versions, key=version_key, reverse=True)
+    return Discovery(tuple(ordered), tuple(skipped), source)
+
+
+# --- replies --------------------------------------------------------------------------------
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _reset_time(headers: Headers) -> str | None:
+    """When a rate limit resets: GitHub's x-ratelimit-reset / GitLab's ratelimit-reset (epoch
+    seconds), else Retry-After (seconds or an HTTP date)."""
+    for name in ("x-ratelimit-reset", "ratelimit-reset"):
+        value = headers.get(name, "")
+        if value.isdigit():
+            return _utc(float(value))
+    after = headers.get("retry-after", "").strip()
+    if after.isdigit():
+        return _utc(time.time() + int(after)) + f" (in {after} s)"
+    if after:
+        try:
+            return _utc(email.utils.parsedate_to_datetime(after).timestamp())
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def is_rate_limited(reply: Reply) -> bool:
+    h = reply.headers
+    remaining = h.get("x-ratelimit-remaining", h.get("ratelimit-remaining"))
+    return reply.status == 429 or (reply.status == 403 and (remaining == "0" or "retry-after" in h))
+
+
+def rate_limit_error(reply: Reply, hint: str) -> BakeryError:
+    when = _reset_time(reply.headers)
+    reset = f"; it resets at {when}" if when else ""
+    return BakeryError(f"{reply.url}: rate limit exceeded (HTTP {reply.status}){reset}", hint)
+
+
+def check_status(reply: Reply, *, rate_hint: str = "wait until the limit resets") -> None:
+    if 200 <= reply.status < 300:
+        return
+    if is_rate_limited(reply):
+        raise rate_limit_error(reply, rate_hint)
+    detail = _upstream_message(reply.body)
+    hint = (f"the repository or page does not exist (or is private); {RECIPE_HINT}"
+            if reply.status == 404 else "retry later, or " + RECIPE_HINT)
+    raise BakeryError(f"{reply.url}: HTTP {reply.status} {_phrase(reply.status)}{detail}".rstrip(),
+                      hint)
+
+
+def _upstream_message(body: bytes) -> str:
+    """GitHub and GitLab explain errors in {"message": ...}; show it, short and printable."""
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(message, str):
+        return ""
+    text = "".join(c if c.isprintable() else " " for c in message)[:200]
+    return f": {text}"
+
+
+def json_of(reply: Reply) -> Any:
+    """The JSON document of a successful reply, or an error naming the URL when the server
+    answered with something else (a login page, a proxy's HTML error page)."""
+    check_status(reply)
+    ctype = reply.headers.get("content-type", "")
+    head = reply.body.lstrip()[:1]
+    if "html" in ctype.lower() or head == b"<":
+        raise BakeryError(f"{reply.url}: expected JSON, got an HTML page"
+                          + (f" ({ctype})" if ctype else ""),
+                          "the URL may be wrong, or a proxy or login page answered instead of "
+                          "the API; check upstream.url / upstream.repo and BAKERY_MIRROR")
+    try:
+        return json.loads(reply.body)
+    except ValueError as e:
+        raise BakeryError(f"{reply.url}: not valid JSON: {e}", RECIPE_HINT) from None
+
+
+def text_of(reply: Reply) -> str:
+    check_status(reply)
+    return reply.body.decode("utf-8", errors="replace")
+
+
+# --- paging ---------------------------------------------------------------------------------
+
+def link(headers: Headers, rel: str, base: str) -> str | None:
+    """The target of `rel` in an RFC 8288 Link header (`<url>; rel="next", ...`)."""
+    for m in re.finditer(r"<([^>]*)>((?:\s*;\s*[^;,]*)*)", headers.get("link", "")):
+        rels = re.search(r';\s*rel\s*=\s*"?([^";]*)"?', m.group(2))
+        if rels and rel in rels.group(1).split():
+            return urljoin(base, m.group(1))
+    return None
+
+
+def with_query(url: str, **params: str) -> str:
+    """`url` with these query parameters set (replacing any of the same name)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    return parts._replace(query=urlencode(query + list(params.items()))).geturl()
+
+
+def pages(get: Get, url: str, headers: Callable[[str], Mapping[str, str]],
+          items_of: Callable[[Reply], list],
+          next_of: Callable[[Reply, list], str | None]) -> Iterator[list]:
+    """The item lists of `url` and the pages after it. A next page must stay on the same
+    host (it may receive a token) and is asked once; an empty page ends the walk (GitLab
+    announces a next page even after the last one)."""
+    origin = urlsplit(url)[:2]
+    seen = set()
+    for _ in range(MAX_PAGES):
+        seen.add(url)
+        reply = get(url, headers(url))
+        items = items_of(reply)
+        if not items:
+            return
+        yield items
+        nxt = next_of(reply, items)
+        if nxt is None or nxt in seen:
+            return
+        if urlsplit(nxt)[:2] != origin:
+            raise BakeryError(f"{reply.url}: the next page is on another host ({urlsplit(nxt).netloc})",
+                              "the upstream answer is not what the bakery expects; " + RECIPE_HINT)
+        url = nxt
+
+
+def json_list(reply: Reply) -> list:
+    data = json_of(reply)
+    if not isinstance(data, list):
+        raise BakeryError(f"{reply.url}: expected a JSON list, got {type(data).__name__}",
+                          RECIPE_HINT)
+    return data

@@ -1,0 +1,40 @@
+"""GitLab tags (`gitlab-tags`): `GET https://gitlab.com/api/v4/projects/<url-encoded
+group/project>/repository/tags`, paged by the Link header or, failing that, x-next-page."""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from sysext_bakery.errors import BakeryError
+from .base import (RECIPE_HINT, Discovery, Get, Reply, collect, json_list, link, pages,
+                   tag_version, with_query)
+
+if TYPE_CHECKING:
+    from sysext_bakery.recipe.load import Upstream
+
+API = "https://gitlab.com/api/v4"
+PATH_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
+
+
+def _next(reply: Reply, items: list) -> str | None:
+    if nxt := link(reply.headers, "next", reply.url):
+        return nxt
+    page = reply.headers.get("x-next-page", "").strip()
+    return with_query(reply.url, page=page) if page.isdigit() else None
+
+
+def tags(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
+    if not up.repo or not PATH_RE.fullmatch(up.repo) or ".." in up.repo:
+        raise BakeryError(f"upstream.repo {up.repo!r} is not a GitLab group/project path",
+                          RECIPE_HINT)
+    url = f"{API}/projects/{quote(up.repo, safe='')}/repository/tags?per_page=100"
+    found = []
+    for items in pages(get, url, lambda _: {"Accept": "application/json"}, json_list, _next):
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise BakeryError(f"{url}: an entry without a tag 'name'; not a GitLab API answer?",
+                                  RECIPE_HINT)
+            found.append(tag_version(item["name"], up.pattern, up.prefix))
+    return collect(found, url)
