@@ -233,7 +233,7 @@ def ignition_json(config: Config) -> str:
 
 # ---- reading Butane back, merging ----------------------------------------------------------
 
-_FIELDS: dict[type, dict[str, type | tuple[type, ...]]] = {
+_FIELDS: dict[type, dict[str, type]] = {
     Directory: {"path": str, "mode": int, "overwrite": bool},
     File: {"path": str, "mode": int, "overwrite": bool, "contents": dict},
     Link: {"path": str, "target": str, "hard": bool, "overwrite": bool},
@@ -244,7 +244,7 @@ _FIELDS: dict[type, dict[str, type | tuple[type, ...]]] = {
 }
 
 
-def _table(node: Any, where: str, origin: str, known: dict[str, Any]) -> dict[str, Any]:
+def _table(node: Any, where: str, origin: str, known: dict[str, type]) -> dict[str, Any]:
     if not isinstance(node, dict):
         raise BakeryError(f"{origin}: {where}: expected a mapping, got {node!r}")
     unknown = sorted(set(node) - set(known))
@@ -253,9 +253,9 @@ def _table(node: Any, where: str, origin: str, known: dict[str, Any]) -> dict[st
                           "supported here", f"supported: {', '.join(known)}")
     for key, value in node.items():
         kind = known[key]
-        if kind is not None and (not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)):
-            raise BakeryError(f"{origin}: {where}.{key}: expected {getattr(kind, '__name__', kind)}, "
-                              f"got {value!r}")
+        # a YAML `true` is an int to Python: refused where a number is meant, and vice versa
+        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            raise BakeryError(f"{origin}: {where}.{key}: expected {kind.__name__}, got {value!r}")
     return node
 
 
