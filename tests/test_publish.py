@@ -59,7 +59,8 @@ def test_publishes_everything_and_a_second_run_changes_nothing(tmp_path):
     names = {p.name for p in dest.iterdir()}
     assert {"SHA256SUMS", "noop.conf", "index.json", "docker.conf", "docker.transfer",
             "docker-24.conf", "docker-24.transfer", "wasmtime.conf", "docker.butane.yaml",
-            "docker-arm64.butane.yaml", "wasmtime.butane.yaml"} <= names
+            "docker-arm64.butane.yaml", "wasmtime.butane.yaml", "docker.ign", "docker-arm64.ign",
+            "wasmtime.ign"} <= names
     assert "SHA256SUMS.gpg" not in names
     conf = (dest / "docker.conf").read_text()
     assert f"Path={BASE}\n" in conf and "MatchPattern=docker-@v-%a.raw" in conf

@@ -31,7 +31,7 @@ from sysext_bakery.publish.sign import (Signer, export_public_key, sign, signatu
 from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 
 LOCK = ".publish.lock"
-TEMPLATES = ("transfer.conf", "noop.conf", "butane.yaml", "butane-keyring.yaml")
+TEMPLATES = ("transfer.conf", "noop.conf")
 
 
 @dataclass(frozen=True)

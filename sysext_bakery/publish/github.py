@@ -181,7 +181,7 @@ def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Pa
                    env: Mapping[str, str] = os.environ) -> list[str]:
     """Per image version a release `<name>-<version>` with its images, their SHA256SUMS and
     the transfer files `<name>` and `<name>-<stream>` of its stream; plus the metadata release with the aggregated SHA256SUMS
-    (+ signature), every transfer file, Butane snippet, key and index.json.
+    (+ signature), every transfer file, Butane snippet (+ its .ign), key and index.json.
     Returns the uploaded asset names as `<tag>/<name>`."""
     if not repo:
         raise BakeryError("no GitHub repository to publish to",
@@ -216,7 +216,7 @@ def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Pa
 
     meta_names = [sysupdate.SUMS, sysupdate.SIGNATURE, sysupdate.PUBLIC_KEY, sysupdate.INDEX]
     meta = {p.name: p for p in dest.iterdir() if p.is_file() and (
-        p.name in meta_names or p.suffix in (".conf", ".transfer") or p.name.endswith(".butane.yaml"))}
+        p.name in meta_names or p.suffix in (".conf", ".transfer") or p.name.endswith((".butane.yaml", ".ign")))}
     rel = client.release(config.github_metadata_tag, None,
                          "Aggregated SHA256SUMS and systemd-sysupdate transfer files")
     uploaded += [f"{config.github_metadata_tag}/{n}" for n in client.sync(rel, meta)]

@@ -20,6 +20,7 @@ from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import BaseUrl, parse_base_url
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.build import sums
+from sysext_bakery.publish import provision
 from sysext_bakery.model.version import version_key
 
 SUMS = sums.NAME
@@ -174,8 +175,8 @@ def parse_index(text: str, origin: str) -> list[PublishedImage]:
 
 def render_release(images: Iterable[PublishedImage], config: ReleaseConfig,
                    templates: Mapping[str, str], public_key: bytes | None) -> Rendered:
-    """Transfer files, stream transfer files, Butane snippets, noop.conf and index.json
-    for every published image. `templates` maps template file names to their text;
+    """Transfer files, stream transfer files, Butane snippets with their Ignition form,
+    noop.conf and index.json for every published image. `templates` maps template file names to their text;
     `public_key` is the key that signs SHA256SUMS, None for an unsigned release."""
     images = list(images)
     check_names(i.name for i in images)
@@ -203,7 +204,10 @@ def render_release(images: Iterable[PublishedImage], config: ReleaseConfig,
             files[f"{stem}.transfer"] = conf
         for arch in sorted({i.arch for i in group}):
             newest = max((i for i in group if i.arch == arch), key=lambda i: version_key(i.version))
-            files[butane_name(name, arch)] = _butane(newest, config, templates, files, public_key)
+            provisioning = snippet(newest, config, files, public_key)
+            files[butane_name(name, arch)] = provision.butane_yaml(
+                provisioning, snippet_comment(newest, arch))
+            files[ignition_name(name, arch)] = provision.ignition_json(provisioning)
     return Rendered(files)
 
 
@@ -213,19 +217,47 @@ def butane_name(name: str, arch: str) -> str:
     return f"{name}.butane.yaml" if arch == "x86-64" else f"{name}-{arch}.butane.yaml"
 
 
-def _butane(image: PublishedImage, config: ReleaseConfig, templates: Mapping[str, str],
-            files: Mapping[str, str], public_key: bytes | None) -> str:
-    # every file the snippet downloads is pinned by its sha256, as Ignition checks it
-    keyring = (_fill(templates["butane-keyring.yaml"], "butane-keyring.yaml",
-                     key_url=config.base_url + PUBLIC_KEY, key_sha256=_sha256(public_key))
-               if public_key is not None else "")
-    conf = f"{image.name}.conf"
-    return _fill(templates["butane.yaml"], "butane.yaml", name=image.name,
-                 version=image.version, arch=image.arch, image=image.filename,
-                 image_url=config.base_url + image.filename, sha256=image.sha256,
-                 conf_url=config.base_url + conf, conf_sha256=_sha256(files[conf].encode()),
-                 noop_url=config.base_url + NOOP, noop_sha256=_sha256(files[NOOP].encode()),
-                 keyring=keyring.rstrip("\n"))
+def ignition_name(name: str, arch: str) -> str:
+    """The Ignition config published next to `butane_name(name, arch)`."""
+    return butane_name(name, arch).removesuffix(".butane.yaml") + ".ign"
+
+
+def snippet(image: PublishedImage, config: ReleaseConfig, files: Mapping[str, str],
+            public_key: bytes | None) -> provision.Config:
+    """What a Flatcar host needs to run `image` and keep it current: the image, the
+    `/etc/extensions` link systemd-sysext merges, the transfer file (+ noop.conf, + the
+    keyring of a signed release) and the timer. Every download is pinned by its sha256,
+    which Ignition checks; `files` holds the rendered transfer files and noop.conf."""
+    name, base = image.name, config.base_url
+    target = f"/opt/extensions/{name}/{image.filename}"
+    conf = f"{name}.conf"
+    downloads = [provision.File(target, source=base + image.filename,
+                                hash=f"sha256-{image.sha256}", mode=0o644),
+                 provision.File(f"/etc/sysupdate.{name}.d/{conf}", source=base + conf,
+                                hash=f"sha256-{_sha256(files[conf].encode())}"),
+                 provision.File(f"/etc/sysupdate.d/{NOOP}", source=base + NOOP,
+                                hash=f"sha256-{_sha256(files[NOOP].encode())}")]
+    if public_key is not None:   # systemd-sysupdate checks SHA256SUMS.gpg with this keyring
+        downloads.append(provision.File("/etc/systemd/import-pubring.gpg",
+                                        source=base + PUBLIC_KEY,
+                                        hash=f"sha256-{_sha256(public_key)}", mode=0o644))
+    dropin = f"[Service]\nExecStartPre=/usr/lib/systemd/systemd-sysupdate -C {name} update\n"
+    return provision.Config(
+        # systemd-sysupdate 254 does not create its target directory
+        directories=(provision.Directory(f"/opt/extensions/{name}"),),
+        files=tuple(downloads),
+        links=(provision.Link(f"/etc/extensions/{name}.raw", target),),
+        units=(provision.Unit("systemd-sysupdate.timer", enabled=True),
+               provision.Unit("systemd-sysupdate.service",
+                              dropins=(provision.Dropin(f"{name}.conf", dropin),))))
+
+
+def snippet_comment(image: PublishedImage, arch: str) -> str:
+    return (f"Butane snippet: the {image.name} system extension ({image.filename}) on Flatcar,\n"
+            "kept current by systemd-sysupdate. Copy its entries into your Butane config, or\n"
+            f"list {ignition_name(image.name, arch)} (this config as Ignition JSON) under "
+            "ignition.config.merge\n(see docs/release.md). Every downloaded file is checked "
+            "against its sha256.")
 
 
 def _sha256(data: bytes) -> str:

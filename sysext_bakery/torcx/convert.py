@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import yaml
-
 from sysext_bakery.recipe import lock
 from sysext_bakery.build import stage
 from sysext_bakery.build import sums
+from sysext_bakery.publish import provision
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import file_digest, write_atomic
@@ -650,24 +649,18 @@ def butane(built: Sequence[Built], base_url: str) -> str:
     Flatcar's own docker/containerd sysexts out of the way when an image replaces them, and
     points torcx back at the vendor profile."""
     base = base_url if base_url.endswith("/") else base_url + "/"
-    files: list[dict] = [{"path": "/etc/torcx/next-profile", "overwrite": True,
-                          "contents": {"inline": "vendor"}}]
-    links: list[dict] = []
+    files = [provision.File("/etc/torcx/next-profile", inline="vendor", overwrite=True)]
+    links = []
     for b in built:
-        files.append({"path": f"/opt/extensions/{b.name}/{b.path.name}",
-                      "contents": {"source": base + b.path.name,
-                                   "verification": {"hash": f"sha256-{b.sha256}"}}})
-        links.append({"path": f"/etc/extensions/{b.name}.raw", "hard": False,
-                      "target": f"/opt/extensions/{b.name}/{b.path.name}"})
+        target = f"/opt/extensions/{b.name}/{b.path.name}"
+        files.append(provision.File(target, source=base + b.path.name, hash=f"sha256-{b.sha256}"))
+        links.append(provision.Link(f"/etc/extensions/{b.name}.raw", target))
     for mask in sorted({m for b in built for m in b.masks}):
-        links.append({"path": f"/etc/extensions/{mask}.raw", "target": "/dev/null",
-                      "hard": False, "overwrite": True})
-    header = ("# Replaces a torcx profile: " + ", ".join(f"{b.name} {b.version}" for b in built)
-              + ".\n# Merge into your Butane config (drop its /etc/torcx entries) and translate "
-              "it with `butane --strict`.\n")
-    config = {"variant": "flatcar", "version": "1.0.0",
-              "storage": {"files": files, "links": links}}
-    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+        links.append(provision.Link(f"/etc/extensions/{mask}.raw", "/dev/null", overwrite=True))
+    comment = ("Replaces a torcx profile: " + ", ".join(f"{b.name} {b.version}" for b in built)
+               + ".\nMerge into your Butane config (drop its /etc/torcx entries) and translate "
+               "it with `butane --strict`.")
+    return provision.butane_yaml(provision.Config(files=tuple(files), links=tuple(links)), comment)
 
 
 def recipe_toml(converted: Converted, image: Image, source: TorcxImage) -> str:
