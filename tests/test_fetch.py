@@ -19,7 +19,7 @@ import pytest
 from werkzeug import Request, Response
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.build.fetch import MAX_RESUMES, Fetched, fetch, fetch_text, mirror_url, parse_checksum
+from sysext_bakery.build.fetch import MAX_RESUMES, Fetched, fetch, fetch_text, parse_checksum
 
 UPSTREAM = "https://download.example.org/linux/static/stable/x86_64/docker-24.0.9.tgz"
 MIRRORED = "/download.example.org/linux/static/stable/x86_64/docker-24.0.9.tgz"
@@ -113,46 +113,6 @@ def origin():
     for srv in servers:
         srv.shutdown()
         srv.server_close()
-
-
-# --- mirror_url ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("mirror", ["http://127.0.0.1:8080/m", "http://127.0.0.1:8080/m/"])
-def test_mirror_url_prefix(mirror: str) -> None:
-    assert mirror_url(UPSTREAM, mirror) == "http://127.0.0.1:8080/m" + MIRRORED
-
-
-def test_mirror_url_keeps_query_and_port() -> None:
-    url = "https://api.example.org:8443/dl/file.bin?version=1.2&arch=amd64"
-    assert (mirror_url(url, "https://proxy.corp/up")
-            == "https://proxy.corp/up/api.example.org:8443/dl/file.bin?version=1.2&arch=amd64")
-
-
-@pytest.mark.parametrize("form", ["{d}", "{d}/", "file://{d}"])
-def test_mirror_url_directory(form: str, tmp_path: Path) -> None:
-    mirror = form.format(d=tmp_path)
-    assert mirror_url(UPSTREAM, mirror) == f"{tmp_path}{MIRRORED}"
-
-
-def test_mirror_url_directory_unquotes_the_path(tmp_path: Path) -> None:
-    url = "https://github.com/k3s-io/k3s/releases/download/v1.32.2%2Bk3s1/k3s"
-    assert (mirror_url(url, str(tmp_path))
-            == f"{tmp_path}/github.com/k3s-io/k3s/releases/download/v1.32.2+k3s1/k3s")
-
-
-def test_mirror_url_without_mirror_is_the_url() -> None:
-    assert mirror_url(UPSTREAM, None) == UPSTREAM
-    assert mirror_url(UPSTREAM, "") == UPSTREAM
-
-
-def test_mirror_url_refuses_relative_directory() -> None:
-    with pytest.raises(BakeryError, match="neither an http.s. URL nor an absolute directory"):
-        mirror_url(UPSTREAM, "mirror/dir")
-
-
-def test_mirror_url_refuses_escaping_the_directory(tmp_path: Path) -> None:
-    with pytest.raises(BakeryError, match="would escape mirror directory"):
-        mirror_url("https://example.org/a/../../etc/passwd", str(tmp_path))
 
 
 # --- download, cache, trust ---------------------------------------------------------------
@@ -461,7 +421,7 @@ def test_local_directory_mirror_missing_file(tmp_path: Path, cache: Path) -> Non
                                           rf"directory \({re.escape(str(tmp_path))}/download"):
         fetch(UPSTREAM, DIGEST, cache, mirror=str(tmp_path))
     assert leftovers(cache) == []
-    with pytest.raises(BakeryError, match="cannot read .* from the mirror"):
+    with pytest.raises(BakeryError, match="sha256: not found in the mirror directory"):
         fetch_text(UPSTREAM + ".sha256", mirror=str(tmp_path))
 
 
@@ -471,9 +431,3 @@ def test_fetch_text_through_http_mirror(httpserver) -> None:
     assert fetch_text("https://example.org/SUMS", mirror=httpserver.url_for("/")) == "hello sums\n"
     with pytest.raises(BakeryError, match=r"https://example.org/nope: HTTP 404 Not Found \(from "):
         fetch_text("https://example.org/nope", mirror=httpserver.url_for("/"))
-
-
-@pytest.mark.parametrize("url", ["https://../etc/passwd", "https://./x", "https://a..b/x"])
-def test_mirror_refuses_hosts_that_would_escape(url: str) -> None:
-    with pytest.raises(BakeryError, match="cannot be mapped into mirror"):
-        mirror_url(url, "/srv/mirror")

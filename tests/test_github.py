@@ -29,6 +29,8 @@ class FakeGitHub:
         self.log: list[tuple[str, str]] = []
         self.uploads: list[tuple[int, str]] = []    # (release id, asset name), in order
         self.failures: list[tuple[int, dict]] = []   # (status, headers) served before real answers
+        self.fail_after: list[int] = []   # statuses answered to POSTs *after* doing their work
+        self.fail_uploads: list[int] = []  # statuses answered to uploads, storing nothing
         self.next_id = 1
 
     def new_id(self) -> int:
@@ -65,11 +67,19 @@ def make_handler(gh: FakeGitHub, base: list[str]):
             parts = url.path.strip("/").split("/")
             if parts[:1] == ["uploads"]:   # POST /uploads/repos/o/r/releases/{id}/assets?name=
                 rid = int(parts[5])
+                if gh.fail_uploads:
+                    return self.reply(gh.fail_uploads.pop(0), {"message": "Server Error"})
+                if any(a["release_id"] == rid and a["name"] == query["name"]
+                       for a in gh.assets.values()):
+                    return self.reply(422, {"message": "Validation Failed",
+                                            "errors": [{"code": "already_exists"}]})
                 asset = {"id": gh.new_id(), "name": query["name"], "size": len(body),
                          "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
                          "release_id": rid, "data": body}
                 gh.assets[asset["id"]] = asset
                 gh.uploads.append((rid, query["name"]))
+                if gh.fail_after:
+                    return self.reply(gh.fail_after.pop(0), {"message": "Server Error"})
                 return self.reply(201, {k: v for k, v in asset.items() if k != "data"})
             if parts[:1] != ["repos"] or parts[3:4] != ["releases"]:
                 return self.reply(404, {"message": "Not Found"})
@@ -87,6 +97,8 @@ def make_handler(gh: FakeGitHub, base: list[str]):
                     "target_commitish": data.get("target_commitish", "main"),
                     "upload_url": f"{base[0]}/uploads/repos/{parts[1]}/{parts[2]}/releases/"
                                   f"{rid}/assets{{?name,label}}"}
+                if gh.fail_after:
+                    return self.reply(gh.fail_after.pop(0), {"message": "Server Error"})
                 return self.reply(201, gh.releases[rid])
             if method == "GET" and len(rest) == 2 and rest[1] == "assets":
                 mine = [{k: v for k, v in a.items() if k != "data"} for a in gh.assets.values()
@@ -205,12 +217,34 @@ def test_errors_name_the_request_but_never_the_token(tmp_path, github, project):
         gh_publisher.publish_github(dest, "owner/bakery", config, project, {})
 
 
-def test_retry_after_takes_seconds_or_an_http_date():
-    soon = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 < gh_publisher.retry_after_seconds(soon, 1.0) <= 30
-    assert gh_publisher.retry_after_seconds("7", 1.0) == 7.0
-    assert gh_publisher.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", 1.0) < 0
-    assert gh_publisher.retry_after_seconds("soon-ish", 1.5) == 1.5
+def test_an_upload_that_landed_despite_a_502_is_not_repeated(github, capsys):
+    """GitHub stored the asset but the answer was a 502: a blind retry would meet a 422
+    (name taken); the client lists the assets instead and finds its upload there."""
+    gh, api = github
+    client = gh_publisher.GitHub("owner/bakery", TOKEN, api, backoff=0.01)
+    gh.fail_after = [502]                       # the release is created, the answer is lost
+    rel = client.release("docker-24.0.9", None, "body")
+    assert [r["tag_name"] for r in gh.releases.values()] == ["docker-24.0.9"]
+    gh.fail_after = [502]
+    gh.log.clear()
+    assert client.sync(rel, {"a.raw": b"image"}) == ["a.raw"]
+    assert gh.uploads == [(rel["id"], "a.raw")]           # exactly one upload
+    assert assets_of(gh, "docker-24.0.9") == {"a.raw": b"image"}
+    assert [m for m, _ in gh.log].count("POST") == 1
+    assert "HTTP 502" not in capsys.readouterr().err       # nothing to retry: it had landed
+
+
+def test_an_upload_that_did_not_land_is_retried(github, capsys):
+    gh, api = github
+    client = gh_publisher.GitHub("owner/bakery", TOKEN, api, backoff=0.01)
+    rel = client.release("docker-24.0.9", None, "body")
+    gh.fail_uploads = [502]                      # refused before storing anything
+    assert client.sync(rel, {"a.raw": b"image"}) == ["a.raw"]
+    assert gh.uploads == [(rel["id"], "a.raw")]
+    assert assets_of(gh, "docker-24.0.9") == {"a.raw": b"image"}
+    err = capsys.readouterr().err
+    assert "retrying POST http://127.0.0.1:" in err and "(HTTP 502), attempt 1/5" in err
+    assert TOKEN not in err
 
 
 def test_images_go_up_before_the_manifest(tmp_path, github, project):

@@ -1,8 +1,9 @@
 """Downloads into a content-addressed cache: `cache/<sha256>`, verified while streaming.
 
-Sources are https upstream URLs, optionally rewritten to a mirror (`BAKERY_MIRROR`): an
-http(s) URL prefix or a local directory holding `HOST/PATH`. Transient HTTP failures are
-retried by urllib3; a body that breaks mid-way is resumed with a Range request.
+Sources are https upstream URLs, optionally rewritten to a mirror (`BAKERY_MIRROR`, mapped by
+`http.mirror_url`): an http(s) URL prefix or a local directory holding `HOST/PATH`. The
+network rules (retries, timeouts, redirects, deadline, low-speed limit) are `http.Http`'s;
+a body that breaks mid-way is resumed here with a Range request.
 """
 from __future__ import annotations
 
@@ -12,25 +13,20 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 from rich.filesize import decimal
-from urllib3.util.retry import Retry
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.http import CHUNK, BodyBroken, Deadline, Http, Limits, Stream, is_url, mirror_url
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-CHUNK = 1 << 20
-TIMEOUT = (10, 60)                 # (connect, read) seconds
-RETRY_STATUSES = (429, 500, 502, 503, 504)
+__all__ = ["Fetched", "fetch", "fetch_text", "mirror_url", "parse_checksum"]
+
 MAX_RESUMES = 5                    # body breaks tolerated per download
 MAX_TEXT = 1 << 20                 # checksum files are tiny; refuse anything bigger
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -48,76 +44,31 @@ class Fetched:
     first_use: bool   # no sha256 was known (neither pinned nor from a checksum file)
 
 
-class _BodyBroken(Exception):
-    """The response body ended early; the download may be resumed."""
-
-
-def mirror_url(url: str, mirror: str | None) -> str:
-    """Where to fetch `url` from: `url` itself, `<mirror>/HOST/PATH` for an http(s) mirror,
-    or the absolute file path `<dir>/HOST/PATH` for a directory mirror (path unquoted)."""
-    if not mirror:
-        return url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BakeryError(f"{url}: not an http(s) URL, cannot map it to mirror {_redact(mirror)}",
-                          LOCK_HINT)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d+)?", host):
-        raise BakeryError(f"{url}: host {host!r} cannot be mapped into mirror {_redact(mirror)}",
-                          LOCK_HINT)
-    query = f"?{parts.query}" if parts.query else ""
-    if mirror.startswith(("http://", "https://")):
-        return f"{mirror.rstrip('/')}/{host}{parts.path}{query}"
-    root = unquote(urlsplit(mirror).path) if mirror.startswith("file://") else mirror
-    if not os.path.isabs(root):
-        raise BakeryError(f"mirror {mirror!r}: neither an http(s) URL nor an absolute directory",
-                          "set BAKERY_MIRROR to https://HOST/PREFIX, /abs/dir or file:///abs/dir")
-    rel = unquote(parts.path) + unquote(query)
-    if ".." in rel.split("/"):
-        raise BakeryError(f"{url}: '..' in the path would escape mirror directory {root}",
-                          LOCK_HINT)
-    return f"{root.rstrip('/')}/{host}{rel}"
-
-
 def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None = None,
-          mirror: str | None = None) -> Fetched:
+          mirror: str | None = None, limits: Limits | None = None) -> Fetched:
     """Download `url` into `cache/<sha256>` and verify it; a cached entry costs no network.
 
     A pinned `sha256` wins over `checksum_url`; with neither, the file is trusted on first use.
+    `limits` default to `Limits.from_env()` (BAKERY_DEADLINE, BAKERY_LOW_SPEED_TIME, …).
     """
     expected = _pinned(url, sha256)
     if expected and (cache / expected).is_file():
         return Fetched(cache / expected, expected, first_use=False)
-    source = _source(url, mirror)
-    if expected is None and checksum_url:
-        expected = parse_checksum(fetch_text(checksum_url, mirror=mirror), url, checksum_url)
-        if (cache / expected).is_file():
-            return Fetched(cache / expected, expected, first_use=False)
-    actual, size = _fetch_into_cache(url, source, expected, cache)
+    with Http(mirror, limits=limits) as http:
+        source = http.locate(url)
+        if expected is None and checksum_url:
+            expected = parse_checksum(_text(http, checksum_url), url, checksum_url)
+            if (cache / expected).is_file():
+                return Fetched(cache / expected, expected, first_use=False)
+        actual, size = _fetch_into_cache(http, url, source, expected, cache)
     print(f"fetched {_basename(url)} {decimal(size)} sha256 {actual[:12]}…", file=sys.stderr)
     return Fetched(cache / actual, actual, first_use=expected is None)
 
 
-def fetch_text(url: str, *, mirror: str | None = None) -> str:
+def fetch_text(url: str, *, mirror: str | None = None, limits: Limits | None = None) -> str:
     """A small text file (checksum file), with the same mirror and retry rules as fetch()."""
-    source = _source(url, mirror)
-    if not _is_url(source):
-        try:
-            with open(source, "rb") as f:
-                return _text(url, f.read(MAX_TEXT + 1))
-        except OSError as e:
-            raise BakeryError(f"{url}: cannot read {source} from the mirror: {e.strerror}",
-                              MIRROR_HINT) from e
-    with _session() as session:
-        resp = _get(session, url, source, {})
-        with resp:
-            _check_status(resp, url, source)
-            try:
-                body = resp.raw.read(MAX_TEXT + 1, decode_content=True)
-            except urllib3.exceptions.HTTPError as e:
-                raise BakeryError(f"{url}: download broke (from {_redact(source)}): {e}",
-                                  "retry later; the server or network is unreliable") from e
-    return _text(url, body)
+    with Http(mirror, limits=limits) as http:
+        return _text(http, url)
 
 
 def parse_checksum(text: str, url: str, checksum_url: str) -> str:
@@ -148,15 +99,7 @@ def _pinned(url: str, sha256: str | None) -> str | None:
     return digest
 
 
-def _source(url: str, mirror: str | None) -> str:
-    if not mirror and not url.startswith("https://"):
-        raise BakeryError(f"{url}: only https:// upstream URLs are fetched",
-                          "use the https:// URL in the recipe, or set BAKERY_MIRROR to a "
-                          "mirror that serves this file")
-    return mirror_url(url, mirror)
-
-
-def _fetch_into_cache(url: str, source: str, expected: str | None,
+def _fetch_into_cache(http: Http, url: str, source: str, expected: str | None,
                       cache: Path) -> tuple[str, int]:
     """Write to a temp file under cache/.tmp and rename it to its hash once verified;
     on any failure nothing is left behind."""
@@ -166,8 +109,8 @@ def _fetch_into_cache(url: str, source: str, expected: str | None,
     tmp = Path(tmp_name)
     try:
         with open(fd, "wb") as out, _Meter(_basename(url)) as meter:
-            if _is_url(source):
-                actual, size = _download(url, source, out, meter)
+            if is_url(source):
+                actual, size = _download(http, url, out, meter)
             else:
                 actual, size = _copy(url, source, out, meter)
         if expected and actual != expected:
@@ -198,38 +141,40 @@ def _copy(url: str, path: str, out: BinaryIO, meter: _Meter) -> tuple[str, int]:
     return hasher.hexdigest(), out.tell()
 
 
-def _download(url: str, source: str, out: BinaryIO, meter: _Meter) -> tuple[str, int]:
-    """Stream `source` into `out`; when the body breaks, ask for the rest with Range
-    (If-Range guards against splicing two versions of a re-published file)."""
+def _download(http: Http, url: str, out: BinaryIO, meter: _Meter) -> tuple[str, int]:
+    """Stream `url` into `out`; when the body breaks, ask for the rest with Range
+    (If-Range guards against splicing two versions of a re-published file). One deadline
+    covers every attempt."""
     hasher = hashlib.sha256()
     validator = None
-    with _session() as session:
-        for _ in range(MAX_RESUMES + 1):
-            received = out.tell()
-            headers = {"Range": f"bytes={received}-"} if received else {}
-            if received and validator:
-                headers["If-Range"] = validator
-            with _get(session, url, source, headers) as resp:
-                _check_status(resp, url, source)
-                if received and _range_start(resp) != received:
-                    out.seek(0)
-                    out.truncate()
-                    hasher = hashlib.sha256()
-                    if resp.status_code != 200:
-                        continue  # a part we did not ask for: fetch the whole file again
-                validator = validator or _validator(resp)
-                total = _expected_total(resp, out.tell())
-                meter.restart(total, out.tell())
-                try:
-                    for chunk in resp.raw.stream(CHUNK, decode_content=False):
-                        _write(out, hasher, meter, chunk)
-                    if total is not None and out.tell() < total:
-                        raise _BodyBroken()
-                except (urllib3.exceptions.HTTPError, _BodyBroken):
-                    continue
-            return hasher.hexdigest(), out.tell()
+    deadline = Deadline(http.limits.deadline)
+    source = http.locate(url)
+    for _ in range(MAX_RESUMES + 1):
+        received = out.tell()
+        headers = {"Range": f"bytes={received}-"} if received else {}
+        if received and validator:
+            headers["If-Range"] = validator
+        with http.open(url, headers, deadline) as resp:
+            http.check(resp, url, MIRROR_HINT)
+            if received and _range_start(resp) != received:
+                out.seek(0)
+                out.truncate()
+                hasher = hashlib.sha256()
+                if resp.status != 200:
+                    continue  # a part we did not ask for: fetch the whole file again
+            validator = validator or _validator(resp)
+            total = _expected_total(resp, out.tell())
+            meter.restart(total, out.tell())
+            try:
+                for chunk in resp.chunks():
+                    _write(out, hasher, meter, chunk)
+                if total is not None and out.tell() < total:
+                    raise BodyBroken()
+            except BodyBroken:
+                continue
+        return hasher.hexdigest(), out.tell()
     raise BakeryError(f"{url}: download broke off {MAX_RESUMES + 1} times "
-                      f"(from {_redact(source)}), {out.tell()} bytes received",
+                      f"(from {http.redact(source)}), {out.tell()} bytes received",
                       "retry later; the server or network is unreliable")
 
 
@@ -239,99 +184,33 @@ def _write(out: BinaryIO, hasher: "hashlib._Hash", meter: _Meter, chunk: bytes) 
     meter.advance(len(chunk))
 
 
-def _session() -> requests.Session:
-    try:
-        backoff = float(os.environ.get("BAKERY_FETCH_BACKOFF", "1.0"))
-    except ValueError:
-        raise BakeryError(f"BAKERY_FETCH_BACKOFF={os.environ['BAKERY_FETCH_BACKOFF']!r} "
-                          "is not a number", "set it to seconds, e.g. 1.0, or unset it") from None
-    retry = Retry(total=5, connect=5, read=5, status=5, backoff_factor=backoff,
-                  status_forcelist=RETRY_STATUSES, allowed_methods={"GET"},
-                  respect_retry_after_header=True, raise_on_status=False)
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    # identity: a server that labels a .tgz "Content-Encoding: gzip" must not get it unpacked
-    session.headers.update({"User-Agent": "sysext-bakery", "Accept-Encoding": "identity"})
-    return session
-
-
-def _get(session: requests.Session, url: str, source: str,
-         headers: dict[str, str]) -> requests.Response:
-    try:
-        return session.get(source, headers=headers, stream=True, timeout=TIMEOUT)
-    except requests.ConnectionError as e:
-        raise BakeryError(f"{url}: cannot connect (from {_redact(source)}): {_reason(e)}",
-                          "check the network or proxy; for offline builds set BAKERY_MIRROR "
-                          "to a mirror URL or directory (README: Offline and mirrored builds)") from e
-    except requests.RequestException as e:
-        raise BakeryError(f"{url}: request failed (from {_redact(source)}): "
-                          f"{type(e).__name__}", MIRROR_HINT) from e
-
-
-def _reason(error: requests.ConnectionError) -> str:
-    """urllib3's reason, e.g. "Failed to resolve 'github.com' (…)", without the URL (which
-    may carry mirror credentials) that requests repeats in its own message."""
-    reason = getattr(error.args[0], "reason", None) if error.args else None
-    text = str(reason or error)
-    return text.split(">: ", 1)[-1]   # drop urllib3's "<…Connection object at 0x…>: " prefix
-
-
-def _check_status(resp: requests.Response, url: str, source: str) -> None:
-    if resp.status_code >= 400:
-        raise BakeryError(f"{url}: HTTP {resp.status_code} {_phrase(resp)} "
-                          f"(from {_redact(source)})", MIRROR_HINT)
-
-
-def _phrase(resp: requests.Response) -> str:
-    """The standard reason phrase: servers spell it as they like, HTTP/2 has none."""
-    try:
-        return HTTPStatus(resp.status_code).phrase
-    except ValueError:
-        return resp.reason or ""
-
-
-def _range_start(resp: requests.Response) -> int | None:
-    if resp.status_code != 206:
+def _range_start(resp: Stream) -> int | None:
+    if resp.status != 206:
         return None
     m = re.fullmatch(r"bytes (\d+)-\d+/(?:\d+|\*)", resp.headers.get("Content-Range", ""))
     return int(m.group(1)) if m else None
 
 
-def _expected_total(resp: requests.Response, received: int) -> int | None:
+def _expected_total(resp: Stream, received: int) -> int | None:
     length = resp.headers.get("Content-Length", "")
     return received + int(length) if length.isdigit() else None
 
 
-def _validator(resp: requests.Response) -> str | None:
+def _validator(resp: Stream) -> str | None:
     etag = resp.headers.get("ETag")
     if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
         return etag
     return resp.headers.get("Last-Modified")
 
 
-def _text(url: str, body: bytes) -> str:
-    if len(body) > MAX_TEXT:
-        raise BakeryError(f"{url}: larger than {MAX_TEXT} bytes, not a checksum file",
-                          "fix checksum-url in the recipe")
-    return body.decode("utf-8", errors="replace")
-
-
-def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
+def _text(http: Http, url: str) -> str:
+    reply = http.get(url, max_bytes=MAX_TEXT)
+    http.check(reply, url, MIRROR_HINT)
+    return reply.text
 
 
 def _basename(url: str) -> str:
     return unquote(urlsplit(url).path).rstrip("/").rsplit("/", 1)[-1]
-
-
-def _redact(url: str) -> str:
-    """Credentials in a mirror URL (https://user:token@host/) never reach a message."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[-1]).geturl()
 
 
 class _Meter:

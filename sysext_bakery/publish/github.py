@@ -3,80 +3,93 @@ metadata release with the aggregated SHA256SUMS and all transfer files. Only the
 endpoints used here are spoken; the token only ever goes into the Authorization header."""
 from __future__ import annotations
 
-import datetime
-import email.utils
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.http import Http, Limits, Reply
 from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
+
+PERMISSION_HINT = "check GITHUB_TOKEN's permissions (contents: write) and the repository name"
 
 
 class GitHub:
-    """The few REST endpoints of GitHub Releases the publisher uses, with retries on rate
-    limits and 5xx. The token only ever goes into the Authorization header."""
+    """The few REST endpoints of GitHub Releases the publisher uses. Retries (rate limits,
+    5xx on idempotent requests) are http.Http's; the two POSTs are never retried blindly: after
+    a failed or ambiguous answer they look whether the release or asset landed."""
 
     def __init__(self, repo: str, token: str, api: str = "https://api.github.com",
                  attempts: int = 6, backoff: float = 1.0, max_wait: float = 120.0):
-        import requests
         self.repo, self.api = repo, api.rstrip("/")
-        self.attempts, self.backoff, self.max_wait = attempts, backoff, max_wait
-        self.session = requests.Session()
-        self.session.headers.update({"Authorization": f"Bearer {token}",
-                                     "Accept": "application/vnd.github+json",
-                                     "X-GitHub-Api-Version": "2022-11-28"})
+        self.attempts, self.backoff = attempts, backoff
+        limits = Limits.from_env(retries=attempts - 1, backoff=backoff, max_wait=max_wait)
+        self.http = Http(limits=limits, upstream=False, hint=PERMISSION_HINT,
+                         headers={"Authorization": f"Bearer {token}",
+                                  "Accept": "application/vnd.github+json",
+                                  "X-GitHub-Api-Version": "2022-11-28"})
 
-    def request(self, method: str, url: str, ok: tuple[int, ...] = (200,), **kwargs):
-        import requests
+    def request(self, method: str, url: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> Reply:
+        reply = self.http.request(method, url, **kwargs)
+        if reply.status not in ok:
+            raise self._error(method, url, reply)
+        return reply
+
+    def _error(self, method: str, url: str, reply: Reply) -> BakeryError:
+        return BakeryError(f"GitHub: {method} {self.http.redact(url)}: HTTP {reply.status}: "
+                           f"{self.http.redact(reply.text[:300])}", PERMISSION_HINT)
+
+    def _ensure(self, what: str, post: Any, landed: Any) -> dict:
+        """POST via `post()` until it answers 201, or `landed()` finds what an earlier,
+        unanswered or failed attempt created. Only a 5xx, a 422 (already exists) or a broken
+        connection lead to a look; other answers are errors."""
+        refused = False
         for attempt in range(1, self.attempts + 1):
+            failure: BakeryError | None = None
             try:
-                resp = self.session.request(method, url, timeout=60, **kwargs)
-            except requests.ConnectionError as e:
-                if attempt == self.attempts:
-                    raise BakeryError(f"GitHub: {method} {url}: {e}",
-                                      "check the network and GITHUB_API_URL") from None
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-                continue
-            if resp.status_code in ok:
-                return resp
-            wait = self._retry_wait(resp, attempt)
-            if wait is None or attempt == self.attempts:
-                raise BakeryError(
-                    f"GitHub: {method} {url}: HTTP {resp.status_code}: {resp.text[:300]}",
-                    "check GITHUB_TOKEN's permissions (contents: write) and the repository name")
+                reply = post()
+            except BakeryError as e:
+                failure, reply = e, None
+            if reply is not None and reply.status == 201:
+                return reply.json()
+            if reply is not None and reply.status < 500 and reply.status != 422:
+                raise self._error("POST", what, reply)
+            found = landed()
+            if found is not None:
+                return found
+            if reply is not None and reply.status == 422:
+                if refused:   # a second 422 with nothing of ours in the way: a real refusal
+                    raise self._error("POST", what, reply)
+                refused = True
+            if attempt == self.attempts:
+                raise failure or self._error("POST", what, reply)   # type: ignore[arg-type]
+            wait = min(self.backoff * 2 ** (attempt - 1), self.http.limits.max_wait)
+            why = failure.message if failure else f"HTTP {reply.status}"   # type: ignore[union-attr]
+            print(f"retrying POST {self.http.redact(what)} in {wait:.2g} s ({why}), "
+                  f"attempt {attempt}/{self.attempts - 1}", file=sys.stderr)
             time.sleep(wait)
         raise AssertionError("unreachable")
-
-    def _retry_wait(self, resp, attempt: int) -> float | None:
-        """Seconds to wait before retrying `resp`, or None if retrying cannot help."""
-        limited = resp.status_code == 429 or (
-            resp.status_code == 403 and (resp.headers.get("x-ratelimit-remaining") == "0"
-                                         or "retry-after" in resp.headers))
-        if not limited and resp.status_code < 500:
-            return None
-        if "retry-after" in resp.headers:
-            wait = retry_after_seconds(resp.headers["retry-after"], self.backoff * 2 ** (attempt - 1))
-        elif resp.headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in resp.headers:
-            wait = float(resp.headers["x-ratelimit-reset"]) - time.time()
-        else:
-            wait = self.backoff * 2 ** (attempt - 1)
-        return min(max(wait, 0.0), self.max_wait)
 
     def release(self, tag: str, target: str | None, body: str) -> dict:
         """The release tagged `tag`, created if missing."""
         url = f"{self.api}/repos/{self.repo}/releases"
-        resp = self.request("GET", f"{url}/tags/{tag}", ok=(200, 404))
-        if resp.status_code == 200:
-            return resp.json()
+
+        def existing() -> dict | None:
+            reply = self.request("GET", f"{url}/tags/{tag}", ok=(200, 404))
+            return reply.json() if reply.status == 200 else None
+
+        found = existing()
+        if found is not None:
+            return found
         data = {"tag_name": tag, "name": tag, "body": body}
         if target:
             data["target_commitish"] = target
-        return self.request("POST", url, ok=(201,), json=data).json()
+        return self._ensure(url, lambda: self.http.request("POST", url, json=data), existing)
 
     def assets(self, rel: dict) -> list[dict]:
         found, page = [], 1
@@ -105,10 +118,32 @@ class GitHub:
             if asset:
                 self.request("DELETE", f"{self.api}/repos/{self.repo}/releases/assets/{asset['id']}",
                              ok=(204, 404))
-            self.request("POST", upload_url, ok=(201,), params={"name": name}, data=data,
-                         headers={"Content-Type": "application/octet-stream"})
+            self._upload(rel, upload_url, name, data)
             uploaded.append(name)
         return uploaded
+
+
+    def _upload(self, rel: dict, upload_url: str, name: str, data: bytes) -> dict:
+        """Upload one asset. A retried upload that had landed would meet a 422 (name taken),
+        so after a failure the assets are listed: ours, complete, counts as uploaded; a
+        broken leftover of ours is deleted before the next try."""
+        sha = "sha256:" + hashlib.sha256(data).hexdigest()
+
+        def landed() -> dict | None:
+            asset = next((a for a in self.assets(rel) if a["name"] == name), None)
+            if asset is None:
+                return None
+            if asset.get("state", "uploaded") == "uploaded" and (
+                    asset.get("digest") == sha
+                    or (asset.get("digest") is None and asset.get("size") == len(data))):
+                return asset
+            self.request("DELETE", f"{self.api}/repos/{self.repo}/releases/assets/{asset['id']}",
+                         ok=(204, 404))
+            return None
+
+        return self._ensure(f"{upload_url}?name={name}", lambda: self.http.request(
+            "POST", upload_url, params={"name": name}, data=data,
+            headers={"Content-Type": "application/octet-stream"}), landed)
 
 
 def upload_order(name: str) -> tuple[int, str]:
@@ -133,21 +168,6 @@ def _replace_asset(rel: dict, asset: dict, data: bytes) -> bool:
         f"with {digest or 'size ' + str(asset.get('size'))}; the local image has sha256:{sha}",
         "a published image never changes: bump the version (or delete the asset by hand if "
         "it was never served)")
-
-
-def retry_after_seconds(value: str, default: float) -> float:
-    """A Retry-After header: delay seconds or an HTTP date (RFC 9110); `default` if neither."""
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return default
-    if when.tzinfo is None:   # "-0000": UTC by RFC 5322
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.timestamp() - time.time()
 
 
 def tag_locally(root: Path, tag: str, revision: str | None, message: str) -> bool:
