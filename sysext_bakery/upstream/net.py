@@ -1,64 +1,37 @@
-"""The network edge of discovery until `sysext_bakery.http` takes over: a `get` over
-urllib with a timeout, through `BAKERY_MIRROR` exactly like downloads (`fetch.mirror_url`):
-an http(s) mirror is asked for `<mirror>/HOST/PATH?QUERY`, a directory mirror is read from
-`<dir>/HOST/PATH?QUERY` (a file has no headers, so header-driven paging stops there)."""
+"""The network edge of discovery: a `get` on the project's one HTTP client (`http.Http`),
+through `BAKERY_MIRROR` exactly like downloads: an http(s) mirror is asked for
+`<mirror>/HOST/PATH?QUERY`, a directory mirror is read from `<dir>/HOST/PATH?QUERY` (a file
+has no headers, so header-driven paging stops there)."""
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
+import dataclasses
+import os
 from collections.abc import Mapping
 
-from sysext_bakery.errors import BakeryError
-from sysext_bakery.build.fetch import mirror_url
-from .base import Get, Reply
+from sysext_bakery.http import Http, Limits, is_url
+from sysext_bakery.upstream.base import Get, Reply
 
-TIMEOUT = 30                 # seconds, connect and each read
 MAX_BODY = 16 << 20          # an API page or index is small; refuse to buffer more
-MIRROR_HINT = "check BAKERY_MIRROR and the mirror's contents"
+# An update run asks dozens of upstreams: a rate limit that says "come back in a minute" is
+# reported (naming the reset time) rather than slept through. BAKERY_RETRY_MAX_WAIT overrides.
+MAX_WAIT = 10.0
 
 
-def make_get(mirror: str | None, timeout: float = TIMEOUT) -> Get:
-    opener = urllib.request.build_opener()
+def discovery_limits(env: Mapping[str, str] = os.environ) -> Limits:
+    limits = Limits.from_env(env)
+    if "BAKERY_RETRY_MAX_WAIT" not in env:
+        limits = dataclasses.replace(limits, max_wait=MAX_WAIT)
+    return limits
+
+
+def make_get(mirror: str | None, client: Http | None = None) -> Get:
+    http = client or Http(mirror, limits=discovery_limits(), hint="check BAKERY_MIRROR, the network or the recipe's [upstream]")
 
     def get(url: str, headers: Mapping[str, str]) -> Reply:
-        if not mirror and not url.startswith("https://"):
-            raise BakeryError(f"{url}: only https:// upstream URLs are asked",
-                              "use an https:// URL in the recipe's [upstream]")
-        source = mirror_url(url, mirror)
-        if not source.startswith(("http://", "https://")):
-            return _read_file(url, source)
-        req = urllib.request.Request(source, headers={"User-Agent": "sysext-bakery",
-                                                      "Accept-Encoding": "identity"})
-        for name, value in headers.items():
-            # an unredirected header is not repeated to wherever a redirect points
-            req.add_unredirected_header(name.capitalize(), value)
-        try:
-            with opener.open(req, timeout=timeout) as resp:
-                return Reply(resp.status, resp.headers.items(), _body(url, resp), url)
-        except urllib.error.HTTPError as e:
-            with e:
-                return Reply(e.code, e.headers.items(), _body(url, e), url)
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise BakeryError(f"{url}: cannot connect{' (through the mirror)' if mirror else ''}: "
-                              f"{reason}", "check the network or proxy, or " + MIRROR_HINT) from None
+        reply = http.get(url, headers=headers, max_bytes=MAX_BODY)
+        if reply.status == 404 and not is_url(reply.url):
+            http.check(reply, url)      # a recorded answer missing from a mirror directory
+        # messages name the upstream URL that was asked for, never the mirror's
+        return Reply(reply.status, reply.headers.items(), reply.body, url)
 
     return get
-
-
-def _body(url: str, resp) -> bytes:
-    body = resp.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise BakeryError(f"{url}: answer larger than {MAX_BODY} bytes", MIRROR_HINT)
-    return body
-
-
-def _read_file(url: str, path: str) -> Reply:
-    try:
-        with open(path, "rb") as f:
-            return Reply(200, {}, _body(url, f), url)
-    except FileNotFoundError:
-        raise BakeryError(f"{url}: not found in the mirror directory ({path})", MIRROR_HINT) from None
-    except OSError as e:
-        raise BakeryError(f"{url}: cannot read {path} from the mirror directory: {e.strerror}",
-                          MIRROR_HINT) from None
