@@ -37,11 +37,20 @@ def fake_image(work: Path, name: str, version: str, data: bytes, stream: str | N
                      len(data), stream, **facts)
 
 
-def run(work: Path, dest: Path, signer=None, allow_unsigned: bool = False) -> publish.PublishReport:
+SIGNER = object()   # the configured fingerprint is the signer's own
+
+
+def run(work: Path, dest: Path, signer=None, allow_unsigned: bool = False, *,
+        fingerprint=SIGNER, next_key: str | None = None,
+        rotate_key: bool = False) -> publish.PublishReport:
+    if fingerprint is SIGNER:
+        fingerprint = signer.key if signer else None
+    config = release.ReleaseConfig(base_url=BASE, signing_key=fingerprint,
+                                   next_signing_key=next_key)
     return publish.publish_directory(
         publish.built_images(work / "images", work / "state"), dest,
-        release.ReleaseConfig(base_url=BASE), publish.load_templates(REPO / "release/templates"),
-        signer, "0123abcd", allow_unsigned)
+        config, publish.load_templates(REPO / "release/templates"),
+        signer, "0123abcd", allow_unsigned, rotate_key)
 
 
 def listing(dest: Path) -> dict[str, tuple[int, bytes]]:
@@ -305,9 +314,9 @@ def test_signing_key_id_from_the_users_keyring(tmp_path, monkeypatch, gpg_key):
     monkeypatch.setenv("GNUPGHOME", str(key.gnupghome))
     with sign.signer_from_env({"BAKERY_SIGNING_KEY_ID": key.fingerprint}) as signer:
         assert sign.export_public_key(signer) == key.public
-    with sign.signer_from_env({"BAKERY_SIGNING_KEY_ID": "0000DEADBEEF"}) as signer:
-        with pytest.raises(BakeryError, match="0000DEADBEEF"):
-            sign.export_public_key(signer)
+    with pytest.raises(BakeryError, match="0000DEADBEEF"):
+        with sign.signer_from_env({"BAKERY_SIGNING_KEY_ID": "0000DEADBEEF"}):
+            pass
     with sign.signer_from_env({}) as signer:
         assert signer is None
 

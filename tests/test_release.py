@@ -74,7 +74,7 @@ def test_release_task_publishes_what_is_built(tmp_path, capsys, monkeypatch):
     task = tasks.release_task(root)
     assert task["basename"] == "release" and task["uptodate"] == [False]
     defaults = {p["name"]: p["default"] for p in task["params"]}
-    assert set(defaults) == {"dest", "base_url", "github", "repo", "allow_unsigned"}
+    assert set(defaults) == {"dest", "base_url", "github", "repo", "allow_unsigned", "rotate_key"}
     action = task["actions"][0]
     mirror = {**defaults, "dest": "out", "base_url": "https://mirror.example.invalid/x"}
     assert action(**mirror) is None

@@ -17,11 +17,17 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.root
 
 
-def publish_dir(work: Path, dest: Path, base_url: str, signer=None) -> publish.PublishReport:
+def publish_dir(work: Path, dest: Path, base_url: str, signer=None, *,
+                fingerprint: str | None = None, next_key: str | None = None,
+                rotate_key: bool = False) -> publish.PublishReport:
+    """Publish; the configured fingerprint is the signer's own unless `fingerprint` says."""
     templates = publish.load_templates(REPO / "release/templates")
-    config = release.ReleaseConfig(base_url=base_url)
+    config = release.ReleaseConfig(base_url=base_url,
+                                   signing_key=fingerprint or (signer.key if signer else None),
+                                   next_signing_key=next_key)
     built = publish.built_images(work / "images", work / "state")
-    return publish.publish_directory(built, dest, config, templates, signer, "test-revision")
+    return publish.publish_directory(built, dest, config, templates, signer, "test-revision",
+                                     rotate_key=rotate_key)
 
 
 def host(tmp: Path, name: str, *confs: Path) -> tuple[Path, Path]:
