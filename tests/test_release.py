@@ -27,11 +27,28 @@ def test_release_toml_of_the_repo_parses():
     ('base_url = "https://x/"\nbogus = 1', "bogus"),
     ('base_url = "https://x/"\n[github]\nrepo = "no-slash"', "github.repo"),
     ('base_url = ', "TOML"),
+    ('base_url = "https://x/"\n[signing]\nfingerprint = "2C067D10"', "signing.fingerprint"),
+    ('base_url = "https://x/"\n[signing]\nfingerprint = "' + "41E4 306E " * 4 + '"',
+     "signing.fingerprint"),
+    ('base_url = "https://x/"\n[signing]\nfingerprint = ""', "signing.fingerprint"),
+    ('base_url = "https://x/"\n[signing]\nfingerprint = "' + "A" * 40 + '\\n"', "signing.fingerprint"),   # TOML's escaped newline
+    ('base_url = "https://x/"\n[signing]\nnext = "' + "A" * 40 + '"', "signing.next"),
+    ('base_url = "https://x/"\n[signing]\nfingerprint = "' + "a" * 40 + '"\nnext = "' + "A" * 40 + '"',
+     "signing.next"),
+    ('base_url = "https://x/"\n[signing]\nkey = "' + "A" * 40 + '"', "signing"),
+    ('base_url = "https://x/"\nsigning = "' + "A" * 40 + '"', "signing"),
 ])
 def test_bad_config_names_the_key(text, key):
     with pytest.raises(BakeryError) as err:
         release.parse_config(text, "release/release.toml")
     assert "release/release.toml" in str(err.value) and key in str(err.value)
+
+
+def test_signing_fingerprints_are_read_in_upper_case():
+    config = release.parse_config('base_url = "https://x/"\n[signing]\nfingerprint = "'
+                                  + "ab" * 20 + '"\nnext = "' + "CD" * 20 + '"', "release.toml")
+    assert (config.signing_key, config.next_signing_key) == ("AB" * 20, "CD" * 20)
+    assert release.parse_config('base_url = "https://x/"', "r").signing_key is None
 
 
 @pytest.mark.parametrize("names, clash", [

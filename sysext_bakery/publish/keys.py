@@ -21,7 +21,7 @@ ROTATION_DOCS = "docs/release.md, 'Rotating the signing key'"
 @dataclass(frozen=True)
 class KeyPlan:
     """What a publish run does about signing: `signer` (None: unsigned) and the fingerprints
-    of the published keyring (bakery-signing-key.gpg), the signer's first."""
+    of the published keyring (bakery-signing-key.gpg): the configured key, then the next."""
     signer: str | None
     keyring: tuple[str, ...] = ()
 
@@ -82,7 +82,12 @@ def plan(configured: str | None, next_key: str | None, signer: str | None,
                 f"--rotate-key: {dest} was published with the key(s) {', '.join(published)}: "
                 f"its hosts were never offered {signer}",
                 f"publish into {dest} with {configured} and next = {signer} first ({ROTATION_DOCS})")
-        keyring = (signer, configured)
+        keyring = (configured, signer)   # as in phase 1: hosts and snippets keep their keyring
+    elif rotate_key and (not published or signer in published):
+        raise BakeryError(f"--rotate-key: nothing to rotate: {signer} is the configured key"
+                          + (f" and {dest} was published with it" if published else ""),
+                          "drop --rotate-key; to rotate, announce the new key as [signing] next "
+                          f"first ({ROTATION_DOCS})")
     else:
         keyring = (configured, *((next_key,) if next_key else ()))
     if published and signer not in published and not rotate_key:
