@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sysext_bakery.publish import directory as publish
+from sysext_bakery.publish import keys
 from sysext_bakery.publish import sysupdate as release
 from sysext_bakery import tasks
 from sysext_bakery.errors import BakeryError
@@ -101,3 +102,44 @@ def test_release_task_publishes_what_is_built(tmp_path, capsys, monkeypatch):
     assert "nothing to publish" in capsys.readouterr().out
     failed = action(**{**defaults, "dest": "out", "github": True})
     assert "GitHub repository" in str(failed)
+
+
+OLD, NEW, OTHER = "A" * 40, "B" * 40, "C" * 40
+
+
+@pytest.mark.parametrize("configured, next_key, signer, published, flags, keyring", [
+    (OLD, None, OLD, (), {}, (OLD,)),
+    (OLD, NEW, OLD, (OLD,), {}, (OLD, NEW)),                        # phase 1
+    (OLD, NEW, NEW, (OLD, NEW), {"rotate_key": True}, (OLD, NEW)),  # phase 2
+    (NEW, None, NEW, (OLD, NEW), {}, (NEW,)),                       # done
+    (NEW, None, NEW, (OLD,), {"rotate_key": True}, (NEW,)),         # at once (compromised key)
+    (OLD, None, None, (OLD,), {"allow_unsigned": True}, ()),
+    (None, None, None, (), {}, ()),
+])
+def test_key_plans_that_go_ahead(configured, next_key, signer, published, flags, keyring):
+    plan = keys.plan(configured, next_key, signer, published, bool(published), "pub", **flags)
+    assert plan == keys.KeyPlan(signer, keyring)
+
+
+@pytest.mark.parametrize("configured, next_key, signer, published, flags, named", [
+    (OLD, None, NEW, (), {}, [OLD, NEW, "--rotate-key"]),
+    (OLD, None, NEW, (), {"rotate_key": True}, ["not announced", "next"]),
+    (OLD, OTHER, NEW, (), {"rotate_key": True}, ["not announced", OTHER]),
+    (OLD, NEW, NEW, (OLD,), {"rotate_key": True}, ["never offered", OLD]),   # phase 1 skipped here
+    (NEW, None, NEW, (OLD,), {}, [OLD, NEW, "--rotate-key"]),
+    (OLD, None, OLD, (OLD,), {"rotate_key": True}, ["nothing to rotate"]),
+    (OLD, None, None, (), {}, [OLD, "--allow-unsigned"]),
+    (None, None, None, (OLD,), {}, ["signed release", "--allow-unsigned"]),
+    (None, None, OLD, (), {}, [f'fingerprint = "{OLD}"']),
+])
+def test_key_plans_that_are_refused(configured, next_key, signer, published, flags, named):
+    with pytest.raises(BakeryError) as err:
+        keys.plan(configured, next_key, signer, published, bool(published), "pub", **flags)
+    for part in named:
+        assert part in str(err.value)
+
+
+def test_the_key_that_signs_when_the_secret_holds_two():
+    assert keys.choose_key((NEW, OLD), OLD, NEW, rotate_key=False) == OLD
+    assert keys.choose_key((NEW, OLD), OLD, NEW, rotate_key=True) == NEW
+    assert keys.choose_key((OTHER,), OLD, None, rotate_key=False) == OTHER   # then refused
