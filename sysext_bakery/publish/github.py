@@ -131,7 +131,6 @@ class GitHub:
                          ok=(204, 404))
         return [name for name, _ in stale]
 
-
     def _upload(self, rel: dict, upload_url: str, name: str, data: bytes) -> dict:
         """Upload one asset. A retried upload that had landed would meet a 422 (name taken),
         so after a failure the assets are listed: ours, complete, counts as uploaded; a
