@@ -189,9 +189,10 @@ def requested_unknown_builds(argv: list[str], the_plan: Plan,
 def release_task(root: Path) -> dict[str, Any]:
     """`doit release`: publishes whatever is built; always runs (publishing is idempotent
     and says when there is nothing to do)."""
-    def release(dest: str, base_url: str, github: bool, repo: str, allow_unsigned: bool) -> None:
+    def release(dest: str, base_url: str, github: bool, repo: str, allow_unsigned: bool,
+                rotate_key: bool) -> None:
         from sysext_bakery.publish.directory import run_release
-        run_release(root, dest, base_url, github, repo, allow_unsigned)
+        run_release(root, dest, base_url, github, repo, allow_unsigned, rotate_key)
 
     return {
         "basename": "release",
@@ -208,7 +209,9 @@ def release_task(root: Path) -> dict[str, Any]:
             {"name": "repo", "long": "repo", "type": str, "default": "",
              "help": "owner/name for --github (default: github.repo of release/release.toml)"},
             {"name": "allow_unsigned", "long": "allow-unsigned", "type": bool, "default": False,
-             "help": "publish into a signed directory without a signing key (it becomes unsigned)"},
+             "help": "publish unsigned although release.toml or the directory say signed"},
+            {"name": "rotate_key", "long": "rotate-key", "type": bool, "default": False,
+             "help": "sign with [signing] next of release.toml (docs/release.md: key rotation)"},
         ],
         "uptodate": [False],
         "verbosity": 2,

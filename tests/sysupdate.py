@@ -146,8 +146,8 @@ class GpgKey:
     public: bytes      # binary export: usable as /etc/systemd/import-pubring.gpg
 
 
-def make_gpg_key(directory: Path) -> GpgKey:
-    """A fresh passphrase-less ed25519 signing key in its own GNUPGHOME."""
+def make_gpg_key(directory: Path, passphrase: str = "") -> GpgKey:
+    """A fresh ed25519 signing key (passphrase-less by default) in directory/gnupg."""
     home = directory / "gnupg"
     home.mkdir(mode=0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
@@ -156,20 +156,31 @@ def make_gpg_key(directory: Path) -> GpgKey:
         return subprocess.run(["gpg", "--batch", "--quiet", *args], env=env, check=True,
                               capture_output=True, text=True).stdout
 
-    gpg("--passphrase", "", "--quick-gen-key", "Bakery Test <bakery@example.invalid>",
+    unlock = ("--pinentry-mode", "loopback", "--passphrase", passphrase)
+    gpg(*unlock, "--quick-gen-key", "Bakery Test <bakery@example.invalid>",
         "ed25519", "sign", "never")
     fingerprint = next(line.split(":")[9] for line in
                        gpg("--list-secret-keys", "--with-colons").splitlines()
                        if line.startswith("fpr:"))
     public = subprocess.run(["gpg", "--batch", "--export", fingerprint], env=env, check=True,
                             capture_output=True).stdout
-    return GpgKey(home, fingerprint, gpg("--armor", "--export-secret-keys", fingerprint), public)
+    return GpgKey(home, fingerprint, gpg(*unlock, "--armor", "--export-secret-keys", fingerprint),
+                  public)
 
 
 @pytest.fixture
 def gpg_key(tmp_path: Path) -> Iterator[GpgKey]:
     """A make_gpg_key key in tmp_path, its gpg-agent stopped afterwards."""
     key = make_gpg_key(tmp_path)
+    yield key
+    stop_gpg_agent(key.gnupghome)
+
+
+@pytest.fixture
+def new_gpg_key(tmp_path: Path) -> Iterator[GpgKey]:
+    """A second key, the one a key rotation moves to."""
+    (tmp_path / "new-key").mkdir()
+    key = make_gpg_key(tmp_path / "new-key")
     yield key
     stop_gpg_agent(key.gnupghome)
 

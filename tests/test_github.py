@@ -17,6 +17,7 @@ import pytest
 from sysext_bakery.publish import github as gh_publisher
 from sysext_bakery.publish import sysupdate as release
 from sysext_bakery.errors import BakeryError
+from sysupdate import gpg_key  # noqa: F401
 from test_publish import fake_image, run
 
 TOKEN = "ghp_secret_token_value_123"
@@ -312,3 +313,31 @@ def test_a_tag_without_a_committer_identity_says_how_to_set_one(project, monkeyp
         gh_publisher.tag_locally(project, "docker-24.0.9", None, "sysext docker 24.0.9")
     assert "docker-24.0.9" in str(err.value) and "GIT_COMMITTER_EMAIL" in str(err.value)
     assert "docker-24.0.9" not in git.Repo(project).tags
+
+
+def test_the_metadata_release_drops_assets_no_longer_published(tmp_path, github, project, gpg_key):
+    """A release that went unsigned: SHA256SUMS.gpg and the key leave the metadata release
+    too, rather than sit beside a SHA256SUMS they never signed."""
+    from sysext_bakery.publish import sign
+    gh, api = github
+    env = {"GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": api}
+    config = release.ReleaseConfig("https://x.invalid/")
+    fake_image(tmp_path, "docker", "24.0.9", b"amd")
+    dest = tmp_path / "pub"
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY": gpg_key.armored_secret}) as signer:
+        run(tmp_path, dest, signer)
+    gh_publisher.publish_github(dest, "owner/bakery", config, project, env)
+    assert {"SHA256SUMS.gpg", "bakery-signing-key.gpg"} <= set(assets_of(gh, "metadata"))
+    version_assets = set(assets_of(gh, "docker-24.0.9"))
+
+    fake_image(tmp_path, "docker", "24.0.10", b"newer")
+    run(tmp_path, dest, allow_unsigned=True)
+    gh_publisher.publish_github(dest, "owner/bakery", config, project, env)
+    meta = assets_of(gh, "metadata")
+    assert "SHA256SUMS.gpg" not in meta and "bakery-signing-key.gpg" not in meta
+    assert meta["SHA256SUMS"] == (dest / "SHA256SUMS").read_bytes()
+    assert {"docker.conf", "index.json", "noop.conf"} <= set(meta)
+    assert set(assets_of(gh, "docker-24.0.9")) == version_assets   # the archive stays
+    gh.log.clear()
+    gh_publisher.publish_github(dest, "owner/bakery", config, project, env)
+    assert not [p for m, p in gh.log if m in ("POST", "DELETE")]

@@ -19,7 +19,8 @@ from sysext_bakery.publish import sign
 from sysext_bakery.publish import sysupdate as release
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
-from sysupdate import gpg_agents, gpg_key, make_gpg_key, stop_gpg_agent, write_provenance  # noqa: F401
+from sysupdate import (gpg_agents, gpg_key, make_gpg_key, new_gpg_key, stop_gpg_agent,  # noqa: F401
+                       write_provenance)
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = "https://sysexts.example.invalid/bakery/"
@@ -37,11 +38,20 @@ def fake_image(work: Path, name: str, version: str, data: bytes, stream: str | N
                      len(data), stream, **facts)
 
 
-def run(work: Path, dest: Path, signer=None, allow_unsigned: bool = False) -> publish.PublishReport:
+SIGNER = object()   # the configured fingerprint is the signer's own
+
+
+def run(work: Path, dest: Path, signer=None, allow_unsigned: bool = False, *,
+        fingerprint=SIGNER, next_key: str | None = None,
+        rotate_key: bool = False) -> publish.PublishReport:
+    if fingerprint is SIGNER:
+        fingerprint = signer.key if signer else None
+    config = release.ReleaseConfig(base_url=BASE, signing_key=fingerprint,
+                                   next_signing_key=next_key)
     return publish.publish_directory(
         publish.built_images(work / "images", work / "state"), dest,
-        release.ReleaseConfig(base_url=BASE), publish.load_templates(REPO / "release/templates"),
-        signer, "0123abcd", allow_unsigned)
+        config, publish.load_templates(REPO / "release/templates"),
+        signer, "0123abcd", allow_unsigned, rotate_key)
 
 
 def listing(dest: Path) -> dict[str, tuple[int, bytes]]:
@@ -305,9 +315,9 @@ def test_signing_key_id_from_the_users_keyring(tmp_path, monkeypatch, gpg_key):
     monkeypatch.setenv("GNUPGHOME", str(key.gnupghome))
     with sign.signer_from_env({"BAKERY_SIGNING_KEY_ID": key.fingerprint}) as signer:
         assert sign.export_public_key(signer) == key.public
-    with sign.signer_from_env({"BAKERY_SIGNING_KEY_ID": "0000DEADBEEF"}) as signer:
-        with pytest.raises(BakeryError, match="0000DEADBEEF"):
-            sign.export_public_key(signer)
+    with pytest.raises(BakeryError, match="0000DEADBEEF"):
+        with sign.signer_from_env({"BAKERY_SIGNING_KEY_ID": "0000DEADBEEF"}):
+            pass
     with sign.signer_from_env({}) as signer:
         assert signer is None
 
@@ -382,3 +392,141 @@ def test_killed_between_image_copy_and_manifest_the_next_run_completes(tmp_path)
         f"big-1.0.{n}-x86-64.raw" for n in range(3)}
     assert not set(report.copied) & set(copied)   # adopted, not copied again
     assert not run(tmp_path, dest).changed
+
+
+# ---- signing continuity -------------------------------------------------------------------
+
+def fingerprints_of(keyring: Path) -> tuple[str, ...]:
+    return sign.keyring_fingerprints(keyring.read_bytes())
+
+
+def signed_by(dest: Path, key) -> bool:
+    return sign.signature_valid((dest / "SHA256SUMS").read_bytes(),
+                                (dest / "SHA256SUMS.gpg").read_bytes(), key.public)
+
+
+def test_another_key_than_the_configured_one_is_refused(tmp_path, gpg_key, new_gpg_key):
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY": gpg_key.armored_secret}) as signer:
+        run(tmp_path, dest, signer)
+    fake_image(tmp_path, "docker", "24.0.10", b"two")
+    before = listing(dest)
+    # the same directory published fresh (as CI does) and in place: both refused
+    for target in (dest, tmp_path / "fresh"):
+        with sign.signer_from_env({"BAKERY_SIGNING_KEY": new_gpg_key.armored_secret}) as signer:
+            with pytest.raises(BakeryError) as err:
+                run(tmp_path, target, signer, fingerprint=gpg_key.fingerprint)
+        assert gpg_key.fingerprint in str(err.value) and new_gpg_key.fingerprint in str(err.value)
+        assert "--rotate-key" in str(err.value)
+    assert listing(dest) == before
+    assert not (tmp_path / "fresh/SHA256SUMS").exists()
+
+
+def test_a_configured_fingerprint_needs_a_key_unless_allow_unsigned(tmp_path, gpg_key):
+    """CI publishes into a fresh directory each run: the configuration is what says signed."""
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "fresh"
+    with pytest.raises(BakeryError) as err:
+        run(tmp_path, dest, fingerprint=gpg_key.fingerprint)
+    assert gpg_key.fingerprint in str(err.value) and "--allow-unsigned" in str(err.value)
+    assert {p.name for p in dest.iterdir()} <= {publish.LOCK}
+    report = run(tmp_path, dest, allow_unsigned=True, fingerprint=gpg_key.fingerprint)
+    assert "docker-24.0.9-x86-64.raw" in report.copied
+    assert "Verify=false" in (dest / "docker.conf").read_text()
+
+
+def test_a_key_the_configuration_does_not_name_is_refused(tmp_path, gpg_key):
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY": gpg_key.armored_secret}) as signer:
+        with pytest.raises(BakeryError) as err:
+            run(tmp_path, tmp_path / "pub", signer, fingerprint=None)
+    assert f'fingerprint = "{gpg_key.fingerprint}"' in str(err.value)
+    assert not (tmp_path / "pub/SHA256SUMS").exists()
+
+
+@pytest.mark.parametrize("variable", ["BAKERY_SIGNING_KEY", "BAKERY_SIGNING_KEY_ID"])
+@pytest.mark.parametrize("value", ["", " \n"])
+def test_an_empty_signing_secret_is_an_error_not_unsigned(variable, value):
+    with pytest.raises(BakeryError, match=f"{variable} is set but empty"):
+        with sign.signer_from_env({variable: value}):
+            pass
+
+
+def test_a_failed_signature_leaves_the_directory_untouched(tmp_path):
+    key = make_gpg_key(tmp_path, passphrase="correct horse")
+    try:
+        fake_image(tmp_path, "docker", "24.0.9", b"one")
+        dest = tmp_path / "pub"
+        env = {"BAKERY_SIGNING_KEY": key.armored_secret}
+        with sign.signer_from_env({**env, "BAKERY_SIGNING_PASSPHRASE": "correct horse"}) as signer:
+            run(tmp_path, dest, signer)
+        fake_image(tmp_path, "docker", "24.0.10", b"two")
+        before = listing(dest)
+        with sign.signer_from_env(env) as signer:   # the passphrase is missing
+            with pytest.raises(BakeryError, match="gpg failed signing") as err:
+                run(tmp_path, dest, signer)
+        assert key.fingerprint in str(err.value)
+        assert listing(dest) == before
+        assert not list(dest.glob(".*.tmp"))
+    finally:
+        stop_gpg_agent(key.gnupghome)
+
+
+def test_key_rotation_announces_then_switches(tmp_path, gpg_key, new_gpg_key):
+    old, new = gpg_key, new_gpg_key
+    both = {"BAKERY_SIGNING_KEY": old.armored_secret + new.armored_secret}
+    dest = tmp_path / "pub"
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    with sign.signer_from_env(both) as signer:
+        assert set(signer.available) == {old.fingerprint, new.fingerprint}
+        run(tmp_path, dest, signer, fingerprint=old.fingerprint)
+        assert fingerprints_of(dest / "bakery-signing-key.gpg") == (old.fingerprint,)
+        assert signed_by(dest, old)
+        with pytest.raises(BakeryError, match="nothing to rotate"):
+            run(tmp_path, dest, signer, fingerprint=old.fingerprint, rotate_key=True)
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY": new.armored_secret}) as signer:
+        # --rotate-key to a key that was never announced: refused
+        with pytest.raises(BakeryError, match="not announced"):
+            run(tmp_path, dest, signer, fingerprint=old.fingerprint, rotate_key=True)
+    with sign.signer_from_env(both) as signer:
+
+        # phase 1: the keyring holds both, the old key still signs
+        run(tmp_path, dest, signer, fingerprint=old.fingerprint, next_key=new.fingerprint)
+        assert set(fingerprints_of(dest / "bakery-signing-key.gpg")) == {old.fingerprint,
+                                                                         new.fingerprint}
+        assert signed_by(dest, old) and not signed_by(dest, new)
+        snippet = yaml.safe_load((dest / "docker.butane.yaml").read_text())
+        assert_downloads_pinned(snippet, dest)   # new hosts get the two-key keyring
+
+        # phase 2: --rotate-key signs with the new key; nothing else changes
+        report = run(tmp_path, dest, signer, fingerprint=old.fingerprint,
+                     next_key=new.fingerprint, rotate_key=True)
+        assert report.written == ("SHA256SUMS.gpg",)
+        assert signed_by(dest, new) and not signed_by(dest, old)
+
+    # phase 3: the configuration names the new key; the keyring drops the old one
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY": new.armored_secret}) as signer:
+        with pytest.raises(BakeryError, match="nothing to rotate"):
+            run(tmp_path, dest, signer, fingerprint=new.fingerprint, rotate_key=True)
+        run(tmp_path, dest, signer, fingerprint=new.fingerprint)
+        assert fingerprints_of(dest / "bakery-signing-key.gpg") == (new.fingerprint,)
+        assert not run(tmp_path, dest, signer, fingerprint=new.fingerprint).changed
+
+
+def test_a_directory_published_with_another_key_needs_rotate_key(tmp_path, gpg_key, new_gpg_key):
+    """The configuration was switched to a key the directory's hosts were never offered
+    (as after a compromised key): only --rotate-key publishes, on purpose."""
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY": gpg_key.armored_secret}) as signer:
+        run(tmp_path, dest, signer)
+    before = listing(dest)
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY": new_gpg_key.armored_secret}) as signer:
+        with pytest.raises(BakeryError) as err:
+            run(tmp_path, dest, signer)
+        assert gpg_key.fingerprint in str(err.value) and new_gpg_key.fingerprint in str(err.value)
+        assert listing(dest) == before
+        run(tmp_path, dest, signer, rotate_key=True)
+    assert fingerprints_of(dest / "bakery-signing-key.gpg") == (new_gpg_key.fingerprint,)
+    assert signed_by(dest, new_gpg_key)

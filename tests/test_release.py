@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sysext_bakery.publish import directory as publish
+from sysext_bakery.publish import keys
 from sysext_bakery.publish import sysupdate as release
 from sysext_bakery import tasks
 from sysext_bakery.errors import BakeryError
@@ -27,11 +28,28 @@ def test_release_toml_of_the_repo_parses():
     ('base_url = "https://x/"\nbogus = 1', "bogus"),
     ('base_url = "https://x/"\n[github]\nrepo = "no-slash"', "github.repo"),
     ('base_url = ', "TOML"),
+    ('base_url = "https://x/"\n[signing]\nfingerprint = "2C067D10"', "signing.fingerprint"),
+    ('base_url = "https://x/"\n[signing]\nfingerprint = "' + "41E4 306E " * 4 + '"',
+     "signing.fingerprint"),
+    ('base_url = "https://x/"\n[signing]\nfingerprint = ""', "signing.fingerprint"),
+    ('base_url = "https://x/"\n[signing]\nfingerprint = "' + "A" * 40 + '\\n"', "signing.fingerprint"),   # TOML's escaped newline
+    ('base_url = "https://x/"\n[signing]\nnext = "' + "A" * 40 + '"', "signing.next"),
+    ('base_url = "https://x/"\n[signing]\nfingerprint = "' + "a" * 40 + '"\nnext = "' + "A" * 40 + '"',
+     "signing.next"),
+    ('base_url = "https://x/"\n[signing]\nkey = "' + "A" * 40 + '"', "signing"),
+    ('base_url = "https://x/"\nsigning = "' + "A" * 40 + '"', "signing"),
 ])
 def test_bad_config_names_the_key(text, key):
     with pytest.raises(BakeryError) as err:
         release.parse_config(text, "release/release.toml")
     assert "release/release.toml" in str(err.value) and key in str(err.value)
+
+
+def test_signing_fingerprints_are_read_in_upper_case():
+    config = release.parse_config('base_url = "https://x/"\n[signing]\nfingerprint = "'
+                                  + "ab" * 20 + '"\nnext = "' + "CD" * 20 + '"', "release.toml")
+    assert (config.signing_key, config.next_signing_key) == ("AB" * 20, "CD" * 20)
+    assert release.parse_config('base_url = "https://x/"', "r").signing_key is None
 
 
 @pytest.mark.parametrize("names, clash", [
@@ -74,7 +92,7 @@ def test_release_task_publishes_what_is_built(tmp_path, capsys, monkeypatch):
     task = tasks.release_task(root)
     assert task["basename"] == "release" and task["uptodate"] == [False]
     defaults = {p["name"]: p["default"] for p in task["params"]}
-    assert set(defaults) == {"dest", "base_url", "github", "repo", "allow_unsigned"}
+    assert set(defaults) == {"dest", "base_url", "github", "repo", "allow_unsigned", "rotate_key"}
     action = task["actions"][0]
     mirror = {**defaults, "dest": "out", "base_url": "https://mirror.example.invalid/x"}
     assert action(**mirror) is None
@@ -84,3 +102,44 @@ def test_release_task_publishes_what_is_built(tmp_path, capsys, monkeypatch):
     assert "nothing to publish" in capsys.readouterr().out
     failed = action(**{**defaults, "dest": "out", "github": True})
     assert "GitHub repository" in str(failed)
+
+
+OLD, NEW, OTHER = "A" * 40, "B" * 40, "C" * 40
+
+
+@pytest.mark.parametrize("configured, next_key, signer, published, flags, keyring", [
+    (OLD, None, OLD, (), {}, (OLD,)),
+    (OLD, NEW, OLD, (OLD,), {}, (OLD, NEW)),                        # phase 1
+    (OLD, NEW, NEW, (OLD, NEW), {"rotate_key": True}, (OLD, NEW)),  # phase 2
+    (NEW, None, NEW, (OLD, NEW), {}, (NEW,)),                       # done
+    (NEW, None, NEW, (OLD,), {"rotate_key": True}, (NEW,)),         # at once (compromised key)
+    (OLD, None, None, (OLD,), {"allow_unsigned": True}, ()),
+    (None, None, None, (), {}, ()),
+])
+def test_key_plans_that_go_ahead(configured, next_key, signer, published, flags, keyring):
+    plan = keys.plan(configured, next_key, signer, published, bool(published), "pub", **flags)
+    assert plan == keys.KeyPlan(signer, keyring)
+
+
+@pytest.mark.parametrize("configured, next_key, signer, published, flags, named", [
+    (OLD, None, NEW, (), {}, [OLD, NEW, "--rotate-key"]),
+    (OLD, None, NEW, (), {"rotate_key": True}, ["not announced", "next"]),
+    (OLD, OTHER, NEW, (), {"rotate_key": True}, ["not announced", OTHER]),
+    (OLD, NEW, NEW, (OLD,), {"rotate_key": True}, ["never offered", OLD]),   # phase 1 skipped here
+    (NEW, None, NEW, (OLD,), {}, [OLD, NEW, "--rotate-key"]),
+    (OLD, None, OLD, (OLD,), {"rotate_key": True}, ["nothing to rotate"]),
+    (OLD, None, None, (), {}, [OLD, "--allow-unsigned"]),
+    (None, None, None, (OLD,), {}, ["signed release", "--allow-unsigned"]),
+    (None, None, OLD, (), {}, [f'fingerprint = "{OLD}"']),
+])
+def test_key_plans_that_are_refused(configured, next_key, signer, published, flags, named):
+    with pytest.raises(BakeryError) as err:
+        keys.plan(configured, next_key, signer, published, bool(published), "pub", **flags)
+    for part in named:
+        assert part in str(err.value)
+
+
+def test_the_key_that_signs_when_the_secret_holds_two():
+    assert keys.choose_key((NEW, OLD), OLD, NEW, rotate_key=False) == OLD
+    assert keys.choose_key((NEW, OLD), OLD, NEW, rotate_key=True) == NEW
+    assert keys.choose_key((OTHER,), OLD, None, rotate_key=False) == OTHER   # then refused

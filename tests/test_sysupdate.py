@@ -11,17 +11,23 @@ from sysext_bakery.publish import directory as publish
 from sysext_bakery.publish import sign
 from sysext_bakery.publish import sysupdate as release
 from sysext import make_root, requires_sysext, run_merged
-from sysupdate import Sysupdate, gpg_key, make_image, serve, sysupdate  # noqa: F401
+from sysupdate import Sysupdate, gpg_key, make_image, new_gpg_key, serve, sysupdate  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.root
 
 
-def publish_dir(work: Path, dest: Path, base_url: str, signer=None) -> publish.PublishReport:
+def publish_dir(work: Path, dest: Path, base_url: str, signer=None, *,
+                fingerprint: str | None = None, next_key: str | None = None,
+                rotate_key: bool = False) -> publish.PublishReport:
+    """Publish; the configured fingerprint is the signer's own unless `fingerprint` says."""
     templates = publish.load_templates(REPO / "release/templates")
-    config = release.ReleaseConfig(base_url=base_url)
+    config = release.ReleaseConfig(base_url=base_url,
+                                   signing_key=fingerprint or (signer.key if signer else None),
+                                   next_signing_key=next_key)
     built = publish.built_images(work / "images", work / "state")
-    return publish.publish_directory(built, dest, config, templates, signer, "test-revision")
+    return publish.publish_directory(built, dest, config, templates, signer, "test-revision",
+                                     rotate_key=rotate_key)
 
 
 def host(tmp: Path, name: str, *confs: Path) -> tuple[Path, Path]:
@@ -172,4 +178,89 @@ def test_a_percent_encoded_base_url_survives_systemds_specifiers(tmp_path, sysup
         assert f"Path={url}my%%20dir/\n" in (dest / "hello.conf").read_text()
         root, defs = host(tmp_path, "hello", dest / "hello.conf")
         update(sysupdate, defs, root)
+        assert current(root, "hello") == "hello-1.0.0-x86-64.raw"
+
+
+def refused(su: Sysupdate, defs: Path, root: Path, keyring: Path) -> bool:
+    proc = su.run(defs, root, "update", keyring=keyring)
+    return proc.returncode != 0 and "Signature verification failed" in proc.stdout + proc.stderr
+
+
+def test_key_rotation_keeps_hosts_updating(tmp_path, sysupdate, gpg_key, new_gpg_key):
+    """docs/release.md, 'Rotating the signing key', with the real sysupdate: phase 1 ships a
+    keyring with both keys and still signs with the old one; phase 2 signs with the new one.
+    A host with only the old key keeps updating through phase 1 and is refused after phase
+    2; a host that installed the phase-1 keyring updates throughout."""
+    old, new = gpg_key, new_gpg_key
+    both = {"BAKERY_SIGNING_KEY": old.armored_secret + new.armored_secret}
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    old_ring, both_ring = tmp_path / "old.gpg", tmp_path / "both.gpg"
+    with serve(dest) as url:
+        with sign.signer_from_env(both) as signer:
+            make_image(tmp_path, "hello", "1.0.0")
+            publish_dir(tmp_path, dest, url, signer, fingerprint=old.fingerprint)
+            shutil.copyfile(dest / "bakery-signing-key.gpg", old_ring)   # what hosts were given
+            a_root, a_defs = host(tmp_path / "a", "hello", dest / "hello.conf")
+            b_root, b_defs = host(tmp_path / "b", "hello", dest / "hello.conf")
+            update(sysupdate, a_defs, a_root, old_ring)
+            update(sysupdate, b_defs, b_root, old_ring)
+
+            # phase 1: announce; host a keeps its old keyring, host b installs the new one
+            make_image(tmp_path, "hello", "1.1.0")
+            publish_dir(tmp_path, dest, url, signer, fingerprint=old.fingerprint,
+                        next_key=new.fingerprint)
+            shutil.copyfile(dest / "bakery-signing-key.gpg", both_ring)
+            assert set(sign.keyring_fingerprints(both_ring.read_bytes())) == {old.fingerprint,
+                                                                               new.fingerprint}
+            update(sysupdate, a_defs, a_root, old_ring)
+            update(sysupdate, b_defs, b_root, both_ring)
+            assert current(a_root, "hello") == current(b_root, "hello") == "hello-1.1.0-x86-64.raw"
+
+            # phase 2: switch; only the host with the new keyring follows
+            make_image(tmp_path, "hello", "1.2.0")
+            publish_dir(tmp_path, dest, url, signer, fingerprint=old.fingerprint,
+                        next_key=new.fingerprint, rotate_key=True)
+            update(sysupdate, b_defs, b_root, both_ring)
+            assert current(b_root, "hello") == "hello-1.2.0-x86-64.raw"
+            assert refused(sysupdate, a_defs, a_root, old_ring)
+            assert current(a_root, "hello") == "hello-1.1.0-x86-64.raw"
+
+        # after: the configuration names the new key, the keyring holds only it
+        with sign.signer_from_env({"BAKERY_SIGNING_KEY": new.armored_secret}) as signer:
+            make_image(tmp_path, "hello", "1.3.0")
+            publish_dir(tmp_path, dest, url, signer, fingerprint=new.fingerprint)
+            update(sysupdate, b_defs, b_root, both_ring)
+            assert current(b_root, "hello") == "hello-1.3.0-x86-64.raw"
+            new_ring = tmp_path / "new.gpg"   # a host provisioned now gets only the new key
+            shutil.copyfile(dest / "bakery-signing-key.gpg", new_ring)
+            assert sign.keyring_fingerprints(new_ring.read_bytes()) == (new.fingerprint,)
+            c_root, c_defs = host(tmp_path / "c", "hello", dest / "hello.conf")
+            update(sysupdate, c_defs, c_root, new_ring)
+            assert current(c_root, "hello") == "hello-1.3.0-x86-64.raw"
+
+
+def test_a_double_signature_is_refused_by_a_host_lacking_one_key(tmp_path, sysupdate, gpg_key,
+                                                                 new_gpg_key):
+    """Why a rotation does not sign with both keys at once: gpg (and so systemd-pull) fails
+    a signature file when any of its signatures is by a key it lacks."""
+    old, new = gpg_key, new_gpg_key
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    with serve(dest) as url:
+        make_image(tmp_path, "hello", "1.0.0")
+        with sign.signer_from_env({"BAKERY_SIGNING_KEY": old.armored_secret}) as signer:
+            publish_dir(tmp_path, dest, url, signer)
+            by_old = (dest / "SHA256SUMS.gpg").read_bytes()
+        with sign.signer_from_env({"BAKERY_SIGNING_KEY": new.armored_secret}) as signer:
+            by_new = sign.sign(signer, (dest / "SHA256SUMS").read_bytes())
+        (dest / "SHA256SUMS.gpg").write_bytes(by_old + by_new)
+        old_ring, both_ring = tmp_path / "old.gpg", tmp_path / "both.gpg"
+        old_ring.write_bytes(old.public)
+        both_ring.write_bytes(old.public + new.public)
+        root, defs = host(tmp_path / "old", "hello", dest / "hello.conf")
+        assert refused(sysupdate, defs, root, old_ring)
+        assert installed(root, "hello") == []
+        root, defs = host(tmp_path / "both", "hello", dest / "hello.conf")
+        update(sysupdate, defs, root, both_ring)
         assert current(root, "hello") == "hello-1.0.0-x86-64.raw"

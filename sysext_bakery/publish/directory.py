@@ -26,8 +26,9 @@ from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import file_digest, stage_file, write_atomic
 from sysext_bakery.build.provenance import git_revision
-from sysext_bakery.publish.sign import (Signer, export_public_key, sign, signature_valid,
-                                      signer_from_env)
+from sysext_bakery.publish import keys
+from sysext_bakery.publish.sign import (Signer, export_public_keys, keyring_fingerprints, sign,
+                                        signature_valid, signer_from_env)
 from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 
 LOCK = ".publish.lock"
@@ -119,26 +120,37 @@ def load_templates(templates_dir: Path) -> dict[str, str]:
 def publish_directory(built: list[tuple[PublishedImage, Path]], dest: Path,
                       config: ReleaseConfig, templates: Mapping[str, str],
                       signer: Signer | None, revision: str | None,
-                      allow_unsigned: bool = False) -> PublishReport:
+                      allow_unsigned: bool = False, rotate_key: bool = False) -> PublishReport:
     """Publish `built` (image, .raw path) into `dest`. `revision` stands in for the git
-    revision of images whose provenance does not record one. Without `signer`, a directory
-    that was published signed is refused unless `allow_unsigned`."""
+    revision of images whose provenance does not record one. Which key signs, and which
+    keys the published keyring holds, follow `keys.plan` (`allow_unsigned`, `rotate_key`)."""
     dest.mkdir(parents=True, exist_ok=True)
     with locked(dest):
-        return _publish_locked(built, dest, config, templates, signer, revision, allow_unsigned)
+        return _publish_locked(built, dest, config, templates, signer, revision, allow_unsigned,
+                               rotate_key)
+
+
+def _key_plan(dest: Path, config: ReleaseConfig, signer: Signer | None, allow_unsigned: bool,
+              rotate_key: bool) -> tuple[Signer | None, tuple[str, ...]]:
+    """The signer (with the key that is to sign) and the fingerprints of the keyring."""
+    key_file = dest / sysupdate.PUBLIC_KEY
+    published = keyring_fingerprints(key_file.read_bytes()) if key_file.is_file() else ()
+    signed_before = key_file.exists() or (dest / sysupdate.SIGNATURE).exists()
+    if signer is not None and signer.available:
+        signer = dataclasses.replace(signer, key=keys.choose_key(
+            signer.available, config.signing_key, config.next_signing_key, rotate_key))
+    plan = keys.plan(config.signing_key, config.next_signing_key,
+                     signer.key if signer else None, published, signed_before, str(dest),
+                     allow_unsigned, rotate_key)
+    return (signer if plan.signer else None), plan.keyring
 
 
 def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer,
-                    revision, allow_unsigned: bool) -> PublishReport:
+                    revision, allow_unsigned: bool, rotate_key: bool) -> PublishReport:
     for stale in dest.glob(".*.tmp"):   # left by a killed run; under the lock nobody writes them
         stale.unlink()
     signed_files = [n for n in (sysupdate.SIGNATURE, sysupdate.PUBLIC_KEY) if (dest / n).exists()]
-    if signer is None and signed_files and not allow_unsigned:
-        raise BakeryError(
-            f"{dest} holds a signed release ({', '.join(signed_files)}) but no signing key is "
-            "configured: publishing would turn it into an unsigned one",
-            "set BAKERY_SIGNING_KEY or BAKERY_SIGNING_KEY_ID (see docs/release.md), or pass "
-            "--allow-unsigned (allow_unsigned=True) to downgrade to an unsigned release on purpose")
+    signer, keyring = _key_plan(dest, config, signer, allow_unsigned, rotate_key)
     built = [(_with_build_facts(image, raw, revision), raw) for image, raw in built]
     sums_path, index_path = dest / sysupdate.SUMS, dest / sysupdate.INDEX
     published = sums.parse(sums_path.read_text(), str(sums_path)) if sums_path.exists() else {}
@@ -152,9 +164,12 @@ def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer,
         image.filename, present[image.filename].sha256 if image.filename in present else None,
         image.sha256)]
     images = {**present, **{image.filename: image for image, _ in new}}
-    public_key = export_public_key(signer) if signer else None
-    # rendered before anything is copied: a name clash fails with the directory untouched
+    public_key = export_public_keys(signer, keyring) if signer else None
+    # rendered and signed before anything is copied: a name clash or a gpg that cannot sign
+    # (a protected key without its passphrase) fails with the directory untouched
     rendered = sysupdate.render_release(images.values(), config, templates, public_key)
+    manifest = sums.render({n: i.sha256 for n, i in images.items()}).encode()
+    signature = _signature(dest, signer, manifest) if signer else None
 
     for image, raw in new:
         copy_verified(raw, dest / image.filename, image.sha256)
@@ -165,7 +180,7 @@ def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer,
         files[sysupdate.PUBLIC_KEY] = public_key
     written = [name for name, data in sorted(files.items()) if write_atomic(dest / name, data)]
 
-    written += _write_manifest(dest, {n: i.sha256 for n, i in images.items()}, signer, public_key)
+    written += _write_manifest(dest, manifest, signature)
     removed = []
     if signer is None:   # a signature of another manifest would only mislead
         for name in signed_files:
@@ -219,20 +234,28 @@ def _present_images(dest: Path, published: Mapping[str, str], index: Mapping[str
     return present, ignored
 
 
-def _write_manifest(dest: Path, manifest: Mapping[str, str], signer: Signer | None,
-                    public_key: bytes | None) -> list[str]:
-    """SHA256SUMS and its signature, both prepared first and then renamed back to back:
-    a verifying host fetches the two together, so the pair is only mismatched for the
-    moment between the renames (see docs/release.md). Returns the names written."""
-    data = sums.render(dict(manifest)).encode()
+def _signature(dest: Path, signer: Signer, manifest: bytes) -> bytes | None:
+    """A signature of `manifest` by the signer's key: the published one if it is that
+    (kept, so a run with nothing new changes nothing), else a new one."""
+    sig_path = dest / sysupdate.SIGNATURE
+    current = sig_path.read_bytes() if sig_path.is_file() else b""
+    own_key = export_public_keys(signer, (signer.key,))
+    if current and signature_valid(manifest, current, own_key):
+        return None
+    return sign(signer, manifest)
+
+
+def _write_manifest(dest: Path, data: bytes, signature: bytes | None) -> list[str]:
+    """SHA256SUMS and its signature (None: the published one stays), both staged first and
+    then renamed back to back: a verifying host fetches the two together, so the pair is
+    only mismatched for the moment between the renames (see docs/release.md). Returns the
+    names written."""
     sums_path, sig_path = dest / sysupdate.SUMS, dest / sysupdate.SIGNATURE
     changes = {}
     if not sums_path.is_file() or sums_path.read_bytes() != data:
         changes[sums_path] = data
-    if signer and public_key:
-        current = sig_path.read_bytes() if sig_path.is_file() else b""
-        if not current or not signature_valid(signer, data, current, public_key):
-            changes[sig_path] = sign(signer, data)
+    if signature is not None:
+        changes[sig_path] = signature
     staged = [(path, stage_file(path, content)) for path, content in changes.items()]
     for path, tmp in staged:
         os.replace(tmp, path)
@@ -242,10 +265,12 @@ def _write_manifest(dest: Path, manifest: Mapping[str, str], signer: Signer | No
 # ---- the release command ------------------------------------------------------------------
 
 def run_release(root: Path, dest: str, base_url: str = "", github: bool = False,
-                repo: str = "", allow_unsigned: bool = False) -> PublishReport:
+                repo: str = "", allow_unsigned: bool = False,
+                rotate_key: bool = False) -> PublishReport:
     """`doit release`: publish build/images into `dest` (relative to `root`), then
-    optionally to GitHub Releases. `allow_unsigned` lets a signed directory be republished
-    without a signing key."""
+    optionally to GitHub Releases. `allow_unsigned` publishes unsigned although the
+    configuration or the directory say signed; `rotate_key` signs with the announced next
+    key (docs/release.md, 'Rotating the signing key')."""
     config_path = root / "release/release.toml"
     config = release_config(config_path, base_url)
     templates = load_templates(root / "release/templates")
@@ -254,7 +279,7 @@ def run_release(root: Path, dest: str, base_url: str = "", github: bool = False,
     with signer_from_env() as signer:
         check_transport(config.base_url, signed=signer is not None)
         report = publish_directory(built, root / dest, config, templates, signer, revision,
-                                   allow_unsigned)
+                                   allow_unsigned, rotate_key)
         print(report.summary())
         if github:
             from sysext_bakery.publish.github import publish_github

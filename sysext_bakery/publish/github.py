@@ -122,6 +122,14 @@ class GitHub:
             uploaded.append(name)
         return uploaded
 
+    def prune(self, rel: dict, keep: set[str]) -> list[str]:
+        """Delete the assets of `rel` not named in `keep` (a signature or transfer file that
+        is no longer published); returns their names."""
+        stale = sorted((a["name"], a["id"]) for a in self.assets(rel) if a["name"] not in keep)
+        for _, asset_id in stale:
+            self.request("DELETE", f"{self.api}/repos/{self.repo}/releases/assets/{asset_id}",
+                         ok=(204, 404))
+        return [name for name, _ in stale]
 
     def _upload(self, rel: dict, upload_url: str, name: str, data: bytes) -> dict:
         """Upload one asset. A retried upload that had landed would meet a 422 (name taken),
@@ -240,6 +248,10 @@ def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Pa
     rel = client.release(config.github_metadata_tag, None,
                          "Aggregated SHA256SUMS and systemd-sysupdate transfer files")
     uploaded += [f"{config.github_metadata_tag}/{n}" for n in client.sync(rel, meta)]
+    # the metadata release mirrors the directory: e.g. SHA256SUMS.gpg of a release that
+    # went unsigned must not stay next to a SHA256SUMS it never signed
+    for name in client.prune(rel, set(meta)):
+        print(f"GitHub {repo}: removed {config.github_metadata_tag}/{name} (no longer published)")
     print(f"GitHub {repo}: uploaded {len(uploaded)} asset(s)" if uploaded
           else f"GitHub {repo}: nothing to upload")
     return uploaded

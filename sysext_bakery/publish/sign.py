@@ -18,17 +18,28 @@ GPG_TIMEOUT = 120.0   # seconds; a gpg waiting for a pinentry that never comes m
 @dataclass(frozen=True)
 class Signer:
     """A gpg key that signs SHA256SUMS; `gnupghome` None means the user's own keyring."""
-    key: str                      # key id or fingerprint
+    key: str                      # primary key fingerprint (40 hex, upper case)
     gnupghome: Path | None = None
     passphrase: str | None = None
+    available: tuple[str, ...] = ()   # every secret key's fingerprint there (a rotation has two)
 
+
+def _set_but_empty(env: Mapping[str, str], name: str) -> None:
+    # an Actions secret that was never created reaches the job as "": that must not be
+    # taken as "publish unsigned"
+    if name in env and not env[name].strip():
+        raise BakeryError(f"{name} is set but empty",
+                          f"set it to the key (see docs/release.md, 'Signing'), or unset {name} "
+                          "for an unsigned release")
 
 
 @contextlib.contextmanager
 def signer_from_env(env: Mapping[str, str] = os.environ) -> Iterator[Signer | None]:
-    """BAKERY_SIGNING_KEY (an armored exported secret key, imported into a temporary
+    """BAKERY_SIGNING_KEY (armored exported secret key(s), imported into a temporary
     GNUPGHOME) or BAKERY_SIGNING_KEY_ID (a key in the user's keyring); None if neither.
-    BAKERY_SIGNING_PASSPHRASE unlocks a protected key."""
+    BAKERY_SIGNING_PASSPHRASE unlocks a protected key. Set but empty is an error."""
+    _set_but_empty(env, "BAKERY_SIGNING_KEY")
+    _set_but_empty(env, "BAKERY_SIGNING_KEY_ID")
     passphrase = env.get("BAKERY_SIGNING_PASSPHRASE")
     if env.get("BAKERY_SIGNING_KEY"):
         with tempfile.TemporaryDirectory(prefix="bakery-gnupg-") as home:
@@ -37,21 +48,49 @@ def signer_from_env(env: Mapping[str, str] = os.environ) -> Iterator[Signer | No
                  what="importing BAKERY_SIGNING_KEY")
             listing = _gpg(Signer("", Path(home)), "--list-secret-keys", "--with-colons",
                            what="listing the imported key").decode()
-            fingerprints = [line.split(":")[9] for line in listing.splitlines()
-                            if line.startswith("fpr:")]
+            fingerprints = primary_fingerprints(listing, "sec")
             if not fingerprints:
                 raise BakeryError("BAKERY_SIGNING_KEY holds no secret key",
                                   "export it with: gpg --armor --export-secret-keys KEYID")
             try:
-                yield Signer(fingerprints[0], Path(home), passphrase)
+                yield Signer(fingerprints[0], Path(home), passphrase, tuple(fingerprints))
             finally:
                 # signing started a gpg-agent for this home; it would outlive the directory
                 run.run(["gpgconf", "--kill", "gpg-agent"], what="stopping the signing gpg-agent",
                         env=run.environ(GNUPGHOME=home), check=False, timeout=30)
     elif env.get("BAKERY_SIGNING_KEY_ID"):
-        yield Signer(env["BAKERY_SIGNING_KEY_ID"], None, passphrase)
+        wanted = env["BAKERY_SIGNING_KEY_ID"].strip()
+        done = run.run(["gpg", "--batch", "--no-tty", "--list-secret-keys", "--with-colons", wanted],
+                       what=f"gpg: looking up {wanted}", check=False, timeout=GPG_TIMEOUT)
+        fingerprints = primary_fingerprints(done.stdout.decode(errors="replace"), "sec")
+        if done.returncode != 0 or len(fingerprints) != 1:
+            raise BakeryError(f"BAKERY_SIGNING_KEY_ID {wanted!r}: gpg knows "
+                              f"{'no' if not fingerprints else len(fingerprints)} secret key(s) by it",
+                              "set it to one fingerprint listed by: gpg --list-secret-keys")
+        yield Signer(fingerprints[0], None, passphrase, tuple(fingerprints))
     else:
         yield None
+
+
+def primary_fingerprints(colons: str, kind: str) -> list[str]:
+    """The fingerprints of the primary keys (`sec` or `pub` records) in gpg --with-colons
+    output; a subkey's `fpr` line follows its `ssb`/`sub` record and is skipped."""
+    found, after = [], ""
+    for line in colons.splitlines():
+        fields = line.split(":")
+        if fields[0] == "fpr" and after == kind and len(fields) > 9:
+            found.append(fields[9].upper())
+        after = fields[0] if fields[0] != "fpr" else ""
+    return found
+
+
+def keyring_fingerprints(keyring: bytes) -> tuple[str, ...]:
+    """The primary keys in a binary keyring (a published bakery-signing-key.gpg)."""
+    with tempfile.TemporaryDirectory(prefix="bakery-show-") as tmp:
+        done = run.run(["gpg", "--batch", "--no-tty", "--with-colons", "--show-keys"],
+                       input=keyring, env=run.environ(GNUPGHOME=tmp), check=False,
+                       what="gpg: reading the published keyring", timeout=GPG_TIMEOUT)
+    return tuple(primary_fingerprints(done.stdout.decode(errors="replace"), "pub"))
 
 
 def _gpg(signer: Signer, *args: str, data: bytes = b"", what: str) -> bytes:
@@ -71,12 +110,22 @@ def _gpg(signer: Signer, *args: str, data: bytes = b"", what: str) -> bytes:
     return done.stdout
 
 
+def export_public_keys(signer: Signer, fingerprints: tuple[str, ...]) -> bytes:
+    """A binary keyring holding exactly `fingerprints`, each exported from the signer's gpg."""
+    keys = []
+    for fingerprint in fingerprints:
+        key = _gpg(signer, "--export", fingerprint, what=f"exporting public key {fingerprint}")
+        if not key:
+            raise BakeryError(
+                f"gpg knows no public key {fingerprint}: it belongs in the published keyring",
+                "import it where the signing key comes from (BAKERY_SIGNING_KEY may hold several "
+                "keys: gpg --armor --export-secret-keys OLD NEW), see docs/release.md")
+        keys.append(key)
+    return b"".join(keys)
+
+
 def export_public_key(signer: Signer) -> bytes:
-    key = _gpg(signer, "--export", signer.key, what=f"exporting public key {signer.key}")
-    if not key:
-        raise BakeryError(f"gpg knows no key {signer.key!r}",
-                          "set BAKERY_SIGNING_KEY_ID to a key listed by: gpg --list-secret-keys")
-    return key
+    return export_public_keys(signer, (signer.key,))
 
 
 def sign(signer: Signer, data: bytes) -> bytes:
@@ -84,8 +133,9 @@ def sign(signer: Signer, data: bytes) -> bytes:
                 data=data, what=f"signing with key {signer.key}")
 
 
-def signature_valid(signer: Signer, data: bytes, signature: bytes, public_key: bytes) -> bool:
-    """Whether `signature` is a good signature of `data` by exactly the published key."""
+def signature_valid(data: bytes, signature: bytes, public_key: bytes) -> bool:
+    """Whether `signature` is good for `data` by the keys in `public_key` (gpg, like
+    systemd-pull, fails when any signature in the file is by a key it lacks)."""
     with tempfile.TemporaryDirectory(prefix="bakery-verify-") as tmp:
         keyring, sig = Path(tmp, "key.gpg"), Path(tmp, "data.sig")
         keyring.write_bytes(public_key)
@@ -97,5 +147,3 @@ def signature_valid(signer: Signer, data: bytes, signature: bytes, public_key: b
             check=False, timeout=GPG_TIMEOUT)
         return done.returncode == 0
 
-
-# ---- files -------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ class ReleaseConfig:
     instances_max: int = 3         # InstancesMax= of the transfer files
     github_repo: str | None = None           # owner/name for the GitHub Releases publisher
     github_metadata_tag: str = "metadata"    # the release holding aggregated SHA256SUMS + confs
+    signing_key: str | None = None      # [signing] fingerprint: the key that signs SHA256SUMS
+    next_signing_key: str | None = None  # [signing] next: announced for a rotation
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def parse_config(text: str, origin: str) -> ReleaseConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BakeryError(f"{origin}: not valid TOML: {e}", "fix the syntax") from None
-    known = {"base_url", "instances_max", "github"}
+    known = {"base_url", "instances_max", "github", "signing"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise BakeryError(f"{origin}: unknown key(s): {', '.join(unknown)}",
@@ -86,9 +88,38 @@ def parse_config(text: str, origin: str) -> ReleaseConfig:
     repo = github.get("repo")
     if repo is not None and not (isinstance(repo, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", repo)):
         raise BakeryError(f"{origin}: github.repo: must be 'owner/name', got {repo!r}")
+    signing_key, next_key = _signing(data.get("signing", {}), origin)
     return ReleaseConfig(base_url=base_url.url, instances_max=instances_max,
                          github_repo=repo,
-                         github_metadata_tag=str(github.get("metadata_tag", "metadata")))
+                         github_metadata_tag=str(github.get("metadata_tag", "metadata")),
+                         signing_key=signing_key, next_signing_key=next_key)
+
+
+_FINGERPRINT = re.compile(r"[0-9A-Fa-f]{40}")
+
+
+def _signing(table: object, origin: str) -> tuple[str | None, str | None]:
+    """`[signing] fingerprint` and `next`: full 40-hex fingerprints (a short key id is
+    ambiguous, and the check is only as good as the name)."""
+    if not isinstance(table, dict) or set(table) - {"fingerprint", "next"}:
+        raise BakeryError(f"{origin}: signing: expected a table with keys fingerprint, next",
+                          '[signing]\nfingerprint = "<40 hex digits from gpg --list-secret-keys '
+                          '--with-colons (fpr:)>"')
+    values = {}
+    for key in ("fingerprint", "next"):
+        value = table.get(key)
+        if value is not None and not (isinstance(value, str) and _FINGERPRINT.fullmatch(value)):
+            raise BakeryError(f"{origin}: signing.{key}: must be a key's full fingerprint "
+                              f"(40 hex digits, no spaces), got {value!r}",
+                              "gpg --list-secret-keys --with-colons KEY prints it on the fpr: line")
+        values[key] = value.upper() if value else None
+    if values["next"] and not values["fingerprint"]:
+        raise BakeryError(f"{origin}: signing.next: needs signing.fingerprint, the key hosts "
+                          "trust now", "see docs/release.md, 'Rotating the signing key'")
+    if values["next"] and values["next"] == values["fingerprint"]:
+        raise BakeryError(f"{origin}: signing.next: is the same key as signing.fingerprint",
+                          "remove next once the rotation is done")
+    return values["fingerprint"], values["next"]
 
 
 def parse_provenance(text: str, origin: str) -> PublishedImage:
