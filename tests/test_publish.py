@@ -382,3 +382,28 @@ def test_killed_between_image_copy_and_manifest_the_next_run_completes(tmp_path)
         f"big-1.0.{n}-x86-64.raw" for n in range(3)}
     assert not set(report.copied) & set(copied)   # adopted, not copied again
     assert not run(tmp_path, dest).changed
+
+
+def test_index_json_carries_replaces_and_conflicts(tmp_path):
+    fake_image(tmp_path, "docker", "24.0.9", b"d", replaces=["docker-flatcar", "containerd-flatcar"],
+               conflicts=["containerd"])
+    fake_image(tmp_path, "wasmtime", "29.0.1", b"w")          # a record from before these fields
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    index = {i["name"]: i for i in json.loads((dest / "index.json").read_text())["images"]}
+    assert index["docker"]["replaces"] == ["docker-flatcar", "containerd-flatcar"]
+    assert index["docker"]["conflicts"] == ["containerd"]
+    assert (index["wasmtime"]["replaces"], index["wasmtime"]["conflicts"]) == ([], [])
+    again = release.parse_index((dest / "index.json").read_text(), "index.json")
+    assert [(i.name, i.replaces, i.conflicts) for i in again] == [
+        ("docker", ("docker-flatcar", "containerd-flatcar"), ("containerd",)), ("wasmtime", (), ())]
+    links = yaml.safe_load((dest / "docker.butane.yaml").read_text())["storage"]["links"]
+    assert {"path": "/etc/extensions/docker-flatcar.raw", "target": "/dev/null", "hard": False,
+            "overwrite": True} in links
+
+
+@pytest.mark.parametrize("bad", [["../etc/passwd"], "docker-flatcar", [1]])
+def test_a_provenance_with_bad_replaces_is_refused(tmp_path, bad):
+    fake_image(tmp_path, "docker", "24.0.9", b"d", replaces=bad)
+    with pytest.raises(BakeryError, match="not a valid image provenance file"):
+        run(tmp_path, tmp_path / "pub")
