@@ -109,6 +109,7 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
     yield from image_tasks(the_plan, settings, recipes)
     yield from build_tasks(the_plan, settings, recipes, sys.argv[1:] if argv is None else argv)
     yield release_task(root)
+    yield overlaps_task(root)
 
 
 def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) -> Iterator[dict]:
@@ -144,7 +145,9 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                "actions": [(_PACK, [image, settings, paths, stream])],
                "file_dep": [paths.stage_record],
                "targets": [paths.image, paths.provenance],
-               "uptodate": [config_changed(f"{image.fmt}:{image.compression}:{stream}")],
+               # replaces/conflicts go into the provenance record, not the image bytes
+               "uptodate": [config_changed(f"{image.fmt}:{image.compression}:{stream}:"
+                                           f"{','.join(image.replaces)}:{','.join(image.conflicts)}")],
                "doc": f"pack build/images/{image.filename}"}
     yield {"basename": "inspect", "actions": [(_INSPECT, [settings])], "pos_arg": "names",
            "uptodate": [False], "verbosity": 2,
@@ -216,3 +219,20 @@ def release_task(root: Path) -> dict[str, Any]:
         "uptodate": [False],
         "verbosity": 2,
     }
+
+
+def overlaps_task(root: Path) -> dict[str, Any]:
+    """`doit overlaps`: the catalogue check (recipe/overlaps.py). It reads the recipes when it
+    runs, so a broken recipe elsewhere does not hide the check of the others."""
+    def overlaps() -> None:
+        from sysext_bakery.recipe import overlaps as catalogue_check
+        recipes, errors = load_recipes(root / "recipes")
+        cat = catalogue_check.catalogue(recipes, root / "build" / "stage")
+        print(catalogue_check.report(cat))
+        catalogue_check.check(cat)
+        if errors:
+            raise BakeryError("\n".join(str(e) for e in errors), "fix these recipes, then rerun")
+
+    return {"basename": "overlaps", "actions": [_edge(overlaps)], "uptodate": [False],
+            "verbosity": 2,
+            "doc": "list every path two recipes ship; fail on one their conflicts do not declare"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 from pathlib import Path
 
@@ -283,3 +284,32 @@ def test_chmod_and_symlinks_in_files_are_tracked(built: Project) -> None:
     assert "pack:docker-24.0.9-x86-64" in executed(run)
     assert {e.path: e for e in read_image(image)}["usr/libexec/docker/dockerd"].target == "../../bin/docker"
     assert executed(built.doit("build:docker-24.0.9", env={"BAKERY_ARCH": "x86-64"})) == []
+
+
+def test_docker_provenance_and_setup_unit(built: Project) -> None:
+    record = json.loads((built.root / "build/state/images/docker-24.0.9-x86-64.json").read_text())
+    assert (record["replaces"], record["conflicts"]) == (["docker-flatcar", "containerd-flatcar"],
+                                                         ["containerd"])
+    image = built.images / "docker-24.0.9-x86-64.raw"
+    unit = read_file(image, "usr/lib/systemd/system/docker-sysext-setup.service").decode()
+    assert "ExecStart=/usr/bin/systemd-sysusers /usr/lib/sysusers.d/docker.conf\n" in unit
+    assert "Before=containerd.service docker.service docker.socket shutdown.target\n" in unit
+    assert read_file(image, "usr/lib/systemd/system/docker.socket.d/10-docker-sysext-setup.conf") == \
+        b"[Unit]\nWants=docker-sysext-setup.service\nAfter=docker-sysext-setup.service\n"
+
+
+@sysext.requires_sysext
+def test_docker_group_exists_after_a_merge_on_a_set_up_host(built: Project, tmp_path: Path) -> None:
+    """What docker-sysext-setup.service runs, run in the merged namespace against a host root
+    whose /etc/group already exists and lacks docker (systemd-sysusers.service would skip it)."""
+    root = sysext.make_root(tmp_path / "root")
+    (root / "etc/group").write_text("root:x:0:\n")
+    proc = sysext.run_merged(root, {"docker": built.images / "docker-24.0.9-x86-64.raw"}, r"""
+        set -e
+        unit="$ROOT/usr/lib/systemd/system/docker-sysext-setup.service"
+        sed -n 's/^ExecStart=//p' "$unit" | while read -r program file; do
+            "$program" --root="$ROOT" "$ROOT$file"
+        done
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(":")[0] for line in (root / "etc/group").read_text().splitlines()] == ["root", "docker"]

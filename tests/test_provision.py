@@ -193,3 +193,28 @@ def test_reading_butane_back_refuses_what_the_model_cannot_hold(text, says):
     with pytest.raises(BakeryError, match=says) as e:
         p.parse_butane(text, "in.bu")
     assert str(e.value.args[0]).startswith("in.bu: ")
+
+
+def test_snippets_mask_the_builtin_sysexts_an_image_replaces(tmp_path):
+    def published(name: str, replaces: tuple[str, ...]) -> release.PublishedImage:
+        return release.PublishedImage(name, "1.0", "x86-64", hashlib.sha256(name.encode()).hexdigest(),
+                                      10, replaces=replaces)
+    templates = {t: (REPO / "release/templates" / t).read_text() for t in ("transfer.conf", "noop.conf")}
+    files = release.render_release(
+        [published("docker", ("docker-flatcar", "containerd-flatcar")),
+         published("containerd", ("containerd-flatcar",)), published("wasmtime", ())],
+        release.ReleaseConfig(BASE), templates, None).files
+    mask = {"hard": False, "target": "/dev/null", "overwrite": True}
+    docker = json.loads(files["docker.ign"])["storage"]["links"]
+    assert docker[1:] == [{"path": "/etc/extensions/docker-flatcar.raw", **mask},
+                          {"path": "/etc/extensions/containerd-flatcar.raw", **mask}]
+    assert_valid(files["docker.ign"], tmp_path)
+    agree(files["docker.butane.yaml"], files["docker.ign"])
+    assert [link["path"] for link in json.loads(files["wasmtime.ign"])["storage"]["links"]] == [
+        "/etc/extensions/wasmtime.raw"]
+    # docker and containerd both mask containerd-flatcar: merged, the mask is there once
+    merged = p.merge(p.parse_butane(files[n], n) for n in ("docker.butane.yaml", "containerd.butane.yaml"))
+    assert sorted(link.path for link in merged.links) == [
+        "/etc/extensions/containerd-flatcar.raw", "/etc/extensions/containerd.raw",
+        "/etc/extensions/docker-flatcar.raw", "/etc/extensions/docker.raw"]
+    assert_valid(p.ignition_json(merged), tmp_path)

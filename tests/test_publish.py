@@ -530,3 +530,28 @@ def test_a_directory_published_with_another_key_needs_rotate_key(tmp_path, gpg_k
         run(tmp_path, dest, signer, rotate_key=True)
     assert fingerprints_of(dest / "bakery-signing-key.gpg") == (new_gpg_key.fingerprint,)
     assert signed_by(dest, new_gpg_key)
+
+
+def test_index_json_carries_replaces_and_conflicts(tmp_path):
+    fake_image(tmp_path, "docker", "24.0.9", b"d", replaces=["docker-flatcar", "containerd-flatcar"],
+               conflicts=["containerd"])
+    fake_image(tmp_path, "wasmtime", "29.0.1", b"w")          # a record from before these fields
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    index = {i["name"]: i for i in json.loads((dest / "index.json").read_text())["images"]}
+    assert index["docker"]["replaces"] == ["docker-flatcar", "containerd-flatcar"]
+    assert index["docker"]["conflicts"] == ["containerd"]
+    assert (index["wasmtime"]["replaces"], index["wasmtime"]["conflicts"]) == ([], [])
+    again = release.parse_index((dest / "index.json").read_text(), "index.json")
+    assert [(i.name, i.replaces, i.conflicts) for i in again] == [
+        ("docker", ("docker-flatcar", "containerd-flatcar"), ("containerd",)), ("wasmtime", (), ())]
+    links = yaml.safe_load((dest / "docker.butane.yaml").read_text())["storage"]["links"]
+    assert {"path": "/etc/extensions/docker-flatcar.raw", "target": "/dev/null", "hard": False,
+            "overwrite": True} in links
+
+
+@pytest.mark.parametrize("bad", [["../etc/passwd"], "docker-flatcar", [1]])
+def test_a_provenance_with_bad_replaces_is_refused(tmp_path, bad):
+    fake_image(tmp_path, "docker", "24.0.9", b"d", replaces=bad)
+    with pytest.raises(BakeryError, match="not a valid image provenance file"):
+        run(tmp_path, tmp_path / "pub")

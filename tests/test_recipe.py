@@ -161,3 +161,31 @@ def test_file_destination_replacing_a_host_directory(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('"/usr/bin/"', '"/usr/bin"'))
     assert error_of(path) == (f"{path}: sources[0].install: destination /usr/bin would replace "
                               "the host's whole /usr/bin; end it with '/' to install into it")
+
+
+def test_replaces_and_conflicts_of_the_repo_recipes() -> None:
+    recipes, _ = load_recipes(REPO / "recipes")
+    assert recipes["docker"].replaces == ("docker-flatcar", "containerd-flatcar")
+    assert recipes["docker"].conflicts == ("containerd",)
+    assert recipes["containerd"].replaces == ("containerd-flatcar",)
+    assert recipes["containerd"].conflicts == ("docker",)
+    assert recipes["wasmtime"].replaces == () and recipes["wasmtime"].conflicts == ()
+    image = resolve_image(recipes["docker"], "24.0.9", "x86-64", None)
+    assert (image.replaces, image.conflicts) == (("docker-flatcar", "containerd-flatcar"), ("containerd",))
+
+
+def test_replaces_takes_only_builtin_sysexts(tmp_path: Path) -> None:
+    path = write(tmp_path, 'replaces = ["docker_flatcar", "docker-flatcar", "docker-flatcar"]\n' + GOOD)
+    message = error_of(path)
+    assert f"{path}: replaces: 'docker_flatcar' is not one of docker-flatcar, containerd-flatcar" in message
+    assert f"{path}: replaces: duplicate entries" in message
+    assert "replaces = " in reference_markdown() and "`containerd-flatcar`" in reference_markdown()
+
+
+def test_conflicts_names_recipes(tmp_path: Path) -> None:
+    path = write(tmp_path, 'conflicts = ["Docker", "tool", 3]\n' + GOOD)
+    assert f"{path}: conflicts: expected a list of strings" in error_of(path)
+    path = write(tmp_path, 'conflicts = ["Docker"]\n' + GOOD)
+    assert f"{path}: conflicts: not a recipe: name 'Docker' must be lower-case" in error_of(path)
+    path = write(tmp_path, 'conflicts = ["tool"]\n' + GOOD)
+    assert f"{path}: conflicts: names the recipe itself ('tool')" in error_of(path)

@@ -35,6 +35,7 @@ def record(image: Image, packed: Path, sha256: str, sources: list[dict[str, str]
         "name": image.name, "version": image.version, "arch": image.arch, "stream": stream,
         "file": packed.name, "sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
         "format": image.fmt, "compression": image.compression, "sources": sources,
+        "replaces": list(image.replaces), "conflicts": list(image.conflicts),
         "revision": revision, "built": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

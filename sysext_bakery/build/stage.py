@@ -39,6 +39,7 @@ import zstandard
 from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Image, Install, Source
+from sysext_bakery.build import hostsetup
 from sysext_bakery.build.validate import iter_tree, validate_tree
 
 if TYPE_CHECKING:
@@ -690,6 +691,7 @@ def stage_image(image: Image, downloads: Sequence[Path], dest: Path, *,
         if image.files_dir is not None:
             copy_files(tree, image.files_dir)
         write_dropins(tree, image.name, image.upholds)
+        hostsetup.write_setup_unit(tree, image.name)
         write_extension_release(tree, image)
         validate_tree(work, image.name, image.arch)
         _replace_dir(work, dest)

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from sysext_bakery.build import hostdirs
+from sysext_bakery.build import hostdirs, hostsetup
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 
@@ -53,14 +53,15 @@ def elf_header(path: Path | str) -> tuple[int, int] | None:
 def validate_tree(tree: Path, name: str, arch: str) -> None:
     """Raises one BakeryError listing every problem of the staged tree of image `name`."""
     problems = _check_top(tree) + _check_host_paths(tree) + _check_elf(tree, arch) \
-        + _check_release(tree, name, arch) + _check_dropins(tree)
+        + _check_release(tree, name, arch) + _check_dropins(tree) + _check_setup(tree, name)
     if problems:
         raise BakeryError(
             f"{name} ({arch}): the staged tree is not a valid sysext:\n"
             + "\n".join(f"  {p}" for p in problems),
             hint="the image may hold only usr/ and opt/, nothing in usr/sbin, no file or link "
                  "where a host has a directory, binaries for "
-                 f"{arch}, and every unit its drop-ins name: fix what put these files there "
+                 f"{arch}, every unit its drop-ins name, and the setup unit of its sysusers.d/"
+                 "tmpfiles.d files: fix what put these files there "
                  "(a recipe's install map, files/ or [units]; a torcx image's contents or --arch)")
 
 
@@ -172,6 +173,41 @@ def _check_dropins(tree: Path) -> list[str]:
                 problems.append(f"{UNIT_DIR}/{rel}: {key}={unit}, but {UNIT_DIR}/{unit} is not "
                                 "in the image")
     return problems
+
+
+def _check_setup(tree: Path, name: str) -> list[str]:
+    """sysusers.d/tmpfiles.d files need the setup unit (see build/hostsetup.py): without it
+    a host whose /etc is already set up never creates the image's users and groups."""
+    want = hostsetup.plan_setup(tree, name)
+    if want is None:
+        return []
+    rel = f"{UNIT_DIR}/{want.unit}"
+    path = tree / rel
+    if not path.is_file() or path.is_symlink():
+        return [f"{rel}: missing: the image ships {', '.join(want.sysusers + want.tmpfiles)}, "
+                "which systemd-sysusers.service (ConditionNeedsUpdate=/etc) does not apply on a "
+                "host that is already set up"]
+    text = path.read_text(errors="replace")
+    execs = {value.strip() for key, value in _assignments(text) if key == "ExecStart"}
+    problems = [f"{rel}: no ExecStart={line}" for line in hostsetup.exec_lines(want)
+                if line not in execs]
+    for unit in want.units:
+        dropins = tree / UNIT_DIR / f"{unit}.d"
+        wanted = dropins.is_dir() and any(
+            (key in ("Wants", "Requires") and want.unit in value.split())
+            for conf in sorted(dropins.glob("*.conf"))
+            for key, value in _assignments(conf.read_text(errors="replace")))
+        if not wanted:
+            problems.append(f"{UNIT_DIR}/{unit}: starts without {want.unit} (no drop-in in "
+                            f"{unit}.d wants it)")
+    return problems
+
+
+def _assignments(text: str) -> Iterator[tuple[str, str]]:
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and not key.startswith(("#", ";")):
+            yield key.strip(), value
 
 
 def _dependencies(text: str) -> Iterator[tuple[str, str]]:

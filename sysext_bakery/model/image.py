@@ -73,6 +73,9 @@ class Image:
     fmt: str = "squashfs"                       # "squashfs" | "erofs"
     compression: str = "zstd"                   # squashfs: zstd|gzip|xz|lz4; erofs: lz4|lz4hc|none
     recipe_file: Path | None = field(default=None, compare=False)
+    # Host facts, not image contents: carried into the provenance record and index.json
+    replaces: tuple[str, ...] = ()              # OS built-in sysexts the release masks
+    conflicts: tuple[str, ...] = ()             # recipes not to be merged beside this one
 
     @property
     def id(self) -> str:

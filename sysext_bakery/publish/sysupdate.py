@@ -54,6 +54,8 @@ class PublishedImage:
     sources: tuple[tuple[str, str | None], ...] = ()   # (url, sha256): provenance
     revision: str | None = None    # bakery git revision that built it
     built: str | None = None       # build time, ISO 8601 UTC
+    replaces: tuple[str, ...] = ()   # OS built-in sysexts (docker-flatcar) the snippet masks
+    conflicts: tuple[str, ...] = ()  # recipes whose images must not be merged beside this one
 
     @property
     def filename(self) -> str:
@@ -130,7 +132,8 @@ def parse_provenance(text: str, origin: str) -> PublishedImage:
             name=data["name"], version=data["version"], arch=data["arch"],
             sha256=data["sha256"], size=int(data["size"]), stream=data.get("stream"),
             sources=tuple((s["url"], s.get("sha256")) for s in data.get("sources", ())),
-            revision=data.get("revision"), built=data.get("built"))
+            revision=data.get("revision"), built=data.get("built"),
+            replaces=_names(data.get("replaces", [])), conflicts=_names(data.get("conflicts", [])))
     except (ValueError, KeyError, TypeError) as e:
         raise BakeryError(f"{origin}: not a valid image provenance file ({type(e).__name__}: {e})",
                           repack_hint(PurePath(origin).stem)) from None
@@ -138,6 +141,14 @@ def parse_provenance(text: str, origin: str) -> PublishedImage:
         raise BakeryError(f"{origin}: bad sha256 or arch ({image.sha256!r}, {image.arch!r})",
                           repack_hint(PurePath(origin).stem))
     return image
+
+
+def _names(value: object) -> tuple[str, ...]:
+    """A `replaces`/`conflicts` list as read back: names only, since they end up in paths."""
+    if not isinstance(value, list) or any(not isinstance(v, str) or naming.name_problem(v)
+                                          for v in value):
+        raise ValueError(f"expected a list of names, got {value!r}")
+    return tuple(value)
 
 
 def repack_hint(image_id: str) -> str:
@@ -187,6 +198,7 @@ def index_json(images: Iterable[PublishedImage]) -> str:
         "file": i.filename, "sha256": i.sha256, "size": i.size,
         "sources": [{"url": url, "sha256": sha} for url, sha in i.sources],
         "revision": i.revision, "built": i.built,
+        "replaces": list(i.replaces), "conflicts": list(i.conflicts),
     } for i in sorted(images, key=lambda i: (i.name, version_key(i.version), i.arch))]
     return json.dumps({"images": entries}, indent=2) + "\n"
 
@@ -197,7 +209,8 @@ def parse_index(text: str, origin: str) -> list[PublishedImage]:
             name=e["name"], version=e["version"], arch=e["arch"], sha256=e["sha256"],
             size=e["size"], stream=e.get("stream"),
             sources=tuple((s["url"], s.get("sha256")) for s in e.get("sources", ())),
-            revision=e.get("revision"), built=e.get("built"))
+            revision=e.get("revision"), built=e.get("built"),
+            replaces=_names(e.get("replaces", [])), conflicts=_names(e.get("conflicts", [])))
             for e in json.loads(text)["images"]]
     except (ValueError, KeyError, TypeError) as e:
         raise BakeryError(f"{origin}: not a bakery index.json ({type(e).__name__}: {e})",
@@ -258,7 +271,9 @@ def snippet(image: PublishedImage, config: ReleaseConfig, files: Mapping[str, st
     """What a Flatcar host needs to run `image` and keep it current: the image, the
     `/etc/extensions` link systemd-sysext merges, the transfer file (+ noop.conf, + the
     keyring of a signed release) and the timer. Every download is pinned by its sha256,
-    which Ignition checks; `files` holds the rendered transfer files and noop.conf."""
+    which Ignition checks; `files` holds the rendered transfer files and noop.conf. Each
+    built-in sysext the image replaces is masked: systemd-sysext skips an image whose
+    /etc/extensions entry is a link to /dev/null (overwrite: Flatcar may have linked it)."""
     name, base = image.name, config.base_url
     target = f"/opt/extensions/{name}/{image.filename}"
     conf = f"{name}.conf"
@@ -277,7 +292,9 @@ def snippet(image: PublishedImage, config: ReleaseConfig, files: Mapping[str, st
         # systemd-sysupdate 254 does not create its target directory
         directories=(provision.Directory(f"/opt/extensions/{name}"),),
         files=tuple(downloads),
-        links=(provision.Link(f"/etc/extensions/{name}.raw", target),),
+        links=(provision.Link(f"/etc/extensions/{name}.raw", target),
+               *(provision.Link(f"/etc/extensions/{builtin}.raw", "/dev/null", overwrite=True)
+                 for builtin in image.replaces)),
         units=(provision.Unit("systemd-sysupdate.timer", enabled=True),
                provision.Unit("systemd-sysupdate.service",
                               dropins=(provision.Dropin(f"{name}.conf", dropin),))))

@@ -56,7 +56,9 @@ class Recipe:
     sources: tuple[SourceTemplate, ...] = ()
     upholds: tuple[tuple[str, tuple[str, ...]], ...] = ()
     files_dir: Path | None = None
-    shown: str = ""                 # how messages name the file: recipes/<name>.toml
+    shown: str = ""
+    replaces: tuple[str, ...] = ()  # built-in sysexts the image takes the place of
+    conflicts: tuple[str, ...] = ()  # recipes shipping some of the same paths, by design                 # how messages name the file: recipes/<name>.toml
 
 
 def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
@@ -112,6 +114,9 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
     if not sources and files_dir is None:
         problems.add("sources", "a recipe needs at least one source or a files/ directory")
 
+    if name in data.get("conflicts", []):
+        problems.add("conflicts", f"names the recipe itself ({name!r})")
+
     upstream = data.get("upstream")
     if upstream and upstream["type"].startswith(("github", "gitlab")) and "repo" not in upstream:
         problems.add("upstream.repo", f"required for type {upstream['type']!r}")
@@ -133,7 +138,8 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
         upstream=Upstream(**{k.replace("-", "_"): tuple(sorted(v.items())) if isinstance(v, dict) else v
                              for k, v in upstream.items()}) if upstream else None,
         arch_names=arch_names, sources=tuple(sources), upholds=upholds, files_dir=files_dir,
-        shown=shown)
+        shown=shown, replaces=tuple(data.get("replaces", ())),
+        conflicts=tuple(sorted(data.get("conflicts", ()))))
 
 
 def load_recipe(path: Path, shown: str | None = None) -> Recipe:
@@ -202,4 +208,4 @@ def resolve_image(recipe: Recipe, version: str, arch: str,
         os_id=recipe.os, sysext_level=OS_PROFILES[recipe.os], fmt=fmt,
         compression=compression or (recipe.compression if fmt == recipe.format
                                     else COMPRESSIONS[fmt][0]),
-        recipe_file=recipe.path)
+        recipe_file=recipe.path, replaces=recipe.replaces, conflicts=recipe.conflicts)

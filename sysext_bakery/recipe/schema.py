@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from sysext_bakery.build import hostdirs
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import url_problem
 from sysext_bakery.model.image import ARCHIVE_KINDS, COMPRESSIONS
@@ -25,6 +26,10 @@ OS_PROFILES = {"_any": None, "flatcar": "1.0"}   # ID= -> SYSEXT_LEVEL=
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".target")
 UPSTREAM_TYPES = ("github-releases", "github-tags", "gitlab-tags", "html-index", "json-api",
                   "kubernetes-schedule")
+# The sysexts Flatcar ships in /usr/share/flatcar/sysext/ and merges unless
+# /etc/extensions/<name>.raw is a link to /dev/null. A name not listed here would mask
+# nothing, so `replaces` only takes these; add one here when Flatcar ships another.
+BUILTIN_SYSEXTS = ("docker-flatcar", "containerd-flatcar")
 URL_PLACEHOLDERS = ("name", "version", "version_bare", "version_major", "version_minor",
                     "version_patch", "arch", "sysext_arch")
 
@@ -82,6 +87,11 @@ def _unit_name(value: str) -> str | None:
     if "/" in value or not value.endswith(UNIT_SUFFIXES):
         return f"{value!r} is not a unit name (expected a name ending in {', '.join(UNIT_SUFFIXES)})"
     return None
+
+
+def _recipe_name(value: str) -> str | None:
+    problem = naming.name_problem(value)
+    return f"not a recipe: {problem}" if problem else None
 
 
 def _octal_mode(value: str) -> str | None:
@@ -180,6 +190,14 @@ SCHEMA = (
         example='{ x86-64 = "amd64", arm64 = "arm64" }'),
     Key("sources", "array of tables", "What to download for each image, in order.",
         keys=SOURCE_KEYS),
+    Key("replaces", "string list", "Built-in sysexts of the OS this image takes the place of. "
+        "The release's Butane snippets mask each one (`/etc/extensions/<name>.raw` -> "
+        "`/dev/null`), so the host does not merge the vendor's copy beside this image.",
+        choices=BUILTIN_SYSEXTS, example='["docker-flatcar", "containerd-flatcar"]'),
+    Key("conflicts", "string list", "Recipes whose images ship some of the same paths as this "
+        "one by design, so the two must not be merged on one host. `doit overlaps` fails on a "
+        "path two recipes ship unless one of them lists the other here; `index.json` carries "
+        "the list for `bakery compose`.", check=_recipe_name, example='["containerd"]'),
     Key("units", "table", "Enabling units without /etc symlinks.", keys=(
         Key("upholds", "map", "Target or unit -> units it keeps running (`Upholds=` drop-ins "
             "`usr/lib/systemd/system/<target>.d/10-<name>-<unit>.conf`).", values="string list",
@@ -222,6 +240,8 @@ def _check_value(key: Key, value: Any, path: str, problems: Problems) -> None:
         for v in value:
             if key.choices and v not in key.choices:
                 problems.add(path, f"{v!r} is not one of {', '.join(key.choices)}")
+            if key.check and (what := key.check(v)):
+                problems.add(path, what)
         if len(set(value)) != len(value):
             problems.add(path, f"duplicate entries in {value!r}")
         return
