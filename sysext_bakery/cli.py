@@ -12,7 +12,7 @@ from sysext_bakery.errors import BakeryError
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from sysext_bakery.build.readback import format_image
+    from sysext_bakery.build.inspect import format_image
 
     print(format_image(args.image))
 

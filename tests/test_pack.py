@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sysext_bakery.build import readback as inspect
+from sysext_bakery.build import readback
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.build.pack import COMPRESSIONS, pack
 from elf import EM_X86_64, make_elf
@@ -66,7 +66,7 @@ def test_pack_reads_back_entries_modes_and_owners(tree: Path, tmp_path: Path) ->
     out = tmp_path / "images/tool-1.2.3-x86-64.raw"
     digest = pack(tree, out)
 
-    entries = {e.path: e for e in inspect.read_image(out)}
+    entries = {e.path: e for e in readback.read_image(out)}
     expected = {p.rstrip("/") for p in TREE} | {"usr", "usr/bin", "usr/lib", "usr/lib/systemd",
                                                 "usr/lib/systemd/system", "usr/lib/extension-release.d",
                                                 "usr/share", "usr/share/tool"}
@@ -78,9 +78,9 @@ def test_pack_reads_back_entries_modes_and_owners(tree: Path, tmp_path: Path) ->
     assert entries["usr/share/tool/private"].kind == "dir" and entries["usr/share/tool/private"].mode == 0o750
     assert entries["usr/bin/alias"].kind == "symlink" and entries["usr/bin/alias"].target == "tool"
     assert entries["usr/lib/systemd/system/tool.service"].size == len(UNIT)
-    elf = inspect.read_file(out, "usr/bin/tool")
+    elf = readback.read_file(out, "usr/bin/tool")
     assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == EM_X86_64
-    assert inspect.read_file(out, "usr/lib/systemd/system/tool.service").decode() == UNIT
+    assert readback.read_file(out, "usr/lib/systemd/system/tool.service").decode() == UNIT
     assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
     assert oct(out.stat().st_mode & 0o777) == oct(0o644)
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temp left behind
@@ -92,11 +92,11 @@ def test_each_format_and_compression_round_trips(tree: Path, tmp_path: Path, fmt
     out = tmp_path / f"tool-{fmt}-{compression}.raw"
     pack(tree, out, fmt, compression)
 
-    detected = inspect.image_format(out)
+    detected = readback.image_format(out)
     assert detected == ((fmt, compression) if fmt == "squashfs" else ("erofs", None))
-    assert inspect.compare(inspect.read_image(out), inspect.tree_entries(tree)) == []
-    assert inspect.extension_release(out)["SYSEXT_VERSION_ID"] == "1.2.3"
-    assert next(e for e in inspect.read_image(out) if e.path == "usr/bin/tool-suid").mode == 0o4755
+    assert readback.compare(readback.read_image(out), readback.tree_entries(tree)) == []
+    assert readback.extension_release(out)["SYSEXT_VERSION_ID"] == "1.2.3"
+    assert next(e for e in readback.read_image(out) if e.path == "usr/bin/tool-suid").mode == 0o4755
 
 
 @pytest.mark.parametrize("fmt,compression", [("squashfs", "zstd"), ("erofs", "lz4hc")])
@@ -132,7 +132,7 @@ def test_default_zstd_packs_1_mib_blocks_at_level_10(tree: Path, tmp_path: Path)
     length, level = struct.unpack_from("<HI", head, 96)
     assert (length, level) == (0x8000 | 4, 10)   # one uncompressed 4-byte metadata block
     assert out.stat().st_size < len(big) * 0.6   # the blocks were compressed, not stored
-    assert inspect.read_file(out, "usr/lib/tool/big.bin") == big
+    assert readback.read_file(out, "usr/lib/tool/big.bin") == big
 
 
 def test_different_content_gives_a_different_image(tree: Path, tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_repacking_replaces_the_image(tree: Path, tmp_path: Path) -> None:
     pack(tree, out)
     (tree / "usr/share/tool/NEWS").write_text("new\n")
     pack(tree, out)
-    assert inspect.read_file(out, "usr/share/tool/NEWS") == b"new\n"
+    assert readback.read_file(out, "usr/share/tool/NEWS") == b"new\n"
 
 
 def test_failed_read_back_leaves_the_old_image_and_no_temp(tree: Path, tmp_path: Path) -> None:
@@ -165,9 +165,9 @@ def test_failed_read_back_leaves_the_old_image_and_no_temp(tree: Path, tmp_path:
 def test_compare_lists_every_difference_a_bad_image_would_have(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "tool.raw"
     pack(tree, out)
-    image = inspect.read_image(out)
+    image = readback.read_image(out)
     dropped = [e for e in image if e.path != "usr/bin/hello"]
-    diffs = inspect.compare(dropped, inspect.tree_entries(tree))
+    diffs = readback.compare(dropped, readback.tree_entries(tree))
     assert diffs == ["usr/bin/hello: missing from the image"]
 
 

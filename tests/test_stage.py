@@ -19,7 +19,10 @@ from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Image, Install, Source
 from sysext_bakery.model.image import archive_kind
 from sysext_bakery.build.pack import pack
-from sysext_bakery.build.stage import Member, Tree, iter_members, stage_image, unpacked_key
+from sysext_bakery.build.archive import Member, iter_members
+from sysext_bakery.build.stage import stage_image
+from sysext_bakery.build.tree import Tree
+from sysext_bakery.build.unpacked import unpacked_key
 from elf import make_elf
 
 ORIGIN = "recipes/docker.toml: sources[0]"

@@ -21,8 +21,9 @@ from sysext_bakery.errors import BakeryError
 from sysext_bakery.build.readback import extension_release, read_file, read_image
 from sysext_bakery.build.pack import pack
 from sysext_bakery.recipe.load import load_recipe, resolve_image
-from sysext_bakery.torcx.convert import (add_arguments, load_profile, rewrite_unit, run,
-                                 version_from_reference)
+from sysext_bakery.torcx.convert import add_arguments, run, version_from_reference
+from sysext_bakery.torcx.profile import load_profile
+from sysext_bakery.torcx.units import rewrite_unit
 
 UNITS = "usr/lib/systemd/system"
 DOCKER_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr", "docker", "dockerd",

@@ -120,7 +120,7 @@ def write_sums(settings: Settings) -> None:
 
 def print_images(settings: Settings, names: list[str]) -> None:
     """`doit inspect docker-24.0.9-x86-64 …`: an image id (from build/images) or a file."""
-    from sysext_bakery.build.readback import format_image
+    from sysext_bakery.build.inspect import format_image
 
     if not names:
         raise BakeryError("doit inspect: name an image", "e.g. doit inspect docker-24.0.9-x86-64")

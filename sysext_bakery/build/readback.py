@@ -1,4 +1,4 @@
-"""Reading a packed image back: its entries, its extension-release and a printable listing.
+"""Reading a packed image back: its entries, one file, its extension-release.
 
 squashfs images are read with PySquashfsImage (gzip, xz, zstd). It cannot decompress lz4
 or lzo, so those are listed through `unsquashfs -pf` and read with `unsquashfs -cat`.
@@ -20,10 +20,7 @@ from typing import Iterator
 
 from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.build.validate import parse_release
-
-RELEASE_DIR = "usr/lib/extension-release.d"
-RELEASE_PREFIX = f"{RELEASE_DIR}/extension-release."
+from sysext_bakery.model import extension_release as release
 
 SQUASHFS_MAGIC = b"hsqs"
 SQUASHFS_COMPRESSIONS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
@@ -346,57 +343,16 @@ def _unsquashfs_cat(path: Path, inner: str) -> bytes:
                    hint="list it with `bakery inspect IMAGE`").stdout
 
 
-def _release_files(entries: list[Entry]) -> list[str]:
-    return [e.path for e in entries
-            if e.kind == "file" and e.path.startswith(RELEASE_PREFIX)
-            and "/" not in e.path[len(RELEASE_PREFIX):]]
+def release_files(entries: list[Entry]) -> list[str]:
+    """The paths of the extension-release files (of any name) among an image's entries."""
+    return [e.path for e in entries if e.kind == "file" and release.is_release_path(e.path)]
 
 
 def extension_release(path: Path) -> dict[str, str]:
     """The fields of the image's one usr/lib/extension-release.d/extension-release.<name>."""
-    found = _release_files(read_image(path))
+    found = release_files(read_image(path))
     if len(found) != 1:
         what = "no" if not found else f"{len(found)} ({', '.join(found)})"
-        raise BakeryError(f"{path}: {what} {RELEASE_PREFIX}* files; an extension needs exactly one",
+        raise BakeryError(f"{path}: {what} {release.RELEASE_PREFIX}* files; an extension needs exactly one",
                           "the stage step writes it; rebuild the image")
-    return parse_release(read_file(path, found[0]).decode(errors="replace"))
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-_TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "other": 0}
-
-
-def format_image(path: Path) -> str:
-    """A report for `bakery inspect IMAGE`: format, extension-release, then every entry."""
-    fmt, compression = image_format(path)
-    entries = read_image(path)
-    lines = [f"{path}: {fmt}{f' ({compression})' if compression else ''}, "
-             f"{_human(path.stat().st_size)}"]
-    releases = _release_files(entries)
-    if not releases:
-        lines.append(f"  no {RELEASE_PREFIX}* file: systemd-sysext will refuse this image")
-    for inner in releases:
-        lines.append(f"  {inner}:")
-        fields = parse_release(read_file(path, inner).decode(errors="replace"))
-        lines += [f"    {key}={value}" for key, value in fields.items()]
-    lines.append("")
-    for e in entries:
-        size = str(e.size) if e.kind == "file" else "-"
-        name = e.path + ("/" if e.kind == "dir" else f" -> {e.target}" if e.kind == "symlink" else "")
-        lines.append(f"{stat.filemode(_TYPE_BITS[e.kind] | e.mode)} {e.uid:>4}/{e.gid:<4} {size:>12}  {name}")
-    files = [e for e in entries if e.kind == "file"]
-    total = sum(e.size for e in files)
-    counts = {k: sum(e.kind == k for e in entries) for k in ("file", "dir", "symlink", "other")}
-    lines.append("")
-    lines.append(f"{len(entries)} entries: {counts['file']} files, {counts['dir']} directories, "
-                 f"{counts['symlink']} symlinks" + (f", {counts['other']} other" if counts["other"] else "")
-                 + f"; files total {total} bytes ({_human(total)})")
-    return "\n".join(lines)
-
+    return release.parse(read_file(path, found[0]).decode(errors="replace"))

@@ -6,17 +6,17 @@ tree, so one build shows the whole list of what to fix.
 from __future__ import annotations
 
 import os
-import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 from sysext_bakery.build import hostdirs, hostsetup
+from sysext_bakery.model import extension_release
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 
 UNIT_DIR = "usr/lib/systemd/system"
-RELEASE_DIR = "usr/lib/extension-release.d"
+RELEASE_DIR = extension_release.RELEASE_DIR
 DEPENDENCY_KEYS = ("Upholds", "Wants", "Requires")
 
 # e_machine names for messages: the arches we build plus the usual wrong guesses.
@@ -121,40 +121,24 @@ def _check_elf(tree: Path, arch: str) -> list[str]:
 
 
 def _check_release(tree: Path, name: str, arch: str) -> list[str]:
-    rel = f"{RELEASE_DIR}/extension-release.{name}"
+    rel = extension_release.path(name)
     problems = []
     release_dir = tree / RELEASE_DIR
     if release_dir.is_dir() and not release_dir.is_symlink():
         for entry in sorted(os.scandir(release_dir), key=lambda e: e.name):
-            if entry.name != f"extension-release.{name}":
+            if entry.name != extension_release.file_name(name):
                 problems.append(f"{RELEASE_DIR}/{entry.name}: named for another image "
                                 f"(systemd-sysext reads only extension-release.{name})")
     path = tree / rel
     if not path.is_file() or path.is_symlink():
         return problems + [f"{rel}: missing or not a regular file (systemd-sysext refuses the image "
                            "without it)"]
-    fields = parse_release(path.read_text(errors="replace"))
+    fields = extension_release.parse(path.read_text(errors="replace"))
     if "ID" not in fields:
         problems.append(f"{rel}: no ID= (use ID=_any for any OS)")
     if fields.get("ARCHITECTURE") != arch:
         problems.append(f"{rel}: ARCHITECTURE={fields.get('ARCHITECTURE', '')}, image arch {arch}")
     return problems
-
-
-def parse_release(text: str) -> dict[str, str]:
-    """os-release syntax: KEY=VALUE lines, optional shell quoting, # comments."""
-    fields = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            quote, value = value[0], value[1:-1]
-            if quote == '"':
-                value = re.sub(r'\\([\\"$`])', r"\1", value)
-        fields[key.strip()] = value
-    return fields
 
 
 def _check_dropins(tree: Path) -> list[str]:

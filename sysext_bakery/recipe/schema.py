@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from sysext_bakery.build import hostdirs
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.model import naming
+from sysext_bakery.model import extension_release, naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import url_problem
 from sysext_bakery.model.image import ARCHIVE_KINDS, COMPRESSIONS
@@ -111,7 +111,8 @@ def install_target_problem(dest: str) -> str | None:
     if p.parts[1:3] == ("usr", "sbin"):
         return (f"destination {dest} is under /usr/sbin, which is a symlink to bin on Flatcar; "
                 "install into /usr/bin instead")
-    if str(p) == "/usr/lib/os-release" or p.parts[1:4] == ("usr", "lib", "extension-release.d"):
+    if str(p) == "/usr/lib/os-release" or \
+            p.parts[1:4] == tuple(extension_release.RELEASE_DIR.split("/")):
         return f"destination {dest} is written by the bakery itself"
     return None
 
