@@ -6,6 +6,10 @@ partial root (`bin/`, `lib/`, ...) and `.torcx/manifest.json`. Conversion reloca
 under `/usr`, rewrites the units so they no longer need torcx at boot, turns `*.wants/`
 links into `Upholds=` drop-ins and then hands a plain `files/` directory to the same
 stage -> validate -> pack steps that recipes go through.
+
+The steps live in torcx.profile (finding images), torcx.relocate (reading and relocating an
+archive), torcx.units and torcx.emit (`--emit-recipe`); this module runs them, writes the
+Butane config and holds the command line.
 """
 from __future__ import annotations
 
