@@ -16,7 +16,7 @@ from sysext_bakery.model.image import Install
 from sysext_bakery.recipe.load import load_recipe
 from sysext_bakery.build.stage import stage_image
 from sysext_bakery.build.validate import validate_tree
-from test_stage import F, L, image, source, write_tar
+from archives import F, L, image, source, write_tar
 
 SHIPPED = REPO / "sysext_bakery" / hostdirs.DATA_FILE
 RECIPE = """\
