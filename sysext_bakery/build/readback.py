@@ -353,6 +353,7 @@ def extension_release(path: Path) -> dict[str, str]:
     found = release_files(read_image(path))
     if len(found) != 1:
         what = "no" if not found else f"{len(found)} ({', '.join(found)})"
-        raise BakeryError(f"{path}: {what} {release.RELEASE_PREFIX}* files; an extension needs exactly one",
+        raise BakeryError(f"{path}: {what} {release.RELEASE_PREFIX}* files; an extension needs "
+                          "exactly one",
                           "the stage step writes it; rebuild the image")
     return release.parse(read_file(path, found[0]).decode(errors="replace"))
