@@ -26,7 +26,7 @@ ORDERED_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount")
 
 
 class TreeLike(Protocol):
-    """What of stage.Tree is used here (a torcx tree would do too)."""
+    """What of build.tree.Tree is used here (a torcx tree would do too)."""
     root: Path
 
     def add_text(self, rel: str, text: str, who: str) -> None: ...
