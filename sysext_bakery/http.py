@@ -27,14 +27,13 @@ import datetime
 import email.utils
 import json
 import os
-import re
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from http import HTTPStatus
 from typing import Any, Iterator, Mapping
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import urllib3
@@ -45,6 +44,7 @@ from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NewConnectio
 from urllib3.util.retry import Retry
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.url import check_upstream, is_url, mirror_url, redact, redirect_allowed
 
 CHUNK = 1 << 20
 MAX_BODY = 32 << 20             # an API reply or index page; downloads use open()
@@ -52,8 +52,6 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 NETWORK_HINT = ("check the network or proxy; for offline builds set BAKERY_MIRROR to a mirror "
                 "URL or directory (README: Offline and mirrored builds)")
-SECRET_PARAM = re.compile(r"(?i)([?&][^=&#\s]*(?:token|key|secret|password|passwd|sig|signature|"
-                          r"credential|auth)[^=&#\s]*=)[^&#\s]+")
 
 
 @dataclass(frozen=True)
@@ -293,64 +291,6 @@ class Http:
 
     def _from(self, label: str, source: str) -> str:
         return "" if source == label else f" (from {self.redact(source)})"
-
-
-def redirect_allowed(current: str, target: str) -> bool:
-    """https anywhere; http only from http (a mirror the user chose); nothing else (file:)."""
-    scheme = urlsplit(target).scheme.lower()
-    return scheme == "https" or (scheme == "http" and urlsplit(current).scheme.lower() == "http")
-
-
-def check_upstream(url: str, mirror: str | None) -> None:
-    """Upstream URLs are https (a mirror may serve http ones) without '.'/'..' segments."""
-    if not mirror and not url.startswith("https://"):
-        raise BakeryError(f"{redact(url)}: only https:// upstream URLs are fetched",
-                          "use the https:// URL in the recipe, or set BAKERY_MIRROR to a "
-                          "mirror that serves this file")
-    if {".", ".."} & set(unquote(urlsplit(url).path).split("/")):
-        raise BakeryError(f"{redact(url)}: '.' or '..' in the URL path",
-                          "check the version and URL pinned in release/lock.toml")
-
-
-def mirror_url(url: str, mirror: str | None) -> str:
-    """Where to fetch `url` from: `url` itself, `<mirror>/HOST/PATH` for an http(s) mirror,
-    or the absolute file path `<dir>/HOST/PATH` for a directory mirror (path unquoted)."""
-    hint = "check the version and URL pinned in release/lock.toml"
-    if not mirror:
-        return url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BakeryError(f"{redact(url)}: not an http(s) URL, cannot map it to mirror "
-                          f"{redact(mirror)}", hint)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d+)?", host):
-        raise BakeryError(f"{redact(url)}: host {host!r} cannot be mapped into mirror "
-                          f"{redact(mirror)}", hint)
-    query = f"?{parts.query}" if parts.query else ""
-    if is_url(mirror):
-        return f"{mirror.rstrip('/')}/{host}{parts.path}{query}"
-    root = unquote(urlsplit(mirror).path) if mirror.startswith("file://") else mirror
-    if not os.path.isabs(root):
-        raise BakeryError(f"mirror {mirror!r}: neither an http(s) URL nor an absolute directory",
-                          "set BAKERY_MIRROR to https://HOST/PREFIX, /abs/dir or file:///abs/dir")
-    rel = unquote(parts.path) + unquote(query)
-    if ".." in rel.split("/"):
-        raise BakeryError(f"{redact(url)}: '..' in the path would escape mirror directory {root}",
-                          hint)
-    return f"{root.rstrip('/')}/{host}{rel}"
-
-
-def redact(text: str) -> str:
-    """Credentials never reach a message: URL userinfo, secret-looking query parameters and
-    Authorization header values become ***."""
-    text = re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@", r"\1***@", text)
-    text = SECRET_PARAM.sub(r"\1***", text)
-    return re.sub(r"(?i)((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\n,}]+", r"\1***",
-                  text)
-
-
-def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
 
 
 def retry_after_seconds(value: str, default: float) -> float:

@@ -15,8 +15,8 @@ import pytest
 from sysext_bakery import http as http_module
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.build.fetch import fetch
-from sysext_bakery.http import (Http, Limits, mirror_url, redact, redirect_allowed,
-                                retry_after_seconds)
+from sysext_bakery.http import Http, Limits, retry_after_seconds
+from sysext_bakery.model.url import mirror_url, redact, redirect_allowed
 
 UPSTREAM = "https://download.example.org/linux/static/stable/x86_64/docker-24.0.9.tgz"
 MIRRORED = "/download.example.org/linux/static/stable/x86_64/docker-24.0.9.tgz"

@@ -272,7 +272,7 @@ def test_directory_mirror_serves_recorded_answers(tmp_path: Path) -> None:
     root = tmp_path / "mirror"
     api = root / "api.releases.hashicorp.com" / "v1" / "releases"
     api.mkdir(parents=True)
-    # the query belongs to the file name, unquoted, as fetch.mirror_url maps it
+    # the query belongs to the file name, unquoted, as model.url.mirror_url maps it
     shutil.copy(DATA / "hashicorp-vault-1.json", api / "vault?limit=20")
     shutil.copy(DATA / "hashicorp-vault-2.json", api / "vault?limit=20&after=2025-01-29T16:30:21.000Z")
     shutil.copy(DATA / "hashicorp-vault-3.json", api / "vault?limit=20&after=2024-12-09T12:00:00.000Z")

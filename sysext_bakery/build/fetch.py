@@ -20,7 +20,8 @@ from urllib.parse import unquote, urlsplit
 from rich.filesize import decimal
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.http import CHUNK, BodyBroken, Deadline, Http, Limits, Stream, is_url, mirror_url
+from sysext_bakery.http import CHUNK, BodyBroken, Deadline, Http, Limits, Stream
+from sysext_bakery.model.url import is_url, mirror_url
 
 if TYPE_CHECKING:
     from rich.progress import Progress

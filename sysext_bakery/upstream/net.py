@@ -8,7 +8,8 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from sysext_bakery.http import Http, Limits, is_url
+from sysext_bakery.http import Http, Limits
+from sysext_bakery.model.url import is_url
 from sysext_bakery.upstream.base import Get, Reply
 
 MAX_BODY = 16 << 20          # an API page or index is small; refuse to buffer more
