@@ -29,6 +29,13 @@ def parser() -> argparse.ArgumentParser:
                              description=torcx.__doc__)
     torcx.add_arguments(convert)
     convert.set_defaults(run=torcx.run)
+
+    from sysext_bakery.publish import compose
+    comp = sub.add_parser("compose", help="one Butane config + Ignition JSON for a host's extensions",
+                          description=compose.__doc__.split("\n\n")[0],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    compose.add_arguments(comp)
+    comp.set_defaults(run=compose.run)
     return p
 
 

@@ -267,27 +267,37 @@ def ignition_name(name: str, arch: str) -> str:
 
 
 def snippet(image: PublishedImage, config: ReleaseConfig, files: Mapping[str, str],
-            public_key: bytes | None) -> provision.Config:
+            public_key: bytes | None, *, stream: str | None = None,
+            follow: bool = True) -> provision.Config:
     """What a Flatcar host needs to run `image` and keep it current: the image, the
     `/etc/extensions` link systemd-sysext merges, the transfer file (+ noop.conf, + the
     keyring of a signed release) and the timer. Every download is pinned by its sha256,
     which Ignition checks; `files` holds the rendered transfer files and noop.conf. Each
     built-in sysext the image replaces is masked: systemd-sysext skips an image whose
-    /etc/extensions entry is a link to /dev/null (overwrite: Flatcar may have linked it)."""
+    /etc/extensions entry is a link to /dev/null (overwrite: Flatcar may have linked it).
+
+    `stream` installs the stream's transfer (`<name>-<stream>.conf`: updates within the
+    stream only) instead of `<name>.conf`; `follow=False` installs no transfer at all, so the
+    host keeps exactly `image` (and gets neither timer, noop.conf nor keyring for it)."""
     name, base = image.name, config.base_url
     target = f"/opt/extensions/{name}/{image.filename}"
-    conf = f"{name}.conf"
     downloads = [provision.File(target, source=base + image.filename,
-                                hash=f"sha256-{image.sha256}", mode=0o644),
-                 provision.File(f"/etc/sysupdate.{name}.d/{conf}", source=base + conf,
-                                hash=f"sha256-{_sha256(files[conf].encode())}"),
-                 provision.File(f"/etc/sysupdate.d/{NOOP}", source=base + NOOP,
-                                hash=f"sha256-{_sha256(files[NOOP].encode())}")]
-    if public_key is not None:   # systemd-sysupdate checks SHA256SUMS.gpg with this keyring
-        downloads.append(provision.File("/etc/systemd/import-pubring.gpg",
-                                        source=base + PUBLIC_KEY,
-                                        hash=f"sha256-{_sha256(public_key)}", mode=0o644))
-    dropin = f"[Service]\nExecStartPre=/usr/lib/systemd/systemd-sysupdate -C {name} update\n"
+                                hash=f"sha256-{image.sha256}", mode=0o644)]
+    units: tuple[provision.Unit, ...] = ()
+    if follow:
+        conf = f"{name}-{stream}.conf" if stream else f"{name}.conf"
+        downloads += [provision.File(f"/etc/sysupdate.{name}.d/{conf}", source=base + conf,
+                                     hash=f"sha256-{_sha256(files[conf].encode())}"),
+                      provision.File(f"/etc/sysupdate.d/{NOOP}", source=base + NOOP,
+                                     hash=f"sha256-{_sha256(files[NOOP].encode())}")]
+        if public_key is not None:   # systemd-sysupdate checks SHA256SUMS.gpg with this keyring
+            downloads.append(provision.File("/etc/systemd/import-pubring.gpg",
+                                            source=base + PUBLIC_KEY,
+                                            hash=f"sha256-{_sha256(public_key)}", mode=0o644))
+        dropin = f"[Service]\nExecStartPre=/usr/lib/systemd/systemd-sysupdate -C {name} update\n"
+        units = (provision.Unit("systemd-sysupdate.timer", enabled=True),
+                 provision.Unit("systemd-sysupdate.service",
+                                dropins=(provision.Dropin(f"{name}.conf", dropin),)))
     return provision.Config(
         # systemd-sysupdate 254 does not create its target directory
         directories=(provision.Directory(f"/opt/extensions/{name}"),),
@@ -295,9 +305,7 @@ def snippet(image: PublishedImage, config: ReleaseConfig, files: Mapping[str, st
         links=(provision.Link(f"/etc/extensions/{name}.raw", target),
                *(provision.Link(f"/etc/extensions/{builtin}.raw", "/dev/null", overwrite=True)
                  for builtin in image.replaces)),
-        units=(provision.Unit("systemd-sysupdate.timer", enabled=True),
-               provision.Unit("systemd-sysupdate.service",
-                              dropins=(provision.Dropin(f"{name}.conf", dropin),))))
+        units=units)
 
 
 def snippet_comment(image: PublishedImage, arch: str) -> str:
