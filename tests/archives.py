@@ -87,6 +87,26 @@ def write_zip(path: Path, entries: list[Entry]) -> Path:
     return path
 
 
+def write_zip_without_modes(path: Path, files: dict[str, bytes]) -> Path:
+    """A zip as Windows tools make it: no unix mode in the external attributes, only the
+    DOS archive bit (zipfile itself always stores a mode, so the central directory is
+    patched afterwards)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name)
+            info.create_system = 0
+            zf.writestr(info, data)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"PK\x01\x02")
+    while at >= 0:                      # each central directory header: external attr at +38
+        raw[at + 38:at + 42] = (0x20).to_bytes(4, "little")
+        at = raw.find(b"PK\x01\x02", at + 46)
+    path.write_bytes(bytes(raw))
+    with zipfile.ZipFile(path) as zf:
+        assert all(i.external_attr >> 16 == 0 for i in zf.infolist())
+    return path
+
+
 def source(filename: str, kind: str, *install: Install, allow_setuid: bool = False) -> Source:
     return Source(url=f"https://example.org/dl/{filename}", sha256=None, checksum_url=None,
                   kind=kind, install=install, allow_setuid=allow_setuid, origin=ORIGIN)

@@ -2,11 +2,16 @@
 decompressor child."""
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import re
 import shutil
 import stat
 import tarfile
+
+import zstandard
 
 import pytest
 
@@ -17,7 +22,8 @@ from sysext_bakery.build.archive import Member, iter_members
 from sysext_bakery.build.stage import stage_image
 from elf import make_elf
 from archives import (ORIGIN, RELEASE, Entry, F, D, L, H, write_tar, write_zip, source, image,
-                      listing, DOCKER, EXPECTED_DOCKER, stage_fails, children)
+                      listing, DOCKER, EXPECTED_DOCKER, stage_fails, children, by_hash,
+                      write_zip_without_modes)
 
 
 @pytest.fixture(params=["gzip", "pigz", "in-process"])
@@ -39,7 +45,8 @@ def decompressor(request, tmp_path_factory, monkeypatch) -> str:
     ("docker-24.0.9.tgz", "tar.gz"), ("x.tar.gz", "tar.gz"), ("x.tar.xz", "tar.xz"),
     ("x.txz", "tar.xz"), ("x.tar.zst", "tar.zst"), ("x.tar.bz2", "tar.bz2"), ("x.tbz2", "tar.bz2"),
     ("x.zip", "zip"), ("x.tar", "tar"), ("X.TGZ", "tar.gz"), ("wasmtime", None),
-    ("tailscale_1.2_amd64", None), ("x.gz", None),
+    ("tailscale_1.2_amd64", None), ("x.gz", "gz-file"), ("restic_0.17.3_linux_amd64.bz2", "bz2-file"),
+    ("gitea-1.22.6-linux-amd64.xz", "xz-file"), ("tool.ZST", "zst-file"), (".gz", None),
 ])
 def test_archive_kind(filename, kind):
     assert archive_kind(filename) == kind
@@ -236,3 +243,80 @@ def test_iter_members_reports_modes_and_links(tmp_path):
         (Member("pkg/l", "symlink", 0o777, linkname="su"), None),
         (Member("pkg/h", "hardlink", 0o755, linkname="pkg/su"), None),
     ]
+
+
+COMPRESS = {"gz-file": lambda b: gzip.compress(b, mtime=0), "xz-file": lzma.compress,
+            "bz2-file": bz2.compress, "zst-file": lambda b: zstandard.ZstdCompressor().compress(b)}
+SUFFIX = {"gz-file": ".gz", "xz-file": ".xz", "bz2-file": ".bz2", "zst-file": ".zst"}
+
+
+@pytest.mark.parametrize("kind", sorted(COMPRESS))
+def test_single_compressed_file_is_shipped_decompressed(tmp_path, kind, decompressor):
+    # restic's layout: restic_0.17.3_linux_amd64.bz2 holds the binary itself
+    binary = make_elf("x86-64", os.urandom(200_000))
+    name = f"restic_0.17.3_linux_amd64{SUFFIX[kind]}"
+    download = by_hash_copy(tmp_path, name, COMPRESS[kind](binary))
+    assert archive_kind(name) == kind
+    dest = tmp_path / "stage" / "restic"
+    src = source(name, kind, Install("restic_*_linux_amd64", "/usr/bin/restic"))
+    stage_image(image(src), [download], dest)
+    shipped = dest / "usr/bin/restic"
+    assert shipped.read_bytes() == binary
+    assert stat.S_IMODE(shipped.stat().st_mode) == 0o755
+    assert children() == []
+
+
+@pytest.mark.parametrize("kind", sorted(COMPRESS))
+def test_single_compressed_text_file_is_0644(tmp_path, kind):
+    download = tmp_path / "completion.gz"
+    download.write_bytes(COMPRESS[kind](b"complete -F _tool tool\n"))
+    members = [(m, c.read()) for m, c in iter_members(download, kind, ORIGIN, f"tool.bash{SUFFIX[kind]}")]
+    assert members == [(Member("tool.bash", "file", 0o644), b"complete -F _tool tool\n")]
+
+
+def test_corrupt_single_xz_file(tmp_path, decompressor):
+    good = lzma.compress(make_elf("x86-64", os.urandom(100_000)))
+    download = tmp_path / "gitea.xz"
+    download.write_bytes(good[:40] + bytes(b ^ 0xFF for b in good[40:200]) + good[200:])
+    with pytest.raises(BakeryError) as err:
+        stage_image(image(source("gitea-1.22.6-linux-amd64.xz", "xz-file",
+                                 Install("gitea-*", "/usr/bin/gitea"))), [download], tmp_path / "out")
+    assert err.value.message.startswith(
+        f"{ORIGIN}: gitea-1.22.6-linux-amd64.xz: cannot be read as xz-file: ")
+    assert "delete it from the download cache" in err.value.hint
+    assert sorted(os.listdir(tmp_path)) == ["gitea.xz"]
+    assert children() == []
+
+
+def test_empty_single_compressed_file(tmp_path):
+    download = tmp_path / "x.gz"
+    download.write_bytes(gzip.compress(b""))
+    with pytest.raises(BakeryError, match="decompresses to an empty file"):
+        stage_image(image(source("tool.gz", "gz-file", Install("tool", "/usr/bin/tool"))), [download],
+                    tmp_path / "out")
+
+
+def test_zip_members_without_unix_modes_are_judged_by_content(tmp_path):
+    # A zip made on Windows (create_system 0) stores no unix mode: an ELF is a program.
+    binary = make_elf("x86-64", b"consul")
+    archive = write_zip_without_modes(tmp_path / "consul.zip", {
+        "consul": binary, "LICENSE.txt": b"license", "run.sh": b"#!/bin/sh\n"})
+    dest = tmp_path / "out"
+    stage_image(image(source("consul.zip", "zip", Install("*", "/usr/bin/"))), [archive], dest)
+    assert listing(dest)["usr/bin/consul"] == ("file 0755", binary.decode("latin-1"))
+    assert listing(dest)["usr/bin/LICENSE.txt"] == ("file 0644", "license")
+    assert listing(dest)["usr/bin/run.sh"] == ("file 0755", "#!/bin/sh\n")
+
+
+def test_zip_member_with_unix_mode_keeps_it(tmp_path):
+    archive = write_zip(tmp_path / "t.zip", [F("tool", make_elf("x86-64"), 0o644)])
+    dest = tmp_path / "out"
+    stage_image(image(source("t.zip", "zip", Install("tool", "/usr/bin/tool"))), [archive], dest)
+    assert stat.S_IMODE((dest / "usr/bin/tool").stat().st_mode) == 0o644   # upstream said so
+
+
+def by_hash_copy(tmp_path, name: str, data: bytes):
+    """`data` stored as the download cache stores it: named by its sha256, not `name`."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    return by_hash(path)

@@ -189,3 +189,69 @@ def test_conflicts_names_recipes(tmp_path: Path) -> None:
     assert f"{path}: conflicts: not a recipe: name 'Docker' must be lower-case" in error_of(path)
     path = write(tmp_path, 'conflicts = ["tool"]\n' + GOOD)
     assert f"{path}: conflicts: names the recipe itself ('tool')" in error_of(path)
+
+
+K3S = GOOD.replace('url = "https://example.org/tool-{version}-{arch}.tar.gz"\ninstall = { "tool/*" = "/usr/bin/" }',
+                   'url = "https://example.org/k3s"\ninstall = { "k3s" = "/usr/bin/k3s" }')
+
+
+def test_symlinks_are_loaded_into_the_image(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, K3S + '[symlinks]\n"/usr/bin/kubectl" = "k3s"\n'
+                                               '"/usr/bin/crictl" = "/usr/bin/k3s"\n', "k3s"))
+    image = resolve_image(recipe, "1.32.2_k3s1", "x86-64", None)
+    assert [(s.path, s.target) for s in image.symlinks] == [("/usr/bin/kubectl", "k3s"),
+                                                           ("/usr/bin/crictl", "/usr/bin/k3s")]
+    assert image.symlinks[0].origin == f'{tmp_path}/k3s.toml: symlinks."/usr/bin/kubectl"'
+
+
+@pytest.mark.parametrize("link, target, problem", [
+    ("/etc/kubectl", "k3s", "symlink /etc/kubectl is outside /usr and /opt"),
+    ("/bin/kubectl", "k3s", "symlink /bin/kubectl is outside /usr and /opt"),
+    ("usr/bin/kubectl", "k3s", "symlink usr/bin/kubectl must be an absolute path"),
+    ("/usr/lib/systemd", "../bin/k3s", "symlink /usr/lib/systemd would replace the host's whole "
+                                       "directory /usr/lib/systemd"),
+    ("/usr/bin", "k3s", "symlink /usr/bin would replace the host's whole directory /usr/bin"),
+    ("/usr/sbin/kubectl", "../bin/k3s", "symlink /usr/sbin/kubectl is under /usr/sbin"),
+    ("/usr/bin/kubectl/", "k3s", "must name the link itself"),
+    ("/usr/bin/kubectl", "../../../etc/passwd", "target '../../../etc/passwd' leaves the image's /usr and /opt"),
+    ("/usr/bin/kubectl", "/etc/passwd", "target '/etc/passwd' leaves the image's /usr and /opt"),
+    ("/usr/bin/kubectl", "/usr/../etc/x", "leaves the image's /usr and /opt"),
+    ("/usr/bin/kubectl", "", "is empty or has control characters"),
+])
+def test_bad_symlinks_are_refused(tmp_path: Path, link: str, target: str, problem: str) -> None:
+    message = error_of(write(tmp_path, K3S + f'[symlinks]\n"{link}" = "{target}"\n', "k3s"))
+    assert message.startswith(f"{tmp_path}/k3s.toml: symlinks")
+    assert problem in message
+
+
+def test_install_replace_is_loaded(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, GOOD.replace(
+        'install = { "tool/*" = "/usr/bin/" }',
+        'install = { "tool/*" = "/usr/bin/", "tool/systemd/tool.service" = { to = '
+        '"/usr/lib/systemd/system/tool.service", replace = { "/usr/sbin/" = "/usr/bin/", '
+        '"/etc/default/tool" = "/usr/share/tool/defaults" } } }')))
+    assert recipe.sources[0].install[1] == Install(
+        "tool/systemd/tool.service", "/usr/lib/systemd/system/tool.service", None,
+        (("/usr/sbin/", "/usr/bin/"), ("/etc/default/tool", "/usr/share/tool/defaults")))
+
+
+@pytest.mark.parametrize("replace, problem", [
+    ('"x"', "expected a table of \"old\" = \"new\" text, got 'x'"),
+    ("{}", "expected a table of \"old\" = \"new\" text, got {}"),
+    ('{ "" = "y" }', "an empty text cannot be replaced"),
+    ('{ "a" = 1 }', "expected the new text as a string, got 1"),
+])
+def test_bad_replace_is_refused(tmp_path: Path, replace: str, problem: str) -> None:
+    message = error_of(write(tmp_path, GOOD.replace(
+        'install = { "tool/*" = "/usr/bin/" }',
+        f'install = {{ "tool/x.service" = {{ to = "/usr/lib/systemd/system/x.service", replace = {replace} }} }}')))
+    assert f'sources[0].install."tool/x.service".replace' in message and problem in message
+
+
+@pytest.mark.parametrize("filename, kind", [
+    ("restic_{version}_linux_{arch}.bz2", "bz2-file"), ("gitea-{version}-linux-{arch}.xz", "xz-file"),
+    ("tool.gz", "gz-file"), ("tool.zst", "zst-file"), ("tool-{version}.tar.zst", "tar.zst"),
+])
+def test_single_compressed_file_kind_is_inferred(tmp_path: Path, filename: str, kind: str) -> None:
+    recipe = load_recipe(write(tmp_path, GOOD.replace("tool-{version}-{arch}.tar.gz", filename)))
+    assert recipe.sources[0].kind == kind

@@ -24,6 +24,7 @@ import zstandard
 from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.build.tree import BUFSIZE, check_symlink, member_name, resolve_link
+from sysext_bakery.model.image import COMPRESSED_FILES, single_member_name
 
 if TYPE_CHECKING:
     from subprocess import Popen
@@ -32,10 +33,10 @@ if TYPE_CHECKING:
 # inflates while this process parses the tar stream and writes files. The first tool found
 # on PATH is used (pigz inflates faster than gzip).
 _TOOLS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "tar.gz": (("pigz", "-dc"), ("gzip", "-dc")),
-    "tar.xz": (("xz", "-dc"),),
-    "tar.bz2": (("bzip2", "-dc"),),
-    "tar.zst": (("zstd", "-dcq"),),
+    "gz": (("pigz", "-dc"), ("gzip", "-dc")),
+    "xz": (("xz", "-dc"),),
+    "bz2": (("bzip2", "-dc"),),
+    "zst": (("zstd", "-dcq"),),
 }
 # Exit status 2 is a warning for these (e.g. trailing garbage after the stream, which the
 # in-process decompressors do not look at either); for bzip2 it means a corrupt file.
@@ -45,12 +46,15 @@ PIPE_SIZE = 1 << 20  # a larger pipe lets the child run ahead of the tar parser
 # Without the tool, decompression wraps the raw file in-process. Either way tarfile only
 # ever sees a plain tar stream ("r|"): one code path for every compression.
 _DECOMPRESS = {
-    "tar": lambda raw: raw,
-    "tar.gz": lambda raw: gzip.GzipFile(fileobj=raw),
-    "tar.xz": lambda raw: lzma.LZMAFile(raw),
-    "tar.bz2": lambda raw: bz2.BZ2File(raw),
-    "tar.zst": lambda raw: zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True),
+    "": lambda raw: raw,
+    "gz": lambda raw: gzip.GzipFile(fileobj=raw),
+    "xz": lambda raw: lzma.LZMAFile(raw),
+    "bz2": lambda raw: bz2.BZ2File(raw),
+    "zst": lambda raw: zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True),
 }
+# archive kind -> its compression: tarballs, and single compressed files (a `.bz2` binary)
+_TAR_KINDS = {"tar": "", "tar.gz": "gz", "tar.xz": "xz", "tar.bz2": "bz2", "tar.zst": "zst"}
+_FILE_KINDS = {kind: suffix.lstrip(".") for kind, suffix in COMPRESSED_FILES.items()}
 
 # What a truncated or corrupt download raises somewhere in the stdlib / zstandard stack.
 _READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError,
@@ -82,13 +86,15 @@ def iter_members(archive: Path, kind: str, origin: str,
     try:
         if kind == "file":
             yield from _file_members(archive, label, where)
+        elif kind in _FILE_KINDS:
+            yield from _compressed_file_members(archive, kind, label, where)
         elif kind == "zip":
             yield from _zip_members(archive, where)
-        elif kind in _DECOMPRESS:
+        elif kind in _TAR_KINDS:
             yield from _tar_members(archive, kind, where)
         else:
             raise BakeryError(f"{where}: unknown archive kind {kind!r}",
-                              hint=f"use one of: {', '.join([*_DECOMPRESS, 'zip', 'file'])}")
+                              hint=f"use one of: {', '.join([*_TAR_KINDS, 'zip', *_FILE_KINDS, 'file'])}")
     except _READ_ERRORS as e:
         raise _unreadable(where, kind, e) from e
 
@@ -153,12 +159,12 @@ class _ChildOutput:
 
 
 @contextmanager
-def _plain_tar(archive: Path, kind: str) -> Iterator[BinaryIO]:
-    """The uncompressed tar stream of `archive`: from a child process when its tool is
+def _decompressed(archive: Path, compression: str) -> Iterator[BinaryIO]:
+    """The uncompressed content of `archive`: from a child process when its tool is
     installed, else decompressed in-process. The child is always reaped."""
-    command = _find_tool(kind)
+    command = _find_tool(compression)
     if command is None:
-        with open(archive, "rb") as raw, _DECOMPRESS[kind](raw) as plain:
+        with open(archive, "rb") as raw, _DECOMPRESS[compression](raw) as plain:
             yield plain
         return
     ok = {0, _WARNING_STATUS.get(Path(command[0]).name, 0)}
@@ -174,8 +180,8 @@ def _plain_tar(archive: Path, kind: str) -> Iterator[BinaryIO]:
             run.kill(proc)       # a no-op once it exited; stops it when reading ended early
 
 
-def _find_tool(kind: str) -> list[str] | None:
-    for name, *args in _TOOLS.get(kind, ()):
+def _find_tool(compression: str) -> list[str] | None:
+    for name, *args in _TOOLS.get(compression, ()):
         path = run.which(name)
         if path is not None:
             return [path, *args]
@@ -191,7 +197,7 @@ def _grow_pipe(pipe: BinaryIO) -> None:
 
 def _tar_members(archive: Path, kind: str, where: str) -> Iterator[tuple[Member, BinaryIO | None]]:
     files_seen: set[str] = set()   # hardlinks may only point back to these
-    with _plain_tar(archive, kind) as plain, \
+    with _decompressed(archive, _TAR_KINDS[kind]) as plain, \
             tarfile.open(fileobj=plain, mode="r|", bufsize=64 * 1024) as tar:
         for info in tar:
             member = _tar_member(info, where, files_seen)
@@ -244,31 +250,92 @@ def _zip_members(archive: Path, where: str) -> Iterator[tuple[Member, BinaryIO |
         for info in zf.infolist():
             name = member_name(info.filename, where)
             unix = info.external_attr >> 16     # st_mode when the zip was made on unix, else 0
-            ftype, mode = stat.S_IFMT(unix), (unix & 0o7777) or 0o644
+            ftype, mode = stat.S_IFMT(unix), unix & 0o7777
             if info.is_dir() or ftype == stat.S_IFDIR:
                 if name:
-                    yield Member(name, "dir", mode), None
+                    yield Member(name, "dir", mode or 0o755), None
             elif ftype == stat.S_IFLNK:
                 target = zf.read(info).decode("utf-8", "surrogateescape")
                 check_symlink(name, target, where)
                 yield Member(name, "symlink", mode, linkname=target), None
             elif ftype in (0, stat.S_IFREG):
                 with zf.open(info) as content:
+                    stream: BinaryIO = content
+                    if not mode:
+                        # No unix mode (a zip made on Windows, or by a tool that stores none):
+                        # judged by the content, as plain-file downloads are.
+                        head = _read_head(content)
+                        mode = 0o755 if _looks_executable(head) else 0o644
+                        stream = _Prefixed(head, content)
                     yield (Member(name, "file", mode, info.file_size),
-                           _Content(content, f"{where}: {name}", "zip"))
+                           _Content(stream, f"{where}: {name}", "zip"))
             else:
                 raise BakeryError(f"{where}: member '{info.filename}' is not a file, directory "
                                   f"or symlink (mode {unix:o})",
                                   hint="a sysext may only ship files, directories and links")
 
 
+def _looks_executable(head: bytes) -> bool:
+    # Downloads carry no upstream modes: a file is executable when it looks like a program
+    # (static binaries and scripts are why single files are downloaded).
+    return head.startswith((b"\x7fELF", b"#!"))
+
+
+def _read_head(stream: BinaryIO, size: int = 4) -> bytes:
+    """The first `size` bytes (fewer at the end): some decompressors return short reads."""
+    head = b""
+    while len(head) < size:
+        data = stream.read(size - len(head))
+        if not data:
+            break
+        head += data
+    return head
+
+
+class _Prefixed(io.RawIOBase):
+    """`head`, already read from `rest`, followed by the rest of that stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO):
+        super().__init__()
+        self._head, self._rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            if size < 0:
+                data, self._head = self._head + self._rest.read(), b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        return self._rest.read(size)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
 def _file_members(path: Path, label: str, where: str) -> Iterator[tuple[Member, BinaryIO | None]]:
     name = member_name(label, where)
     with open(path, "rb") as f:
-        # The cache does not keep upstream modes: a download is executable when it looks
-        # like a program (static binaries and scripts are why plain files are downloaded).
-        executable = f.read(4).startswith((b"\x7fELF", b"#!"))
+        executable = _looks_executable(f.read(4))
         f.seek(0)
         size = os.fstat(f.fileno()).st_size
         yield Member(name, "file", 0o755 if executable else 0o644, size), _Content(f, where, "file")
+
+
+def _compressed_file_members(path: Path, kind: str, label: str,
+                             where: str) -> Iterator[tuple[Member, BinaryIO | None]]:
+    """A single compressed file as its one member, decompressed while it is read. The size
+    is unknown until then (0)."""
+    name = member_name(single_member_name(label, kind), where)
+    with _decompressed(path, _FILE_KINDS[kind]) as plain:
+        head = _read_head(plain)
+        if not head:
+            raise BakeryError(f"{where}: decompresses to an empty file",
+                              hint="the download is not the tool; check the source's URL")
+        mode = 0o755 if _looks_executable(head) else 0o644
+        yield Member(name, "file", mode), _Content(_Prefixed(head, plain), where, kind)
 

@@ -4,6 +4,7 @@ modes. Patterns match archive paths segment by segment ('*' stays within one dir
 from __future__ import annotations
 
 import fnmatch
+import io
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Install, Source
 from sysext_bakery.build.archive import Member, iter_members
 from sysext_bakery.build.tree import SPECIAL_BITS, Tree
+
+# Replacements are for text (unit files, configs): anything larger is not what they are for.
+MAX_REPLACE_SIZE = 4 << 20
 
 @dataclass(frozen=True)
 class _Rule:
@@ -65,6 +69,7 @@ def install_source(tree: Tree, source: Source, download: Path) -> None:
     """Places the members of one download that its install map selects."""
     rules = [_rule(i, source.origin) for i in source.install]
     matched: list[list[str]] = [[] for _ in rules]
+    replaced: list[set[str]] = [set() for _ in rules]         # per rule: the `old`s that matched
     installed: dict[str, str] = {}                           # member name -> first tree path
     pending: dict[str, list[tuple[str, int, str]]] = {}      # hardlink target -> (rel, mode, who)
     first_names: list[str] = []
@@ -73,9 +78,12 @@ def install_source(tree: Tree, source: Source, download: Path) -> None:
             if len(first_names) < 8:
                 first_names.append(member.name)
             parts = member.name.split("/")
-            for rule, hits in zip(rules, matched):
-                if not _matches(rule.segments, parts):
-                    continue
+            hits_here = [i for i, rule in enumerate(rules) if _matches(rule.segments, parts)]
+            # A file some rule rewrites is read once: each rule gets the original text.
+            original = _read_for_replace(member, content, source) \
+                if any(rules[i].install.replace for i in hits_here) else None
+            for i in hits_here:
+                rule, hits = rules[i], matched[i]
                 if hits and not rule.into_dir and member.type != "dir":
                     raise BakeryError(
                         f"{source.origin}: install: pattern '{rule.install.pattern}' matches "
@@ -89,6 +97,9 @@ def install_source(tree: Tree, source: Source, download: Path) -> None:
                     tree.add_dir(rel, who)
                 elif member.type == "symlink":
                     tree.add_symlink(rel, member.linkname, who)
+                elif original is not None:
+                    text = _apply(rule.install.replace, original, replaced[i])
+                    tree.add_file(rel, io.BytesIO(text), _checked_mode(member, rule.install, source), who)
                 else:
                     mode = _checked_mode(member, rule.install, source)
                     # A member selected twice, or a hardlink to one already placed: copy that file.
@@ -108,8 +119,53 @@ def install_source(tree: Tree, source: Source, download: Path) -> None:
                 hint="patterns match archive paths segment by segment ('*' stays within one "
                      "directory, '**' spans any depth); the archive starts with: "
                      + ", ".join(first_names))
+    for rule, hits, seen in zip(rules, matched, replaced):
+        for old, _new in rule.install.replace:
+            if old not in seen:
+                raise BakeryError(
+                    f"{source.origin}: install.\"{rule.install.pattern}\".replace.\"{old}\": "
+                    f"matched nothing in {', '.join(hits)} ({source.filename})",
+                    hint="upstream's file changed: check what it says now and update or drop "
+                         "the replacement")
     if pending:
         _install_hardlink_targets(tree, source, download, pending)
+
+
+def _read_for_replace(member: Member, content: BinaryIO | None, source: Source) -> bytes | None:
+    """The text of a file member that an entry with `replace` selects; refuses what is not
+    text. None for directories (created as usual)."""
+    where = f"{source.origin}: {source.filename}: member '{member.name}'"
+    if member.type == "dir":
+        return None
+    if member.type != "file" or content is None:
+        raise BakeryError(f"{where} is a {member.type}; replace only rewrites regular files",
+                          hint="select the file the link points to, or drop `replace`")
+    data = content.read(MAX_REPLACE_SIZE + 1)
+    if data.startswith(b"\x7fELF"):
+        raise BakeryError(f"{where} is an ELF binary; replace only rewrites text files",
+                          hint="narrow the pattern to the unit or config file, or drop `replace`")
+    if len(data) > MAX_REPLACE_SIZE or b"\0" in data:
+        raise BakeryError(f"{where} is not a text file (binary or over "
+                          f"{MAX_REPLACE_SIZE >> 20} MiB); replace only rewrites text files",
+                          hint="narrow the pattern to the unit or config file, or drop `replace`")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BakeryError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                          "replace only rewrites text files",
+                          hint="narrow the pattern to the unit or config file, or drop `replace`") from None
+    return data
+
+
+def _apply(replace: Sequence[tuple[str, str]], original: bytes, seen: set[str]) -> bytes:
+    """`original` with each literal replacement applied in order; notes in `seen` which
+    ones found something."""
+    text = original.decode("utf-8")
+    for old, new in replace:
+        if old in text:
+            seen.add(old)
+            text = text.replace(old, new)
+    return text.encode("utf-8")
 
 
 def _install_hardlink_targets(tree: Tree, source: Source, download: Path,

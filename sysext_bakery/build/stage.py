@@ -17,10 +17,10 @@ from pathlib import Path
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model import extension_release
-from sysext_bakery.model.image import Image
+from sysext_bakery.model.image import Image, Symlink
 from sysext_bakery.build import hostsetup
 from sysext_bakery.build.install import file_mode, install_source
-from sysext_bakery.build.tree import Tree
+from sysext_bakery.build.tree import Tree, resolve_in_tree
 from sysext_bakery.build.unpacked import link_source
 from sysext_bakery.build.validate import iter_tree, validate_tree
 
@@ -50,6 +50,23 @@ def copy_files(tree: Tree, files_dir: Path) -> None:
         else:
             raise BakeryError(f"{who}: not a file, directory or symlink",
                               hint="remove it from the recipe's files/")
+
+
+def add_symlinks(tree: Tree, symlinks: Sequence[Symlink]) -> None:
+    """The recipe's [symlinks]; a path something else placed is a clash."""
+    for link in symlinks:
+        tree.add_symlink(link.path.strip("/"), link.target, link.origin or f"symlink {link.path}")
+
+
+def check_symlinks(root: Path, symlinks: Sequence[Symlink]) -> None:
+    """Each declared link must lead to something the image ships: a link into the host's
+    /usr would change meaning with the host, and one to nothing is a typo."""
+    for link in symlinks:
+        if resolve_in_tree(root, link.path.strip("/")) is None:
+            raise BakeryError(f"{link.origin or link.path}: '{link.target}' does not resolve to "
+                              f"anything inside the image (from {link.path})",
+                              hint="a declared symlink must point at a file or directory the image "
+                                   "itself ships; relative targets start from the link's directory")
 
 
 def write_dropins(tree: Tree, name: str, upholds: Sequence[tuple[str, Sequence[str]]]) -> None:
@@ -95,9 +112,11 @@ def stage_image(image: Image, downloads: Sequence[Path], dest: Path, *,
                 link_source(tree, source, download, unpacked)
         if image.files_dir is not None:
             copy_files(tree, image.files_dir)
+        add_symlinks(tree, image.symlinks)
         write_dropins(tree, image.name, image.upholds)
         hostsetup.write_setup_unit(tree, image.name)
         write_extension_release(tree, image)
+        check_symlinks(work, image.symlinks)
         validate_tree(work, image.name, image.arch)
         _replace_dir(work, dest)
     except BaseException:

@@ -52,6 +52,41 @@ def resolve_link(base: list[str], target: str) -> str | None:
     return "/".join(parts)
 
 
+def resolve_in_tree(root: Path, rel: str, max_links: int = 40) -> str | None:
+    """What `rel` names inside the tree at `root` once every symlink on the way is followed
+    as the merged host would (absolute targets from the tree's root, never the builder's):
+    the relative path of an existing non-link, or None when the chain leaves the tree,
+    dangles or loops."""
+    pending = [p for p in rel.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if not done:
+                return None
+            done.pop()
+            continue
+        path = root.joinpath(*done, part)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > max_links:
+                return None
+            target = os.readlink(path)
+            if target.startswith("/"):
+                done = []
+            pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+        else:
+            if pending and not stat.S_ISDIR(st.st_mode):
+                return None
+            done.append(part)
+    return "/".join(done)
+
+
 class Tree:
     """A directory being filled, which remembers who placed each path so that two sources
     never silently overwrite each other and nothing is ever written through a symlink."""

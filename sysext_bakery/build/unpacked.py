@@ -17,14 +17,14 @@ from sysext_bakery.model.image import Source
 from sysext_bakery.build.install import install_source, who_prefix
 from sysext_bakery.build.tree import Tree
 
-UNPACKED_FORMAT = 2   # bump when what an entry holds or how it is laid out changes
+UNPACKED_FORMAT = 3   # bump when what an entry holds or how it is laid out changes
 
 
 def unpacked_key(source: Source, download: Path) -> str:
     """The name of a source's entry in the cache: a hash of everything that decides which
     files it installs where, with which modes (the download is named by its sha256)."""
     shaping = [UNPACKED_FORMAT, download.name, source.kind, source.filename, source.allow_setuid,
-               [[i.pattern, i.dest, i.mode] for i in source.install]]
+               [[i.pattern, i.dest, i.mode, i.replace] for i in source.install]]
     return hashlib.sha256(json.dumps(shaping).encode()).hexdigest()
 
 

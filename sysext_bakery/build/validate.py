@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sysext_bakery.build import hostdirs, hostsetup
+from sysext_bakery.build.tree import resolve_in_tree
 from sysext_bakery.model import extension_release
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
@@ -18,6 +19,9 @@ from sysext_bakery.errors import BakeryError
 UNIT_DIR = "usr/lib/systemd/system"
 RELEASE_DIR = extension_release.RELEASE_DIR
 DEPENDENCY_KEYS = ("Upholds", "Wants", "Requires")
+EXEC_KEYS = ("ExecCondition", "ExecStartPre", "ExecStart", "ExecStartPost", "ExecReload",
+             "ExecStop", "ExecStopPost")
+EXEC_PREFIXES = "@-:+!|"   # systemd.service(5): special executable prefixes
 
 # e_machine names for messages: the arches we build plus the usual wrong guesses.
 _MACHINE_NAMES = {a.elf_machine: a.name for a in ARCHES.values()} | {
@@ -53,15 +57,16 @@ def elf_header(path: Path | str) -> tuple[int, int] | None:
 def validate_tree(tree: Path, name: str, arch: str) -> None:
     """Raises one BakeryError listing every problem of the staged tree of image `name`."""
     problems = _check_top(tree) + _check_host_paths(tree) + _check_elf(tree, arch) \
-        + _check_release(tree, name, arch) + _check_dropins(tree) + _check_setup(tree, name)
+        + _check_release(tree, name, arch) + _check_dropins(tree) + _check_setup(tree, name) \
+        + _check_exec(tree)
     if problems:
         raise BakeryError(
             f"{name} ({arch}): the staged tree is not a valid sysext:\n"
             + "\n".join(f"  {p}" for p in problems),
             hint="the image may hold only usr/ and opt/, nothing in usr/sbin, no file or link "
                  "where a host has a directory, binaries for "
-                 f"{arch}, every unit its drop-ins name, and the setup unit of its sysusers.d/"
-                 "tmpfiles.d files: fix what put these files there "
+                 f"{arch}, every unit its drop-ins name, units starting the programs it ships "
+                 "where it ships them, and the setup unit of its sysusers.d/tmpfiles.d files: fix what put these files there "
                  "(a recipe's install map, files/ or [units]; a torcx image's contents or --arch)")
 
 
@@ -157,6 +162,50 @@ def _check_dropins(tree: Path) -> list[str]:
                 problems.append(f"{UNIT_DIR}/{rel}: {key}={unit}, but {UNIT_DIR}/{unit} is not "
                                 "in the image")
     return problems
+
+
+def _check_exec(tree: Path) -> list[str]:
+    """The programs units start, where the image is what decides: a program the image ships
+    must be executable, and one it does not ship must not be a program it ships elsewhere
+    (upstream's unit says /usr/sbin/tailscaled, the image has /usr/bin/tailscaled: the unit
+    would fail on every host). Programs of the host (/bin/kill, /usr/bin/env) are not ours
+    to check."""
+    unit_dir = tree / UNIT_DIR
+    if not unit_dir.is_dir() or unit_dir.is_symlink():
+        return []
+    shipped: dict[str, list[str]] = {}          # file name -> executables the image ships
+    for rel, entry in iter_tree(tree):
+        if not entry.is_dir(follow_symlinks=False):
+            shipped.setdefault(rel.rpartition("/")[2], []).append(rel)
+    problems = []
+    for rel, entry in iter_tree(unit_dir):
+        if not entry.is_file(follow_symlinks=False) or \
+                not rel.endswith((".service", ".socket", ".mount", ".swap", ".conf")):
+            continue
+        for key, program in _exec_programs(Path(entry.path).read_text(errors="replace")):
+            where = f"{UNIT_DIR}/{rel}: {key}={program}"
+            inside = program.lstrip("/")
+            if os.path.lexists(tree / inside):
+                resolved = resolve_in_tree(tree, inside)
+                if resolved is None or not (tree / resolved).is_file() or \
+                        not os.stat(tree / resolved).st_mode & 0o111:
+                    problems.append(f"{where}: the image ships it, but not as an executable file")
+            elif others := [o for o in shipped.get(inside.rpartition("/")[2], ())
+                            if o.startswith(("usr/", "opt/"))]:
+                problems.append(f"{where}, but the image ships {', '.join(others)}, not {inside}: "
+                                "fix the path in the unit (`replace` in the install map for a "
+                                "unit taken from an archive)")
+    return problems
+
+
+def _exec_programs(text: str) -> Iterator[tuple[str, str]]:
+    """(key, absolute program path) of each Exec*= line."""
+    for key, value in _assignments(text):
+        if key not in EXEC_KEYS:
+            continue
+        words = value.strip().lstrip(EXEC_PREFIXES).split()
+        if words and words[0].startswith("/") and "$" not in words[0]:
+            yield key, words[0]
 
 
 def _check_setup(tree: Path, name: str) -> list[str]:

@@ -23,7 +23,14 @@ _ARCHIVE_SUFFIXES = (
     (".tar.bz2", "tar.bz2"), (".tbz2", "tar.bz2"),
     (".zip", "zip"), (".tar", "tar"),
 )
-ARCHIVE_KINDS = tuple(dict.fromkeys(kind for _, kind in _ARCHIVE_SUFFIXES)) + ("file",)
+# One compressed file that is not a tar (restic's `restic_0.17.3_linux_amd64.bz2`, gitea's
+# `.xz`): its only member is the file itself, named as the URL without the suffix. Checked
+# after the tar suffixes, so `x.tar.gz` stays a tarball.
+COMPRESSED_FILES: dict[str, str] = {
+    "gz-file": ".gz", "xz-file": ".xz", "bz2-file": ".bz2", "zst-file": ".zst",
+}
+ARCHIVE_KINDS = tuple(dict.fromkeys(kind for _, kind in _ARCHIVE_SUFFIXES)) \
+    + tuple(COMPRESSED_FILES) + ("file",)
 
 
 def archive_kind(filename: str) -> str | None:
@@ -32,7 +39,20 @@ def archive_kind(filename: str) -> str | None:
     for suffix, kind in _ARCHIVE_SUFFIXES:
         if lower.endswith(suffix):
             return kind
+    for kind, suffix in COMPRESSED_FILES.items():
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return kind
     return None
+
+
+def single_member_name(filename: str, kind: str) -> str:
+    """The name install maps see for a one-file source: the download's file name, without
+    the compression suffix for a compressed file (`tool_1.0_linux_amd64.bz2` ->
+    `tool_1.0_linux_amd64`)."""
+    suffix = COMPRESSED_FILES.get(kind, "")
+    if suffix and filename.lower().endswith(suffix) and len(filename) > len(suffix):
+        return filename[:-len(suffix)]
+    return filename
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,9 @@ class Install:
     pattern: str             # posix path or glob inside the source ("docker/*", "bin/wasmtime", "lib/**")
     dest: str                # absolute, under /usr or /opt; a trailing "/" means "into this directory"
     mode: int | None = None  # None: 0755 if the member is executable else 0644
+    # literal text replacements (old, new), in order, for upstream unit files taken from an
+    # archive; each must match in some file the entry installs
+    replace: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,7 +72,7 @@ class Source:
     url: str                       # real upstream URL (https); BAKERY_MIRROR rewrites it at fetch time
     sha256: str | None             # pinned in the lock; None = not fetched yet
     checksum_url: str | None       # where upstream publishes the sha256 of `url`, if it does
-    kind: str                      # "tar.gz" | "tar.xz" | "tar.zst" | "tar.bz2" | "zip" | "file"
+    kind: str                      # one of ARCHIVE_KINDS: "tar.gz", "zip", "xz-file", "file", ...
     install: tuple[Install, ...]
     allow_setuid: bool = False
     origin: str = ""               # for messages: "recipes/docker.toml: sources[0]"
@@ -60,12 +83,21 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Symlink:
+    """A link the recipe declares (`[symlinks]`), placed after every source and files/."""
+    path: str      # absolute, under /usr or /opt (checked by the recipe schema)
+    target: str    # as written into the link: relative to the link's directory, or absolute
+    origin: str = ""   # for messages: 'recipes/k3s.toml: symlinks."/usr/bin/kubectl"'
+
+
+@dataclass(frozen=True)
 class Image:
     name: str
     version: str
     arch: str                                   # systemd spelling: "x86-64" | "arm64"
     sources: tuple[Source, ...]
     files_dir: Path | None = None               # recipes/<name>/files, copied into the tree
+    symlinks: tuple[Symlink, ...] = ()          # the recipe's [symlinks]
     upholds: tuple[tuple[str, tuple[str, ...]], ...] = ()   # ((target, (unit, ...)), ...)
     reload_manager: bool | None = None          # EXTENSION_RELOAD_MANAGER=1; None: when units ship
     os_id: str = "_any"                         # extension-release ID=

@@ -10,7 +10,7 @@ from typing import Any
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
-from sysext_bakery.model.image import COMPRESSIONS, Image, Install, Source, archive_kind
+from sysext_bakery.model.image import COMPRESSIONS, Image, Install, Source, Symlink, archive_kind
 from sysext_bakery.model.version import version_vars
 from sysext_bakery.recipe.schema import OS_PROFILES, SCHEMA, Problems, check_table, install_target_problem
 
@@ -58,7 +58,8 @@ class Recipe:
     files_dir: Path | None = None
     shown: str = ""
     replaces: tuple[str, ...] = ()  # built-in sysexts the image takes the place of
-    conflicts: tuple[str, ...] = ()  # recipes shipping some of the same paths, by design                 # how messages name the file: recipes/<name>.toml
+    conflicts: tuple[str, ...] = ()  # recipes shipping some of the same paths, by design
+    symlinks: tuple[Symlink, ...] = ()  # [symlinks], in the recipe's order
 
 
 def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
@@ -88,10 +89,12 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
         kind = raw.get("type") or archive_kind(raw["url"].rsplit("/", 1)[-1]) or "file"
         installs = []
         for pattern, target in raw["install"].items():
-            dest, mode = (target["to"], target.get("mode")) if isinstance(target, dict) else (target, None)
+            table = target if isinstance(target, dict) else {"to": target}
+            mode = table.get("mode")
             if pattern.startswith("/") or ".." in pattern.split("/"):
                 problems.add(f"sources[{i}].install", f"pattern {pattern!r} must be relative, without '..'")
-            installs.append(Install(pattern, dest, int(mode, 8) if mode else None))
+            installs.append(Install(pattern, table["to"], int(mode, 8) if mode else None,
+                                    tuple(table.get("replace", {}).items())))
         if not installs:
             problems.add(f"sources[{i}].install", "must install at least one path")
         sources.append(SourceTemplate(
@@ -139,7 +142,9 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
                              for k, v in upstream.items()}) if upstream else None,
         arch_names=arch_names, sources=tuple(sources), upholds=upholds, files_dir=files_dir,
         shown=shown, replaces=tuple(data.get("replaces", ())),
-        conflicts=tuple(sorted(data.get("conflicts", ()))))
+        conflicts=tuple(sorted(data.get("conflicts", ()))),
+        symlinks=tuple(Symlink(link, target, f'{shown}: symlinks."{link}"')
+                       for link, target in data.get("symlinks", {}).items()))
 
 
 def load_recipe(path: Path, shown: str | None = None) -> Recipe:
@@ -204,7 +209,8 @@ def resolve_image(recipe: Recipe, version: str, arch: str,
     fmt = fmt or recipe.format
     return Image(
         name=recipe.name, version=version, arch=arch, sources=tuple(sources),
-        files_dir=recipe.files_dir, upholds=recipe.upholds, reload_manager=recipe.reload_manager,
+        files_dir=recipe.files_dir, symlinks=recipe.symlinks, upholds=recipe.upholds,
+        reload_manager=recipe.reload_manager,
         os_id=recipe.os, sysext_level=OS_PROFILES[recipe.os], fmt=fmt,
         compression=compression or (recipe.compression if fmt == recipe.format
                                     else COMPRESSIONS[fmt][0]),

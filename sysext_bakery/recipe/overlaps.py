@@ -7,7 +7,8 @@ containerd), the recipes say so with `conflicts`; any other shared path is a mis
 What a recipe ships is only partly known without its downloads: an install map entry
 `"docker/*" = "/usr/bin/"` names its files only once the archive is read. So the paths of a
 recipe are
-  - its files/ tree and the install destinations that name one file (always), plus
+  - its files/ tree, its [symlinks] and the install destinations that name one file
+    (always), plus
   - every staged tree of it in build/stage/ (`<name>-<version>-<arch>/`), when there is one.
 Install entries that need the archive are listed as not checked when no staged tree exists.
 Directories are not compared: overlaying directories is what sysexts do.
@@ -66,6 +67,7 @@ def declared_paths(recipe: Recipe) -> tuple[set[str], list[str]]:
                 paths.add(posixpath.join(install.dest.strip("/"), posixpath.basename(install.pattern)))
             else:
                 unchecked.append(f"sources[{i}].install {install.pattern!r} -> {install.dest!r}")
+    paths |= {link.path.strip("/") for link in recipe.symlinks}
     return paths, unchecked
 
 

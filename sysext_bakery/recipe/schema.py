@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any, Callable
 
 from sysext_bakery.build import hostdirs
+from sysext_bakery.build.tree import resolve_link
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model import extension_release, naming
 from sysext_bakery.model.arch import ARCHES
@@ -117,6 +118,33 @@ def install_target_problem(dest: str) -> str | None:
     return None
 
 
+def symlink_path_problem(path: str) -> str | None:
+    """What is wrong with the path of a declared symlink, or None."""
+    if path.endswith("/"):
+        return f"symlink {path} must name the link itself, not a directory (no trailing '/')"
+    if what := install_target_problem(path + "/"):     # the rules of an install destination
+        return what.replace(f"destination {path}/", f"symlink {path}", 1)
+    if hostdirs.shadows_host_dir(path):
+        return (f"symlink {path} would replace the host's whole directory {path} once merged; "
+                "put the link inside it")
+    return None
+
+
+def symlink_target_problem(path: str, target: str) -> str | None:
+    """What is wrong with the target of the declared symlink at `path`, or None: it must
+    stay under /usr or /opt of the image (whether it exists is checked when staging)."""
+    if not target or any(ord(c) < 32 or c == "\x7f" for c in target):
+        return f"symlink {path}: target {target!r} is empty or has control characters"
+    if target.startswith("/"):
+        resolved = resolve_link([], target.lstrip("/")) if ".." not in target.split("/") else None
+    else:
+        resolved = resolve_link(PurePosixPath(path).parent.as_posix().strip("/").split("/"), target)
+    if resolved is None or resolved.split("/")[0] not in ("usr", "opt") or "/" not in resolved:
+        return (f"symlink {path}: target {target!r} leaves the image's /usr and /opt "
+                "(a link may only point at what the image ships)")
+    return None
+
+
 SOURCE_KEYS = (
     Key("url", "string", "Download URL template (https). Placeholders: "
         + ", ".join("`{" + p + "}`" for p in URL_PLACEHOLDERS) + ".", required=True,
@@ -127,7 +155,9 @@ SOURCE_KEYS = (
         "in the lock (trust on first use).", check=_template(("url",)),
         example='"{url}.sha256sum"'),
     Key("type", "string", "Archive type; inferred from the URL's file name when absent "
-        "(`file` = a single plain file such as a static binary).", choices=ARCHIVE_KINDS),
+        "(`file` = a single plain file such as a static binary; `gz-file`, `xz-file`, "
+        "`bz2-file`, `zst-file` = one compressed file such as `tool_1.0_linux_amd64.bz2`, "
+        "shipped decompressed and named as the URL without the suffix).", choices=ARCHIVE_KINDS),
     Key("version", "string", "A companion component's own version, used as `{version}` (and the "
         "`{version_*}` helpers) in this source's URLs, e.g. the runc shipped with containerd.",
         check=version_problem, example='"1.2.5"'),
@@ -138,7 +168,10 @@ SOURCE_KEYS = (
         "ending in `/` is a directory (files land under their own name; with `**` the path from "
         "the `**` on is kept), "
         "otherwise the exact file name. A value may be a table `{ to = \"/usr/bin/\", mode = "
-        "\"0755\" }`. Every pattern must match something.", required=True,
+        "\"0755\", replace = { \"old\" = \"new\" } }`: `replace` rewrites literal text in "
+        "the (text, not ELF) files the entry installs, in order, e.g. an upstream unit's "
+        "`/usr/sbin/` paths; each replacement must match. Every pattern must match "
+        "something.", required=True,
         values="install target", example='{ "docker/*" = "/usr/bin/" }'),
     Key("allow-setuid", "boolean", "Accept set-uid/set-gid files from this source.", default=False),
 )
@@ -199,6 +232,11 @@ SCHEMA = (
         "one by design, so the two must not be merged on one host. `doit overlaps` fails on a "
         "path two recipes ship unless one of them lists the other here; `index.json` carries "
         "the list for `bakery compose`.", check=_recipe_name, example='["containerd"]'),
+    Key("symlinks", "map", "Symlinks the image ships: link path (under `/usr` or `/opt`, not a "
+        "host directory) -> target, relative to the link's directory or absolute. The target "
+        "must resolve to something the image itself ships, and the link must not clash with "
+        "an installed file.", values="link target", check=symlink_path_problem,
+        example='{ "/usr/bin/kubectl" = "k3s" }'),
     Key("units", "table", "Enabling units without /etc symlinks.", keys=(
         Key("upholds", "map", "Target or unit -> units it keeps running (`Upholds=` drop-ins "
             "`usr/lib/systemd/system/<target>.d/10-<name>-<unit>.conf`).", values="string list",
@@ -258,8 +296,9 @@ def _check_value(key: Key, value: Any, path: str, problems: Problems) -> None:
         return
     if key.type == "map":
         for k, v in value.items():
-            _check_map_value(key.values, v, f"{path}.{k}" if key.values != "install target" else path,
-                             k, problems)
+            where = {"install target": path, "link target": f'{path}."{k}"'}.get(key.values,
+                                                                                 f"{path}.{k}")
+            _check_map_value(key.values, v, where, k, problems)
             if key.check:   # a map's check applies to its keys and string-list items
                 for item in (k, *(v if isinstance(v, list) else ())):
                     if what := key.check(item):
@@ -281,19 +320,38 @@ def _check_map_value(kind: str, value: Any, path: str, map_key: str, problems: P
     elif kind == "string list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             problems.add(path, f"expected a list of strings, got {value!r}")
+    elif kind == "link target":
+        if not isinstance(value, str):
+            problems.add(path, f"expected a link target string, got {value!r}")
+        elif not symlink_path_problem(map_key) and (what := symlink_target_problem(map_key, value)):
+            problems.add(path, what)
     elif kind == "install target":
         dest, mode = value, None
         if isinstance(value, dict):
-            extra = set(value) - {"to", "mode"}
+            extra = set(value) - {"to", "mode", "replace"}
             if extra:
-                problems.add(path, f"{map_key!r}: unknown key {sorted(extra)[0]!r} (known: to, mode)")
+                problems.add(path, f"{map_key!r}: unknown key {sorted(extra)[0]!r} "
+                                   "(known: to, mode, replace)")
             dest, mode = value.get("to"), value.get("mode")
             if mode is not None and (not isinstance(mode, str) or _octal_mode(mode)):
                 problems.add(path, f"{map_key!r}: mode {mode!r} is not an octal string like \"0755\"")
+            if "replace" in value:
+                _check_replace(value["replace"], f'{path}."{map_key}".replace', problems)
         if not isinstance(dest, str):
             problems.add(path, f"{map_key!r}: expected a destination path, got {dest!r}")
         elif what := install_target_problem(dest):
             problems.add(path, what)
+
+
+def _check_replace(value: Any, path: str, problems: Problems) -> None:
+    if not isinstance(value, dict) or not value:
+        problems.add(path, f"expected a table of \"old\" = \"new\" text, got {value!r}")
+        return
+    for old, new in value.items():
+        if not old:
+            problems.add(path, "an empty text cannot be replaced")
+        if not isinstance(new, str):
+            problems.add(f'{path}."{old}"', f"expected the new text as a string, got {new!r}")
 
 
 def check_table(keys: tuple[Key, ...], data: dict, path: str, problems: Problems) -> None:
