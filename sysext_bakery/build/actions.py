@@ -81,9 +81,13 @@ def stage_config(image: Image) -> dict[str, Any]:
 def stage_image(image: Image, settings: Settings, paths: ImagePaths) -> None:
     """Stage and validate the image tree, then record a digest of everything that shaped it."""
     from sysext_bakery.build import stage
+    from sysext_bakery.build.fetch import fetch
 
     fetched = _read_json(Path(paths.fetch_record))["sources"]
-    downloads = [settings.download_cache / s["sha256"] for s in fetched]
+    # The fetch task may be up to date while a download rotted (or was swapped) in the
+    # shared cache since: each one is hashed again here, and fetched again if it changed.
+    downloads = [fetch(s["url"], s["sha256"], settings.download_cache, mirror=settings.mirror).path
+                 for s in fetched]
     stage.stage_image(image, downloads, Path(paths.tree), unpacked=settings.build / "stage" / ".unpacked")
     _write_json(Path(paths.stage_record), {"config": stage_config(image), "sources": fetched,
                                            "files": files_digest(image.files_dir)})

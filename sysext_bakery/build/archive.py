@@ -23,7 +23,7 @@ import zstandard
 
 from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.build.tree import BUFSIZE, check_symlink, member_name, resolve_link
+from sysext_bakery.build.tree import BUFSIZE, MAX_LINK, check_symlink, member_name, resolve_link
 from sysext_bakery.model.image import COMPRESSED_FILES, single_member_name
 
 if TYPE_CHECKING:
@@ -198,11 +198,13 @@ def _grow_pipe(pipe: BinaryIO) -> None:
 def _tar_members(archive: Path, kind: str, where: str) -> Iterator[tuple[Member, BinaryIO | None]]:
     files_seen: set[str] = set()   # hardlinks may only point back to these
     with _decompressed(archive, _TAR_KINDS[kind]) as plain, \
-            tarfile.open(fileobj=plain, mode="r|", bufsize=64 * 1024) as tar:
+            tarfile.open(fileobj=plain, mode="r|", bufsize=64 * 1024) as tar, \
+            tempfile.TemporaryDirectory(prefix="bakery-filter.") as scratch:
         for info in tar:
             member = _tar_member(info, where, files_seen)
             if member is None:
                 continue
+            _data_filter(info, scratch, where)
             if member.type == "file":
                 files_seen.add(member.name)
                 yield member, _Content(tar.extractfile(info), f"{where}: {member.name}", kind)
@@ -232,6 +234,20 @@ def _tar_member(info: tarfile.TarInfo, where: str, files_seen: set[str]) -> Memb
                            "this archive is not a tool release - check the source URL")
 
 
+def _data_filter(info: tarfile.TarInfo, scratch: str, where: str) -> None:
+    """The stdlib's `data` extraction filter as a second line of defence behind the checks
+    above: whatever it refuses (absolute paths, escaping links, device files) is refused,
+    even if those checks missed it. Its changes to modes and owners are not taken: modes
+    follow the install map's rules. `scratch` is an empty directory standing in for the
+    archive root, so that resolving paths looks at nothing real."""
+    try:
+        tarfile.data_filter(info, scratch)
+    except (tarfile.FilterError, ValueError, OSError) as e:
+        raise BakeryError(f"{where}: member '{info.name}' is refused by tarfile's data filter: "
+                          f"{e}", hint="refusing a hostile or broken archive; check the source URL"
+                          ) from e
+
+
 def _hardlink_target(info: tarfile.TarInfo, where: str, files_seen: set[str]) -> str:
     resolved = resolve_link([], info.linkname)
     if resolved is None:
@@ -245,8 +261,16 @@ def _hardlink_target(info: tarfile.TarInfo, where: str, files_seen: set[str]) ->
     return resolved
 
 
+def _as_tarinfo(name: str, type: bytes, linkname: str = "") -> tarfile.TarInfo:
+    """A zip member as tarfile's data filter sees members."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = type, linkname, 0o644
+    return info
+
+
 def _zip_members(archive: Path, where: str) -> Iterator[tuple[Member, BinaryIO | None]]:
-    with zipfile.ZipFile(archive) as zf:
+    with zipfile.ZipFile(archive) as zf, \
+            tempfile.TemporaryDirectory(prefix="bakery-filter.") as scratch:
         for info in zf.infolist():
             name = member_name(info.filename, where)
             unix = info.external_attr >> 16     # st_mode when the zip was made on unix, else 0
@@ -255,10 +279,13 @@ def _zip_members(archive: Path, where: str) -> Iterator[tuple[Member, BinaryIO |
                 if name:
                     yield Member(name, "dir", mode or 0o755), None
             elif ftype == stat.S_IFLNK:
-                target = zf.read(info).decode("utf-8", "surrogateescape")
+                with zf.open(info) as link:      # bounded: a "symlink" may be a bomb too
+                    target = link.read(MAX_LINK + 1).decode("utf-8", "surrogateescape")
                 check_symlink(name, target, where)
+                _data_filter(_as_tarinfo(info.filename, tarfile.SYMTYPE, target), scratch, where)
                 yield Member(name, "symlink", mode, linkname=target), None
             elif ftype in (0, stat.S_IFREG):
+                _data_filter(_as_tarinfo(info.filename, tarfile.REGTYPE), scratch, where)
                 with zf.open(info) as content:
                     stream: BinaryIO = content
                     if not mode:

@@ -26,7 +26,7 @@ from sysext_bakery.model.url import is_url, mirror_url
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-__all__ = ["Fetched", "fetch", "fetch_text", "mirror_url", "parse_checksum"]
+__all__ = ["Fetched", "cached", "fetch", "fetch_text", "mirror_url", "parse_checksum"]
 
 MAX_RESUMES = 5                    # body breaks tolerated per download
 MAX_TEXT = 1 << 20                 # checksum files are tiny; refuse anything bigger
@@ -53,17 +53,47 @@ def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None
     `limits` default to `Limits.from_env()` (BAKERY_DEADLINE, BAKERY_LOW_SPEED_TIME, …).
     """
     expected = _pinned(url, sha256)
-    if expected and (cache / expected).is_file():
+    if expected and cached(cache, expected, url):
         return Fetched(cache / expected, expected, first_use=False)
     with Http(mirror, limits=limits) as http:
         source = http.locate(url)
         if expected is None and checksum_url:
             expected = parse_checksum(_text(http, checksum_url), url, checksum_url)
-            if (cache / expected).is_file():
+            if cached(cache, expected, url):
                 return Fetched(cache / expected, expected, first_use=False)
         actual, size = _fetch_into_cache(http, url, source, expected, cache)
     print(f"fetched {_basename(url)} {decimal(size)} sha256 {actual[:12]}…", file=sys.stderr)
     return Fetched(cache / actual, actual, first_use=expected is None)
+
+
+def cached(cache: Path, sha256: str, url: str) -> bool:
+    """Whether `cache/<sha256>` holds that file, hashed again: an entry that bit-rotted or
+    was tampered with (the cache may be shared) is removed, so that it is fetched again
+    instead of being packed. Hashing costs little: an up-to-date build never gets here."""
+    path = cache / sha256
+    if not path.is_file():
+        return False
+    hasher = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                hasher.update(chunk)
+        if hasher.hexdigest() == sha256:
+            return True
+        what = f"holds a file with sha256 {hasher.hexdigest()}"
+    except OSError as e:
+        what = f"cannot be read ({e.strerror})"
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass                      # a parallel fetch removed it first
+    except OSError as e:
+        raise BakeryError(f"{path}: the download cache entry for {url} {what} and cannot be "
+                          f"removed: {e.strerror}",
+                          f"delete {path} by hand; the cache is safe to delete") from e
+    print(f"WARNING: {path}: the download cache entry for {url} {what}: removed it, "
+          "fetching again", file=sys.stderr)
+    return False
 
 
 def fetch_text(url: str, *, mirror: str | None = None, limits: Limits | None = None) -> str:

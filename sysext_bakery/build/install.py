@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+from functools import partial
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import BinaryIO
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Install, Source
 from sysext_bakery.build.archive import Member, iter_members
+from sysext_bakery.build.budget import Budget
 from sysext_bakery.build.tree import SPECIAL_BITS, Tree
 
 # Replacements are for text (unit files, configs): anything larger is not what they are for.
@@ -73,6 +75,7 @@ def install_source(tree: Tree, source: Source, download: Path) -> None:
     installed: dict[str, str] = {}                           # member name -> first tree path
     pending: dict[str, list[tuple[str, int, str]]] = {}      # hardlink target -> (rel, mode, who)
     first_names: list[str] = []
+    budget = Budget(source.limits, download.stat().st_size, f"{source.origin}: {source.filename}")
     with _members(source, download) as members:
         for member, content in members:
             if len(first_names) < 8:
@@ -105,9 +108,11 @@ def install_source(tree: Tree, source: Source, download: Path) -> None:
                     # A member selected twice, or a hardlink to one already placed: copy that file.
                     origin_name = member.name if member.type == "file" else member.linkname
                     if origin_name in installed:
-                        tree.copy_file(rel, installed[origin_name], mode, who)
+                        tree.copy_file(rel, installed[origin_name], mode, who,
+                                       partial(budget.reader, member=member.name))
                     elif member.type == "file":
-                        tree.add_file(rel, content, mode, who)
+                        budget.admit(member.name, member.size)
+                        tree.add_file(rel, budget.reader(content, member.name), mode, who)
                         installed[member.name] = rel
                     else:
                         pending.setdefault(member.linkname, []).append((rel, mode, who))
@@ -128,7 +133,7 @@ def install_source(tree: Tree, source: Source, download: Path) -> None:
                     hint="upstream's file changed: check what it says now and update or drop "
                          "the replacement")
     if pending:
-        _install_hardlink_targets(tree, source, download, pending)
+        _install_hardlink_targets(tree, source, download, pending, budget)
 
 
 def _read_for_replace(member: Member, content: BinaryIO | None, source: Source) -> bytes | None:
@@ -169,16 +174,19 @@ def _apply(replace: Sequence[tuple[str, str]], original: bytes, seen: set[str]) 
 
 
 def _install_hardlink_targets(tree: Tree, source: Source, download: Path,
-                              pending: dict[str, list[tuple[str, int, str]]]) -> None:
+                              pending: dict[str, list[tuple[str, int, str]]],
+                              budget: Budget) -> None:
     """Hardlinks whose target no pattern selected: a second pass reads those targets."""
     with _members(source, download) as members:
         for member, content in members:
             for i, (rel, mode, who) in enumerate(pending.get(member.name, ())):
                 if i == 0:
-                    tree.add_file(rel, content, mode, who)
+                    budget.admit(member.name, member.size)
+                    tree.add_file(rel, budget.reader(content, member.name), mode, who)
                     first = rel
                 else:
-                    tree.copy_file(rel, first, mode, who)
+                    tree.copy_file(rel, first, mode, who,
+                                   partial(budget.reader, member=member.name))
 
 
 def _members(source: Source, download: Path) -> closing[Iterator[tuple[Member, BinaryIO | None]]]:

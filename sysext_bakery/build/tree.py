@@ -9,32 +9,49 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from sysext_bakery.errors import BakeryError
 
 BUFSIZE = 1 << 20   # copy buffer: large enough that Python overhead disappears behind the I/O
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
+# File system limits (NAME_MAX, and well below PATH_MAX so the tree's own prefix fits):
+# beyond them writing fails with ENAMETOOLONG, so such members are refused up front.
+MAX_SEGMENT = 255
+MAX_PATH = 3072
+MAX_LINK = 4095
+_HOSTILE = "refusing a hostile or broken archive; check the source URL"
+
+
+def _encoded(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def member_name(raw: str, where: str) -> str:
     """`raw` as a normalised relative path ("" for the archive root); refuses absolute
     paths and `..` segments."""
+    if "\0" in raw:
+        raise BakeryError(f"{where}: member {raw!r} has a NUL byte in its name", hint=_HOSTILE)
     if raw.startswith("/"):
-        raise BakeryError(f"{where}: member '{raw}' has an absolute path",
-                          hint="refusing a hostile or broken archive; check the source URL")
+        raise BakeryError(f"{where}: member '{raw}' has an absolute path", hint=_HOSTILE)
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise BakeryError(f"{where}: member '{raw}' has a '..' component",
-                          hint="refusing a hostile or broken archive; check the source URL")
+        raise BakeryError(f"{where}: member '{raw}' has a '..' component", hint=_HOSTILE)
+    if len(_encoded(raw)) > MAX_PATH or any(len(_encoded(p)) > MAX_SEGMENT for p in parts):
+        raise BakeryError(f"{where}: member '{raw[:80]}...' has a name longer than a file "
+                          f"system allows ({MAX_SEGMENT} bytes a segment, {MAX_PATH} in all)",
+                          hint=_HOSTILE)
     return "/".join(parts)
 
 
 def check_symlink(name: str, target: str, where: str) -> None:
     """Refuses a symlink at member `name` whose target is absolute or climbs above the root."""
+    if "\0" in target or len(_encoded(target)) > MAX_LINK:
+        raise BakeryError(f"{where}: symlink '{name}' has a target no file system can hold "
+                          f"({target[:80]!r})", hint=_HOSTILE)
     if not target or resolve_link(name.split("/")[:-1], target) is None:
         raise BakeryError(f"{where}: symlink '{name}' points outside the archive ('{target}')",
-                          hint="refusing a hostile or broken archive; check the source URL")
+                          hint=_HOSTILE)
 
 
 def resolve_link(base: list[str], target: str) -> str | None:
@@ -125,10 +142,12 @@ class Tree:
     def add_text(self, rel: str, text: str, who: str) -> None:
         self.add_file(rel, io.BytesIO(text.encode()), 0o644, who)
 
-    def copy_file(self, rel: str, source_rel: str, mode: int, who: str) -> None:
-        """A second copy of a file already in the tree (what a hardlink member becomes)."""
+    def copy_file(self, rel: str, source_rel: str, mode: int, who: str,
+                  count: Callable[[BinaryIO], BinaryIO] = lambda content: content) -> None:
+        """A second copy of a file already in the tree (what a hardlink member becomes);
+        `count` wraps the copy's content (copies fill the disk as much as the first)."""
         with open(self.root / source_rel, "rb") as content:
-            self.add_file(rel, content, mode, who)
+            self.add_file(rel, count(content), mode, who)
 
     def add_symlink(self, rel: str, target: str, who: str) -> None:
         os.symlink(target, self._claim(rel, who))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sysext_bakery.model import naming
+from sysext_bakery.model.limits import DEFAULT as DEFAULT_LIMITS, ArchiveLimits
 
 # image format -> its compressors, the default first
 COMPRESSIONS: dict[str, tuple[str, ...]] = {
@@ -76,6 +77,7 @@ class Source:
     install: tuple[Install, ...]
     allow_setuid: bool = False
     origin: str = ""               # for messages: "recipes/docker.toml: sources[0]"
+    limits: ArchiveLimits = DEFAULT_LIMITS   # how much its archive may write into the tree
 
     @property
     def filename(self) -> str:

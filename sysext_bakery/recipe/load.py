@@ -9,6 +9,7 @@ from typing import Any
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model import naming
+from sysext_bakery.model.limits import DEFAULT as DEFAULT_LIMITS, ArchiveLimits, from_table
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.image import COMPRESSIONS, Image, Install, Source, Symlink, archive_kind
 from sysext_bakery.model.version import version_vars
@@ -56,10 +57,11 @@ class Recipe:
     sources: tuple[SourceTemplate, ...] = ()
     upholds: tuple[tuple[str, tuple[str, ...]], ...] = ()
     files_dir: Path | None = None
-    shown: str = ""
+    shown: str = ""                  # how messages name the file: recipes/<name>.toml
     replaces: tuple[str, ...] = ()  # built-in sysexts the image takes the place of
     conflicts: tuple[str, ...] = ()  # recipes shipping some of the same paths, by design
     symlinks: tuple[Symlink, ...] = ()  # [symlinks], in the recipe's order
+    limits: ArchiveLimits = DEFAULT_LIMITS   # what each source's archive may write
 
 
 def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
@@ -144,7 +146,8 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
         shown=shown, replaces=tuple(data.get("replaces", ())),
         conflicts=tuple(sorted(data.get("conflicts", ()))),
         symlinks=tuple(Symlink(link, target, f'{shown}: symlinks."{link}"')
-                       for link, target in data.get("symlinks", {}).items()))
+                       for link, target in data.get("symlinks", {}).items()),
+        limits=from_table(data.get("limits", {})))
 
 
 def load_recipe(path: Path, shown: str | None = None) -> Recipe:
@@ -205,7 +208,7 @@ def resolve_image(recipe: Recipe, version: str, arch: str,
             url=url, sha256=sha256,
             checksum_url=render_url(tpl.checksum_url, recipe, v, arch, url) if tpl.checksum_url else None,
             kind=tpl.kind, install=tpl.install, allow_setuid=tpl.allow_setuid,
-            origin=f"{recipe.shown}: sources[{recipe.sources.index(tpl)}]"))
+            origin=f"{recipe.shown}: sources[{recipe.sources.index(tpl)}]", limits=recipe.limits))
     fmt = fmt or recipe.format
     return Image(
         name=recipe.name, version=version, arch=arch, sources=tuple(sources),

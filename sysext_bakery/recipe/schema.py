@@ -16,7 +16,7 @@ from typing import Any, Callable
 from sysext_bakery.build import hostdirs
 from sysext_bakery.build.tree import resolve_link
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.model import extension_release, naming
+from sysext_bakery.model import extension_release, limits, naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import url_problem
 from sysext_bakery.model.image import ARCHIVE_KINDS, COMPRESSIONS
@@ -41,7 +41,7 @@ Check = Callable[[Any], "str | None"]   # returns what is wrong, or None
 @dataclass(frozen=True)
 class Key:
     name: str
-    type: str            # "string" | "boolean" | "string list" | "table" | "array of tables" | "map"
+    type: str            # "string" | "boolean" | "integer" | "string list" | "table" | "array of tables" | "map"
     doc: str
     required: bool = False
     default: Any = None
@@ -237,6 +237,19 @@ SCHEMA = (
         "must resolve to something the image itself ships, and the link must not clash with "
         "an installed file.", values="link target", check=symlink_path_problem,
         example='{ "/usr/bin/kubectl" = "k3s" }'),
+    Key("limits", "table", "How much one source's archive may write into the image (the "
+        "defence against decompression bombs; a build over a limit fails naming the member). "
+        "Raise them for tools that really are large.", keys=(
+        Key("unpacked", "string", "Bytes one source may write in all (binary units K, M, G, T).",
+            default=limits.show(limits.DEFAULT.unpacked).replace(" ", "").removesuffix("iB"),
+            check=limits.size_problem, example='"8G"'),
+        Key("member", "string", "Bytes one member may write (default: `unpacked` when that is "
+            "set, else this).", default=limits.show(limits.DEFAULT.member).replace(" ", "")
+            .removesuffix("iB"), check=limits.size_problem, example='"4G"'),
+        Key("ratio", "integer", "Bytes written per byte of the download, enforced once a source "
+            f"has written {limits.show(limits.RATIO_FLOOR)}.", default=limits.DEFAULT.ratio,
+            check=limits.ratio_problem, example="400"),
+    )),
     Key("units", "table", "Enabling units without /etc symlinks.", keys=(
         Key("upholds", "map", "Target or unit -> units it keeps running (`Upholds=` drop-ins "
             "`usr/lib/systemd/system/<target>.d/10-<name>-<unit>.conf`).", values="string list",
@@ -262,12 +275,12 @@ class Problems:
             raise BakeryError("\n".join(self.items), hint)
 
 
-_PY_TYPES = {"string": str, "boolean": bool, "string list": list, "table": dict,
+_PY_TYPES = {"string": str, "boolean": bool, "integer": int, "string list": list, "table": dict,
              "array of tables": list, "map": dict}
 
 
 def _check_value(key: Key, value: Any, path: str, problems: Problems) -> None:
-    if not isinstance(value, _PY_TYPES[key.type]):
+    if not isinstance(value, _PY_TYPES[key.type]) or (key.type == "integer" and isinstance(value, bool)):
         problems.add(path, f"expected a {key.type}, got {type(value).__name__} {value!r}")
         return
     if key.type == "string list":
