@@ -217,3 +217,10 @@ def test_a_rotted_entry_is_caught_when_only_the_stage_reruns(
     unit.write_text(original)
     project.doit("build:docker-24")
     assert digest(project.images / IMAGES[0]) == good
+
+
+def test_a_single_compressed_file_bomb_stops_at_the_ratio_limit(tmp_path: Path) -> None:
+    bomb = tmp_path / "tool.gz"
+    bomb.write_bytes(gzip.compress(bytes(96 * MiB), mtime=0))
+    message = refused(tmp_path, bomb, "gz-file")
+    assert "tool.gz: unpacking stopped at member 'tool'" in message and "[limits] ratio" in message
