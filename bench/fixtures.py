@@ -287,3 +287,82 @@ def scale_project(root: Path, up: Upstream, recipes: int) -> Path:
 def mirror_url(url: str, base: str) -> str:
     """Where BAKERY_MIRROR=<base> fetches `url` from (the same mapping the bakery applies)."""
     return f"{base.rstrip('/')}/{url.removeprefix('https://')}"
+
+
+# --- the nightly run: recorded discovery answers with nothing new ----------------------------
+
+NIGHTLY_UPSTREAM = """
+[upstream]
+type = "html-index"
+url = "https://tools.example.org/{name}/"
+pattern = '{name}-(\\d+\\.\\d+\\.\\d+)\\.tar'
+"""
+
+
+def _index_page(title: str, files: list[str]) -> bytes:
+    """An nginx-style autoindex page, the shape of download.docker.com's."""
+    rows = "".join(f'<a href="{f}">{f}</a>{" " * 30}2025-01-22 17:45  72M\n' for f in files)
+    return (f"<!DOCTYPE html>\n<html>\n<head><title>Index of {title}</title></head>\n<body>\n"
+            f"<h1>Index of {title}</h1>\n<hr>\n<pre><a href=\"../\">../</a>\n{rows}"
+            "</pre><hr></body>\n</html>\n").encode()
+
+
+def _github_releases(tags: list[str], repo: str) -> bytes:
+    return json.dumps([{"id": 1000 + i, "tag_name": t, "name": t, "draft": False,
+                        "prerelease": False, "html_url": f"https://github.com/{repo}/releases/tag/{t}",
+                        "published_at": "2025-03-01T12:00:00Z", "assets": []}
+                       for i, t in enumerate(tags)]).encode()
+
+
+def _published(dest: Path, project: Path) -> None:
+    """An index.json at `dest` that lists every image the project pins: all published."""
+    sys.path.insert(0, str(REPO))
+    from sysext_bakery.publish.sysupdate import PublishedImage, index_json
+    from sysext_bakery.recipe import lock
+    images = [PublishedImage(pin.name, pin.version, arch, "0" * 64, 1)
+              for pins in lock.load(project / "release" / "lock.toml").values()
+              for pin in pins for arch in ("x86-64", "arm64")]
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "index.json").write_text(index_json(images))
+
+
+def nightly_catalogue(root: Path, up: Upstream) -> tuple[Path, Path]:
+    """The catalogue project with the repo's release/versions.toml, upstream answers that
+    offer exactly what is pinned, and a published directory holding every pinned image."""
+    project = catalogue_project(root, up)
+    answers = {
+        "https://download.docker.com/linux/static/stable/x86_64/index.html":
+            _index_page("linux/static/stable/x86_64/", ["docker-17.03.0-ce.tgz", "docker-24.0.8.tgz",
+                                                         f"docker-{DOCKER_VERSION}.tgz",
+                                                         f"docker-rootless-extras-{DOCKER_VERSION}.tgz"]),
+        "https://api.github.com/repos/containerd/containerd/releases":
+            _github_releases([f"v{CONTAINERD_VERSION}", "v1.7.26", "api/v1.8.0"], "containerd/containerd"),
+        "https://api.github.com/repos/bytecodealliance/wasmtime/releases":
+            _github_releases([f"v{WASMTIME_VERSION}", "v29.0.0"], "bytecodealliance/wasmtime"),
+    }
+    for url, data in answers.items():
+        path = mirror_path(up.root, url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (project / "release" / "versions.toml").write_text(
+        "[docker]\nstreams = 2\n\n[containerd]\nstreams = 2\n\n[wasmtime]\nversions = [\"latest\"]\n")
+    _published(root / "published", project)
+    return project, root / "published"
+
+
+def nightly_scale(root: Path, up: Upstream, recipes: int) -> tuple[Path, Path]:
+    """`recipes` synthetic recipes x 5 versions x 2 arches, each tracked by an html-index
+    that lists exactly the pinned versions, all published."""
+    project = scale_project(root, up, recipes)
+    tracked = []
+    for r in range(recipes):
+        name = scale_name(r)
+        recipe = project / "recipes" / f"{name}.toml"
+        recipe.write_text(recipe.read_text().replace("\n[arch-names]", NIGHTLY_UPSTREAM.format(name=name)
+                                                     + "\n[arch-names]", 1))
+        path = mirror_path(up.root, f"https://tools.example.org/{name}/index.html")
+        path.write_bytes(_index_page(f"/{name}/", [f"{name}-{v}.tar" for v in scale_versions()]))
+        tracked.append(f"[{name}]\nstreams = 1\nkeep-per-stream = 5\n")
+    (project / "release" / "versions.toml").write_text("\n".join(tracked))
+    _published(root / "published", project)
+    return project, root / "published"

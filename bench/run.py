@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -25,7 +26,7 @@ from fixtures import REPO
 PYTHON = sys.executable
 PROBE = Path(__file__).resolve().parent / "doit_probe.py"
 DOCKER_IMG = f"docker-{fixtures.DOCKER_VERSION}-x86-64"
-CASES = ("noop", "cold", "edit", "size", "scale", "memory")
+CASES = ("noop", "cold", "edit", "size", "scale", "memory", "nightly")
 sys.path.insert(0, str(REPO))
 from sysext_bakery.build.pack import pack_command  # noqa: E402  (the exact flags the bakery uses)
 
@@ -243,6 +244,41 @@ class Bench:
                      noop <= 1.5))
         shutil.rmtree(project)
 
+    # --- the nightly run --------------------------------------------------------------------
+
+    def nightly(self) -> None:
+        """`doit update` + `doit plan` with nothing new upstream (recorded answers on loopback)
+        and everything published: the lock stays as it is and the matrix is empty."""
+        for label, (project, published) in (
+                ("the catalogue (3 recipes, 6 images)",
+                 fixtures.nightly_catalogue(self.projects / "nightly", self.up)),
+                ("100 recipes, 1,000 images",
+                 fixtures.nightly_scale(self.projects / "nightly-scale", self.up, 100))):
+            lock = (project / "release/lock.toml").read_text()
+            totals, updates, plans, cpu, builds, asked = [], [], [], [], 0, 0
+            for _ in range(self.reps(5)):
+                before = len(self.server.requests)
+                used = resource.getrusage(resource.RUSAGE_CHILDREN)
+                update = self.doit(project, "update")
+                asked = len(self.server.requests) - before
+                plan = self.doit(project, "--reporter=zero", "plan", "--from", str(published))
+                now = resource.getrusage(resource.RUSAGE_CHILDREN)
+                # CPU time of the two doit processes: what a loaded machine does not inflate
+                cpu.append(now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime)
+                builds = max(builds, len(json.loads(plan.stdout)["include"]))
+                updates.append(update.seconds)
+                plans.append(plan.seconds)
+                totals.append(update.seconds + plan.seconds)
+            unchanged = (project / "release/lock.toml").read_text() == lock
+            t = statistics.median(totals)
+            self.add(Row(f"7 nightly `doit update` + `doit plan`, nothing new, {label}", t, None, None,
+                         "<= 3 s, 0 images to build", t <= 3 and builds == 0 and unchanged,
+                         note=f"CPU {statistics.median(cpu):.2f} s; "
+                              f"update {statistics.median(updates):.2f} s ({asked} upstream "
+                              f"requests), plan {statistics.median(plans):.2f} s, {builds} images "
+                              f"to build, lock {'unchanged' if unchanged else 'CHANGED'}"))
+            shutil.rmtree(project)
+
     # --- output --------------------------------------------------------------------------------
 
     def table(self) -> str:
@@ -326,6 +362,8 @@ def main() -> int:
             shutil.rmtree(project)
         if "scale" in cases:
             bench.scale()
+        if "nightly" in cases:
+            bench.nightly()
     finally:
         bench.server.close()
     elapsed = time.perf_counter() - started

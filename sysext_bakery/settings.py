@@ -22,6 +22,7 @@ class Settings:
     arches: tuple[str, ...] | None = None      # BAKERY_ARCH: restrict builds to these arches
     fmt: str | None = None                     # BAKERY_FORMAT overrides recipes' format
     compression: str | None = None             # BAKERY_COMPRESSION overrides recipes' compression
+    locked: bool = False                       # BAKERY_LOCKED=1: no download without a pinned sha256
 
     @property
     def build(self) -> Path:
@@ -70,6 +71,11 @@ def settings_from_env(root: Path, env: Mapping[str, str] = os.environ) -> Settin
     if compression is not None and compression not in allowed:
         raise BakeryError(f"BAKERY_COMPRESSION: {compression!r} is not available for {fmt or 'squashfs'}",
                           f"use one of {', '.join(allowed)}")
+    locked = env.get("BAKERY_LOCKED", "").strip().lower()
+    if locked not in ("", "0", "1", "no", "yes", "false", "true"):
+        raise BakeryError(f"BAKERY_LOCKED: {env['BAKERY_LOCKED']!r} is not 1 or 0",
+                          "set BAKERY_LOCKED=1 for locked builds (no trust on first use), or unset it")
     return Settings(root=root, mirror=env.get("BAKERY_MIRROR") or None,
                     cache=Path(env["BAKERY_CACHE"]) if env.get("BAKERY_CACHE") else None,
-                    arches=arches, fmt=fmt, compression=compression)
+                    arches=arches, fmt=fmt, compression=compression,
+                    locked=locked in ("1", "yes", "true"))

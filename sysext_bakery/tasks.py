@@ -47,11 +47,14 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
     return action
 
 
-def _fetch_current(image: Image, cache: str) -> Callable[..., bool]:
+def _fetch_current(image: Image, cache: str, locked: bool = False) -> Callable[..., bool]:
     """Up to date when the last fetch (doit's saved values: no file to read) matches the
     pinned URLs (and sha256, once pinned) and every cached file exists: a trust-on-first-use
-    pin then needs no second fetch."""
+    pin then needs no second fetch. Locked (BAKERY_LOCKED=1), an unpinned source is never
+    up to date, so the fetch action refuses it even when an earlier fetch left a record."""
     def check(task: Any, values: dict[str, Any]) -> bool:
+        if locked and any(s.sha256 is None for s in image.sources):
+            return False
         recorded = values.get("sources")
         if not isinstance(recorded, list) or len(recorded) != len(image.sources):
             return False
@@ -110,6 +113,8 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
     yield from build_tasks(the_plan, settings, recipes, sys.argv[1:] if argv is None else argv)
     yield release_task(root)
     yield overlaps_task(root)
+    yield from update_tasks(root, (recipes, errors, pins))
+    yield plan_task(root, the_plan)
 
 
 def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) -> Iterator[dict]:
@@ -131,7 +136,7 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
         yield {"basename": "fetch", "name": image.id,
                "actions": [(_FETCH, [image, settings, paths])],
                "targets": [paths.fetch_record],
-               "uptodate": [_fetch_current(image, cache)],
+               "uptodate": [_fetch_current(image, cache, settings.locked)],
                "doc": f"download {image.id}'s sources"}
         # The recipe file stands for everything the resolved image takes from it; URL and
         # sha256 changes arrive through the fetch record.
@@ -236,3 +241,99 @@ def overlaps_task(root: Path) -> dict[str, Any]:
     return {"basename": "overlaps", "actions": [_edge(overlaps)], "uptodate": [False],
             "verbosity": 2,
             "doc": "list every path two recipes ship; fail on one their conflicts do not declare"}
+
+
+_UPDATE_PARAMS = [
+    {"name": "commit", "long": "commit", "type": bool, "default": False,
+     "help": "commit release/lock.toml (GitPython): one commit listing the bumps"},
+    {"name": "branch", "long": "branch", "type": str, "default": "",
+     "help": "with --commit: create this branch and commit there (for a pull request)"},
+    {"name": "author", "long": "author", "type": str, "default": "",
+     "help": "with --commit: 'Name <mail>' of the commit (default: sysext-bakery)"},
+]
+
+
+def update_tasks(root: Path, loaded: tuple[dict[str, Recipe], list[BakeryError],
+                                           dict[str, list[lock.Pin]]]) -> Iterator[dict[str, Any]]:
+    """`doit update` (every recipe in release/versions.toml) and `doit update:<name>`: own
+    tasks, not a group, so `--commit` makes one commit for the whole run. They need the
+    network (or BAKERY_MIRROR) and always run. `loaded` is what the graph was built from."""
+    yield _update_task(root, "update", None, loaded,
+                       "pin new upstream versions of every recipe in release/versions.toml "
+                       "(--commit [--branch NAME] [--author 'Name <mail>'])")
+    for name in sorted(loaded[0]):
+        yield _update_task(root, f"update:{name}", [name], loaded,
+                           f"pin new upstream versions of {name}")
+
+
+def _update_task(root: Path, basename: str, names: list[str] | None, loaded: Any,
+                 doc: str) -> dict[str, Any]:
+    outcome: dict[str, Any] = {}
+
+    def update(commit: bool, branch: str, author: str) -> None:
+        from sysext_bakery.update import run as update_run
+        if (branch or author) and not commit:
+            raise BakeryError("--branch and --author only apply with --commit",
+                              "add --commit, or leave them out")
+        report = update_run.run(settings_from_env(root), names, loaded=loaded)
+        outcome["report"] = report
+        if commit:
+            from sysext_bakery.update.commit import commit as commit_lock
+            made = commit_lock(root, report, author, branch)
+            print(f"committed {made.sha[:12]} on {made.branch}: {made.message.splitlines()[0]}"
+                  if made else "nothing to commit")
+
+    def partial() -> Any:
+        # a last action of its own: the lock (and commit) of the recipes that worked stays
+        report = outcome.get("report")
+        if report is not None and report.failed:
+            from sysext_bakery.update.run import partial_message
+            return TaskFailed(f"error: {partial_message(report)}")
+        return None
+
+    return {"basename": basename, "doc": doc, "actions": [_edge(update), partial],
+            "params": _UPDATE_PARAMS, "uptodate": [False], "verbosity": 2}
+
+
+def plan_task(root: Path, the_plan: Plan) -> dict[str, Any]:
+    """`doit plan`: the pinned images not yet published, as a GitHub Actions matrix. The
+    images are those of the graph (its problems were reported while loading it)."""
+    def plan_action(from_: str, github: bool, repo: str, output: str) -> None:
+        from sysext_bakery.files import write_atomic
+        from sysext_bakery.publish import pending
+
+        settings = settings_from_env(root)
+        gh_repo = None
+        tag = "metadata"
+        if github:
+            from sysext_bakery.publish.directory import release_config
+            config = release_config(root / "release" / "release.toml")
+            gh_repo, tag = repo or config.github_repo, config.github_metadata_tag
+            if not gh_repo:
+                raise BakeryError("doit plan --github: no repository",
+                                  "pass --repo owner/name or set [github] repo in release/release.toml")
+        done = pending.published(from_ or "build/release", gh_repo, tag, settings.mirror, root)
+        text = pending.render(pending.matrix(the_plan.images, done))
+        if output:
+            write_atomic(Path(output) if Path(output).is_absolute() else root / output, text)
+        else:
+            sys.stdout.write(text)
+
+    return {
+        "basename": "plan",
+        "doc": "print the pinned images not yet published as a CI matrix JSON "
+               "(--from DIR|URL, --github [--repo owner/name], --output FILE)",
+        "actions": [_edge(plan_action)],
+        "params": [
+            {"name": "from_", "long": "from", "type": str, "default": "",
+             "help": "published directory or URL holding index.json (default build/release)"},
+            {"name": "github", "long": "github", "type": bool, "default": False,
+             "help": "read index.json from the GitHub metadata release instead"},
+            {"name": "repo", "long": "repo", "type": str, "default": "",
+             "help": "owner/name for --github (default: github.repo of release/release.toml)"},
+            {"name": "output", "long": "output", "type": str, "default": "",
+             "help": "write the JSON to this file instead of stdout"},
+        ],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

@@ -116,10 +116,12 @@ def populate(root: Path) -> Upstream:
 
 
 class MirrorServer:
-    """Serves a directory on 127.0.0.1 and records each requested path."""
+    """Serves a directory on 127.0.0.1 and records each requested path. `failures` maps a
+    path (without the query) to the HTTP status it answers instead, for an upstream that fails."""
 
     def __init__(self, directory: Path):
         requests: list[str] = []
+        failures: dict[str, int] = {}
 
         class Handler(SimpleHTTPRequestHandler):
             def __init__(self, *args, **kwargs):
@@ -127,12 +129,16 @@ class MirrorServer:
 
             def do_GET(self):
                 requests.append(self.path)
+                if (status := failures.get(self.path.split("?", 1)[0])) is not None:
+                    self.send_error(status)
+                    return
                 super().do_GET()
 
             def log_message(self, *args):
                 pass
 
         self.requests = requests
+        self.failures = failures
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

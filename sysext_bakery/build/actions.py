@@ -38,9 +38,17 @@ def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str
     settings.download_cache.mkdir(parents=True, exist_ok=True)
     fetched = []
     record = False
+    unpinned = [s.url for s in image.sources if s.sha256 is None]
+    if settings.locked and unpinned:
+        raise BakeryError(
+            f"{image.id}: BAKERY_LOCKED=1 and {len(unpinned)} source(s) have no sha256 pinned in "
+            f"{lock_name(settings)}: {', '.join(unpinned)}",
+            f"pin them with `doit update:{image.name}` (review and commit the lock), then build "
+            "again; locked builds never trust a download on first use")
     for source in image.sources:
         got = fetch(source.url, source.sha256, settings.download_cache,
-                    checksum_url=source.checksum_url, mirror=settings.mirror)
+                    checksum_url=source.checksum_url, mirror=settings.mirror,
+                    locked=settings.locked)
         if got.first_use:
             print(f"WARNING: trust on first use: {source.url} has no pinned sha256 and no upstream "
                   f"checksum; recorded sha256 {got.sha256} in {settings.lock_path}. Review it "
@@ -51,6 +59,13 @@ def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str
         lock.record_sha256(settings.lock_path, image.name, image.version, image.arch, fetched)
     _write_json(Path(paths.fetch_record), {"sources": fetched})
     return {"sources": fetched}
+
+
+def lock_name(settings: Settings) -> str:
+    try:
+        return str(settings.lock_path.relative_to(settings.root))
+    except ValueError:
+        return str(settings.lock_path)
 
 
 def files_digest(files_dir: Path | None) -> dict[str, str]:

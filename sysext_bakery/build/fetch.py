@@ -46,13 +46,19 @@ class Fetched:
 
 
 def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None = None,
-          mirror: str | None = None, limits: Limits | None = None) -> Fetched:
+          mirror: str | None = None, limits: Limits | None = None,
+          locked: bool = False) -> Fetched:
     """Download `url` into `cache/<sha256>` and verify it; a cached entry costs no network.
 
     A pinned `sha256` wins over `checksum_url`; with neither, the file is trusted on first use.
     `limits` default to `Limits.from_env()` (BAKERY_DEADLINE, BAKERY_LOW_SPEED_TIME, …).
+    `locked` (BAKERY_LOCKED=1) refuses any download without a pinned sha256, checksum file or not.
     """
     expected = _pinned(url, sha256)
+    if locked and expected is None:
+        raise BakeryError(f"{url}: no sha256 pinned in release/lock.toml, and BAKERY_LOCKED=1 "
+                          "refuses to download without one (no trust on first use)",
+                          "pin it with `doit update:<recipe>` and commit release/lock.toml")
     if expected and cached(cache, expected, url):
         return Fetched(cache / expected, expected, first_use=False)
     with Http(mirror, limits=limits) as http:

@@ -20,6 +20,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
@@ -85,18 +86,25 @@ def load(path: Path, shown: str | None = None) -> dict[str, list[Pin]]:
 
 def record_sha256(path: Path, name: str, version: str, arch: str,
                   sources: list[dict[str, str]]) -> None:
-    """Write the URLs and sha256 of one image's sources into the lock (trust on first use).
+    """Write the URLs and sha256 of one image's sources into the lock (trust on first use)."""
+    # imported here: tomlkit takes longer to import than the rest of `doit list`
+    from sysext_bakery.recipe.lock_edit import with_sources
 
-    Read-modify-write under an flock so parallel fetch tasks do not lose each other's entry;
-    the new file is renamed into place so a crash never leaves half a lock.
+    edit(path, lambda text: with_sources(text, name, version, arch, sources, str(path)))
+
+
+def edit(path: Path, change: Callable[[str], str]) -> bool:
+    """Rewrite the lock as `change(old text)` ("" when there is none); True if it changed.
+
+    Read-modify-write under an flock so parallel fetch tasks and `doit update` do not lose
+    each other's entries; the new file is renamed into place so a crash never leaves half a
+    lock.
     """
     guard = os.open(path.parent, os.O_RDONLY)   # flock on the directory: no stray lock file
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)
-        # imported here: tomlkit takes longer to import than the rest of `doit list`
-        from sysext_bakery.recipe.lock_edit import with_sources
-
         text = path.read_text() if path.exists() else ""
-        write_atomic(path, with_sources(text, name, version, arch, sources, str(path)))
+        new = change(text)
+        return new != text and write_atomic(path, new)
     finally:
         os.close(guard)

@@ -59,6 +59,31 @@ def with_sources(text: str, name: str, version: str, arch: str,
     return tomlkit.dumps(doc)
 
 
+def with_version(text: str, name: str, version: str, arches: dict[str, list[dict[str, str]]],
+                 shown: str) -> str:
+    """The lock `text` with every arch of `name` `version` set to these sources (a pin by
+    `doit update`); arches are written in the given order, each edited as with_sources does."""
+    for arch, sources in arches.items():
+        text = with_sources(text, name, version, arch, sources, shown)
+    return text
+
+
+def without_version(text: str, name: str, version: str, shown: str) -> str:
+    """The lock `text` without `[name."version"]` and its arch tables (retention); the rest,
+    comments included, stays. A recipe left without versions loses its table too."""
+    try:
+        doc = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as e:
+        raise BakeryError(f"{shown}: not valid TOML: {e}", "fix the syntax by hand") from None
+    versions = doc.get(name)
+    if not isinstance(versions, dict) or version not in versions:
+        return text
+    del versions[version]
+    if not versions:
+        del doc[name]
+    return tomlkit.dumps(doc)
+
+
 def _key(key: str, depth: int) -> Key:
     """Keys as the format shows them: versions always quoted (`"1.0"`, also `"27"`)."""
     bare = depth != 1 and re.fullmatch(r"[A-Za-z0-9_-]+", key)

@@ -1,0 +1,73 @@
+"""Committing an update (`doit update --commit`): one commit of release/lock.toml with GitPython,
+a message listing the bumps and the sha256 values trusted on first use, a configurable author,
+optionally on a new branch for a pull request."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sysext_bakery.errors import BakeryError
+from sysext_bakery.settings import LOCK
+from sysext_bakery.update.run import Report, summary
+
+AUTHOR_RE = re.compile(r"\s*([^<>]+?)\s*<([^<>\s]+)>\s*")
+DEFAULT_AUTHOR = "sysext-bakery <sysext-bakery@users.noreply.github.com>"
+
+
+@dataclass(frozen=True)
+class Committed:
+    sha: str
+    branch: str
+    message: str
+
+
+def parse_author(text: str) -> tuple[str, str]:
+    m = AUTHOR_RE.fullmatch(text)
+    if not m:
+        raise BakeryError(f"--author {text!r}: expected \"Name <mail>\"",
+                          "e.g. --author \"Bakery Bot <bot@example.org>\"")
+    return m.group(1), m.group(2)
+
+
+def message(report: Report) -> str:
+    lines = summary(report)
+    title = "release: " + ("; ".join(lines) if len(lines) == 1 else f"update {len(lines)} recipes")
+    body = [f"- {line}" for line in lines]
+    if report.tofu:
+        body += ["", "sha256 computed by downloading at update time (no upstream checksum; "
+                 "trust on first use, review):"]
+        body += [f"- {url} {digest}" for url, digest in report.tofu]
+    if report.failed:
+        body += ["", "not updated (upstream failed): " + ", ".join(r.name for r in report.failed)]
+    return "\n".join([title[:200], "", *body]) + "\n"
+
+
+def commit(root: Path, report: Report, author: str = "", branch: str = "") -> Committed | None:
+    """Commit the lock (only the lock); None when the update changed nothing. Refuses when
+    other changes are staged, so the commit holds exactly the update."""
+    if not report.changed:
+        return None
+    import git
+    try:
+        repo = git.Repo(root)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise BakeryError(f"{root}: not a git repository, cannot --commit",
+                          "run doit update without --commit, or in a git checkout") from None
+    staged = [d.a_path for d in repo.index.diff("HEAD")] if repo.head.is_valid() else []
+    others = [p for p in staged if p != LOCK]
+    if others:
+        raise BakeryError(f"--commit: other changes are staged ({', '.join(others[:5])})",
+                          "commit or unstage them first: the update commit holds only the lock")
+    if branch:
+        if branch in repo.heads:
+            raise BakeryError(f"--branch {branch}: the branch exists already",
+                              "name a new branch, or delete the old one")
+        repo.create_head(branch).checkout()
+    name, mail = parse_author(author or DEFAULT_AUTHOR)
+    actor = git.Actor(name, mail)
+    text = message(report)
+    repo.index.add([LOCK])
+    made = repo.index.commit(text, author=actor, committer=actor)
+    current = repo.active_branch.name if not repo.head.is_detached else "(detached)"
+    return Committed(made.hexsha, current, text)

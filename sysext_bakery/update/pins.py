@@ -1,0 +1,69 @@
+"""Pinning one version of a recipe: per arch, each source's URL (from the recipe) and sha256
+(from upstream's checksum file when the recipe declares `checksum-url`, else by downloading
+and hashing: trust on first use, at update time, reviewed in the commit). And noticing when
+a pin no longer matches its recipe (a companion `version` or URL template was edited)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sysext_bakery.recipe.lock import Pin
+from sysext_bakery.recipe.load import Recipe, resolve_image
+
+Sources = list[dict[str, str]]
+
+
+@dataclass
+class Hasher:
+    """The network side of pinning: checksum files (each read once per run, runc's serves
+    both arches) and downloads into the build cache, so a later build fetches nothing."""
+    cache: Path
+    mirror: str | None
+    tofu: list[tuple[str, str]] = field(default_factory=list)     # (url, sha256) hashed here
+    _sums: dict[str, str] = field(default_factory=dict)
+
+    def sha256(self, url: str, checksum_url: str | None) -> str:
+        from sysext_bakery.build.fetch import fetch, fetch_text, parse_checksum
+        if checksum_url:
+            if checksum_url not in self._sums:
+                self._sums[checksum_url] = fetch_text(checksum_url, mirror=self.mirror)
+            return parse_checksum(self._sums[checksum_url], url, checksum_url)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        got = fetch(url, None, self.cache, mirror=self.mirror)
+        self.tofu.append((url, got.sha256))
+        return got.sha256
+
+
+def expected(recipe: Recipe, version: str, arch: str) -> list[tuple[str, str | None]]:
+    """(url, checksum url) of each source of one image, as the recipe renders them today."""
+    image = resolve_image(recipe, version, arch, None)
+    return [(s.url, s.checksum_url) for s in image.sources]
+
+
+def pin_version(recipe: Recipe, version: str, sha256: Callable[[str, str | None], str]
+                ) -> dict[str, Sources]:
+    """arch -> sources with url and sha256, for every arch of the recipe."""
+    return {arch: [{"url": url, "sha256": sha256(url, checksum)}
+                   for url, checksum in expected(recipe, version, arch)]
+            for arch in recipe.arches}
+
+
+def why_repin(recipe: Recipe, pin: Pin) -> str | None:
+    """Why a pinned version must be pinned again, or None when it matches the recipe: an
+    arch without an entry or a sha256 (pinned by hand), or a URL the recipe no longer
+    renders (its companion version or URL template changed, which a build would otherwise
+    silently ignore: a pinned URL wins there)."""
+    for arch in recipe.arches:
+        pinned = pin.arches.get(arch)
+        want = [url for url, _ in expected(recipe, pin.version, arch)]
+        if pinned is None:
+            return f"{arch} has no sha256 pinned yet"
+        if [s.get("url") for s in pinned] != want:
+            changes = [f"{old} -> {new}" for old, new in
+                       zip([s.get("url", "?") for s in pinned], want) if old != new]
+            detail = "; ".join(changes) or f"{len(pinned)} sources pinned, {len(want)} in the recipe"
+            return f"{recipe.shown} changed ({arch}: {detail})"
+        if any(not s.get("sha256") for s in pinned):
+            return f"{arch} has no sha256 pinned yet"
+    return None
