@@ -86,5 +86,5 @@ def unpinned_message(name: str, wanted: str | None, stream: bool = False) -> str
         first, example = f"{name} {wanted or '(any version)'} is not pinned", wanted or "<version>"
     return (f"{first} in {LOCK}. "
             f"Pin it by adding a table [{name}.\"{example}\"] to the lock (URLs come from "
-            f"recipes/{name}.toml, the sha256 is recorded on first fetch); `doit update` will "
-            "pin new upstream versions once upstream tracking lands.")
+            f"recipes/{name}.toml) and running `doit update:{name}` for its sha256, or let "
+            f"`doit update:{name}` pin what release/versions.toml asks for (docs/ci.md).")

@@ -163,6 +163,7 @@ def test_unpinned_version_says_how_to_pin(project: Project) -> None:
     assert run.returncode != 0
     assert ('docker 99.1.0 is not pinned in release/lock.toml. Pin it by adding a table '
             '[docker."99.1.0"] to the lock') in run.stdout + run.stderr
+    assert "`doit update:docker`" in run.stdout + run.stderr
     run = project.doit("build:docker-26", check=False)
     assert run.returncode != 0
     assert ('no docker 26.x is pinned in release/lock.toml'

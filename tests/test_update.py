@@ -129,8 +129,11 @@ def test_a_failing_upstream_does_not_lose_the_others(world) -> None:
     tracking.docker_index(up, ["24.0.9", "25.0.0", "25.0.1"])
     server.failures["/api.github.com/repos/bytecodealliance/wasmtime/releases"] = 500
     before = pins(project)
-    proc = project.doit("update", check=False)
+    proc = project.doit("update", env={"BAKERY_FETCH_BACKOFF": "0.01"}, check=False)
     assert proc.returncode != 0
+    # asked again (transient statuses are retried) before the recipe was given up
+    assert server.requests.count("/api.github.com/repos/bytecodealliance/wasmtime/releases"
+                                 "?per_page=100") > 1
     lock = pins(project)
     assert "25.0.1" in lock["docker"]                        # written despite the failure
     assert lock["wasmtime"] == before["wasmtime"]             # the failed recipe is untouched
