@@ -173,7 +173,7 @@ def test_broken_recipe_is_reported_and_others_listed(project: Project) -> None:
     (project.root / "recipes" / "broken.toml").write_text('description = "x"\nhomepage = 1\n')
     run = project.doit("list")
     assert "build:docker-24" in run.stdout and "broken" not in run.stdout
-    assert "bakery: skipped: recipes/broken.toml: homepage: expected a string, got int 1" in run.stderr
+    assert "bakery: problem: recipes/broken.toml: homepage: expected a string, got int 1" in run.stderr
 
 
 def add_recipe(project: Project, upstream: Upstream, name: str, archive: bytes,
