@@ -26,7 +26,7 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from sysext_bakery import report
-from sysext_bakery.build import actions
+from sysext_bakery.build import actions, formats
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Image
 from sysext_bakery.model.version import stream_of
@@ -51,10 +51,13 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _fetch_current(image: Image, cache: str) -> Callable[..., bool]:
     """Up to date when the last fetch (doit's saved values: no file to read) matches the
     pinned URLs (and sha256, once pinned) and every cached file exists: a trust-on-first-use
-    pin then needs no second fetch."""
+    pin then needs no second fetch. A fetch whose sha256 the lock still lacks (it has not
+    staged yet) runs again, so a fixed upstream or mirror is picked up."""
     def check(task: Any, values: dict[str, Any]) -> bool:
         recorded = values.get("sources")
         if not isinstance(recorded, list) or len(recorded) != len(image.sources):
+            return False
+        if any(s.sha256 is None for s in image.sources):
             return False
         return all(r.get("url") == s.url and (s.sha256 in (None, r.get("sha256")))
                    and os.path.isfile(f"{cache}/{r.get('sha256')}")
@@ -125,8 +128,10 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                           ("stage", "build and validate an image's tree"),
                           ("pack", "pack an image into build/images/")):
         yield {"basename": basename, "name": None, "doc": doc}
-    # one config_changed per stage task of a recipe with files/, none for the others
-    files_changed = {name: [config_changed(files_signature(r.files_dir))] if r.files_dir else []
+    # one config_changed per recipe, shared by its stage tasks: the bakery's stage format
+    # and the recipe's files/
+    stage_changed = {name: [config_changed(f"stage format {formats.STAGE_FORMAT}\n"
+                                           + files_signature(r.files_dir))]
                      for name, r in recipes.items()}
     cache = str(settings.download_cache)
     for image in the_plan.images:
@@ -144,7 +149,7 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                "actions": [(_STAGE, [image, settings, paths])],
                "file_dep": [paths.fetch_record, str(recipe.path)],
                "targets": [paths.stage_record, paths.tree],
-               "uptodate": files_changed[image.name],
+               "uptodate": stage_changed[image.name],
                "doc": f"stage {image.id}"}
         yield {"basename": "pack", "name": image.id,
                "actions": [(_PACK, [image, settings, paths, stream])],
@@ -152,7 +157,8 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                "targets": [paths.image, paths.provenance],
                # replaces/conflicts go into the provenance record, not the image bytes
                "uptodate": [config_changed(f"{image.fmt}:{image.compression}:{stream}:"
-                                           f"{','.join(image.replaces)}:{','.join(image.conflicts)}")],
+                                           f"{','.join(image.replaces)}:{','.join(image.conflicts)}:"
+                                           f"pack format {formats.PACK_FORMAT}")],
                "doc": f"pack build/images/{image.filename}"}
     yield {"basename": "inspect", "actions": [(_INSPECT, [settings])], "pos_arg": "names",
            "uptodate": [False], "verbosity": 2,

@@ -167,7 +167,7 @@ def test_corrupt_archive(tmp_path, kind, decompressor):
     prefix = f"{ORIGIN}: docker.tgz: cannot be read as {kind}: "
     assert err.value.message.startswith(prefix)
     assert len(err.value.message) > len(prefix) + 5        # says why (the tool's own complaint)
-    assert "delete it from the download cache" in err.value.hint
+    assert "HTML error page" in err.value.hint and "fetched again" in err.value.hint
     assert sorted(os.listdir(tmp_path)) == ["broken"]      # no temp dir left
     assert children() == []
 
