@@ -32,7 +32,7 @@ from sysext_bakery.model.image import Image
 from sysext_bakery.model.version import stream_of
 from sysext_bakery.plan import Plan, Problem, plan, unpinned_message
 from sysext_bakery.recipe import lock
-from sysext_bakery.recipe.load import Recipe, load_recipes_named
+from sysext_bakery.recipe.load import Recipe, load_recipes, load_recipes_named
 from sysext_bakery.settings import LOCK, ImagePaths, Settings, settings_from_env
 
 
