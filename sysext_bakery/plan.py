@@ -22,32 +22,49 @@ class Build:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """Something in the recipes or the lock that withholds images: `doit build`, `doit
+    release` and the recipe's own groups fail over it (after building what they can)."""
+    recipe: str        # the recipe whose images (some or all) it withholds
+    error: BakeryError
+
+    def __str__(self) -> str:
+        return str(self.error)
+
+
+@dataclass(frozen=True)
 class Plan:
     images: tuple[Image, ...]
     builds: dict[str, Build]
     unbuildable: dict[str, str] = field(default_factory=dict)   # build name -> why it cannot run
-    problems: tuple[BakeryError, ...] = ()
+    problems: tuple[Problem, ...] = ()
 
 
-def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: Settings) -> Plan:
+def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: Settings,
+         earlier: tuple[Problem, ...] = ()) -> Plan:
+    """`earlier`: the problems found while loading (broken recipes, refused pins); they come
+    first in the plan's problems."""
     images: list[Image] = []
     builds: dict[str, Build] = {}
     unbuildable: dict[str, str] = {}
-    problems: list[BakeryError] = []
+    problems: list[Problem] = list(earlier)
+    withheld = {p.recipe for p in earlier}
     for name in sorted(pins):
-        if name not in recipes:
-            problems.append(BakeryError(
+        if name not in recipes and name not in withheld:   # a broken recipe says so itself
+            problems.append(Problem(name, BakeryError(
                 f"{LOCK}: pins {name!r}, but there is no loadable recipes/{name}.toml",
-                "fix or add the recipe, or remove its versions from the lock"))
+                "fix or add the recipe, or remove its versions from the lock")))
     for name, recipe in sorted(recipes.items()):
         clash = naming.clash(name, recipes)
         if clash and name.startswith(clash + "-"):   # the shorter name keeps building
-            problems.append(BakeryError(
+            problems.append(Problem(name, BakeryError(
                 f"{recipe.shown}: the name {name!r} starts with {clash + '-'!r}, so the "
                 f"sysupdate pattern {naming.match_pattern(clash)} of recipes/{clash}.toml "
-                f"would also match {name}'s images", naming.clash_hint(name, clash)))
+                f"would also match {name}'s images", naming.clash_hint(name, clash))))
             continue
         versions = sorted(pins.get(name, []), key=lambda p: version_key(p.version))
+        if not versions and name in withheld:
+            continue
         if not versions:
             unbuildable[f"{name}"] = unpinned_message(name, None)
             continue
@@ -58,7 +75,7 @@ def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: 
                                           fmt=settings.fmt, compression=settings.compression)
                             for arch in arches]
             except BakeryError as e:
-                problems.append(e)
+                problems.append(Problem(name, e))
                 continue
             images += resolved
             builds[f"{name}-{pin.version}"] = Build(

@@ -20,18 +20,19 @@ import re
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from sysext_bakery.build import actions
+from sysext_bakery import report
+from sysext_bakery.build import actions, formats
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Image
 from sysext_bakery.model.version import stream_of
-from sysext_bakery.plan import Plan, plan, unpinned_message
+from sysext_bakery.plan import Plan, Problem, plan, unpinned_message
 from sysext_bakery.recipe import lock
-from sysext_bakery.recipe.load import Recipe, load_recipes
+from sysext_bakery.recipe.load import Recipe, load_recipes, load_recipes_named
 from sysext_bakery.settings import LOCK, ImagePaths, Settings, settings_from_env
 
 
@@ -50,13 +51,17 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _fetch_current(image: Image, cache: str, locked: bool = False) -> Callable[..., bool]:
     """Up to date when the last fetch (doit's saved values: no file to read) matches the
     pinned URLs (and sha256, once pinned) and every cached file exists: a trust-on-first-use
-    pin then needs no second fetch. Locked (BAKERY_LOCKED=1), an unpinned source is never
-    up to date, so the fetch action refuses it even when an earlier fetch left a record."""
+    pin then needs no second fetch. A fetch whose sha256 the lock still lacks (it has not
+    staged yet) runs again, so a fixed upstream or mirror is picked up. Locked
+    (BAKERY_LOCKED=1), an unpinned source is never up to date, so the fetch action refuses it
+    even when an earlier fetch left a record."""
     def check(task: Any, values: dict[str, Any]) -> bool:
         if locked and any(s.sha256 is None for s in image.sources):
             return False
         recorded = values.get("sources")
         if not isinstance(recorded, list) or len(recorded) != len(image.sources):
+            return False
+        if any(s.sha256 is None for s in image.sources):
             return False
         return all(r.get("url") == s.url and (s.sha256 in (None, r.get("sha256")))
                    and os.path.isfile(f"{cache}/{r.get('sha256')}")
@@ -86,34 +91,38 @@ def files_signature(files_dir: Path | None) -> str:
 _FETCH, _STAGE, _PACK = (_edge(actions.fetch_image), _edge(actions.stage_image),
                          _edge(actions.pack_image))
 _INSPECT, _SUMS, _FAIL = _edge(actions.print_images), _edge(actions.write_sums), _edge(actions.fail_with)
+_CHECK = report.check
 
 
 def doit_config(root: Path) -> dict[str, Any]:
     state = root / "build" / "state"
     state.mkdir(parents=True, exist_ok=True)
     return {"backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
-            "default_tasks": ["build"], "verbosity": 1}
+            "default_tasks": ["build"], "verbosity": 1, "reporter": report.Reporter}
 
 
 def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """All tasks of the bakery for the project at `root`."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
         settings = settings_from_env(root)
-        recipes, errors = load_recipes(root / "recipes")
-        pins = lock.load(settings.lock_path, LOCK)
+        recipes, broken = load_recipes_named(root / "recipes")
+        pins, refused = lock.load_checked(settings.lock_path, LOCK)
     except BakeryError as e:
         print(f"bakery: {e}", file=sys.stderr)
         yield {"basename": "build", "doc": "build every pinned image (broken configuration)",
                "actions": [(_FAIL, [str(e)])]}
         return
-    the_plan = plan(recipes, pins, settings)
-    for problem in (*errors, *the_plan.problems):
-        print(f"bakery: skipped: {problem}", file=sys.stderr)
+    earlier = (*(Problem(n, e) for n, e in broken.items()), *(Problem(n, e) for n, e in refused))
+    the_plan = plan(recipes, pins, settings, earlier)
+    if not report.runs_tasks(argv):   # a run names them at its end (report.Reporter)
+        for problem in the_plan.problems:
+            print(f"bakery: problem: {problem}", file=sys.stderr)
     yield from image_tasks(the_plan, settings, recipes)
-    yield from build_tasks(the_plan, settings, recipes, sys.argv[1:] if argv is None else argv)
-    yield release_task(root)
+    yield from build_tasks(the_plan, settings, recipes, argv)
+    yield release_task(root, [str(p) for p in the_plan.problems])
     yield overlaps_task(root)
-    yield from update_tasks(root, (recipes, errors, pins))
+    yield from update_tasks(root, (recipes, list(broken.values()), pins))
     yield plan_task(root, the_plan)
 
 
@@ -125,8 +134,10 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                           ("stage", "build and validate an image's tree"),
                           ("pack", "pack an image into build/images/")):
         yield {"basename": basename, "name": None, "doc": doc}
-    # one config_changed per stage task of a recipe with files/, none for the others
-    files_changed = {name: [config_changed(files_signature(r.files_dir))] if r.files_dir else []
+    # one config_changed per recipe, shared by its stage tasks: the bakery's stage format
+    # and the recipe's files/
+    stage_changed = {name: [config_changed(f"stage format {formats.STAGE_FORMAT}\n"
+                                           + files_signature(r.files_dir))]
                      for name, r in recipes.items()}
     cache = str(settings.download_cache)
     for image in the_plan.images:
@@ -144,7 +155,7 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                "actions": [(_STAGE, [image, settings, paths])],
                "file_dep": [paths.fetch_record, str(recipe.path)],
                "targets": [paths.stage_record, paths.tree],
-               "uptodate": files_changed[image.name],
+               "uptodate": stage_changed[image.name],
                "doc": f"stage {image.id}"}
         yield {"basename": "pack", "name": image.id,
                "actions": [(_PACK, [image, settings, paths, stream])],
@@ -152,7 +163,8 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                "targets": [paths.image, paths.provenance],
                # replaces/conflicts go into the provenance record, not the image bytes
                "uptodate": [config_changed(f"{image.fmt}:{image.compression}:{stream}:"
-                                           f"{','.join(image.replaces)}:{','.join(image.conflicts)}")],
+                                           f"{','.join(image.replaces)}:{','.join(image.conflicts)}:"
+                                           f"pack format {formats.PACK_FORMAT}")],
                "doc": f"pack build/images/{image.filename}"}
     yield {"basename": "inspect", "actions": [(_INSPECT, [settings])], "pos_arg": "names",
            "uptodate": [False], "verbosity": 2,
@@ -163,9 +175,18 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
 
 def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
                 argv: list[str]) -> Iterator[dict]:
+    """The build groups. A recipe with a problem keeps its exact-version groups (each is
+    whole); its `build:<name>` and `build:<name>-<stream>` fail after building, since the
+    withheld version might have been the newest; `build` fails over every problem."""
+    withheld: dict[str, list[str]] = {}
+    for problem in the_plan.problems:
+        withheld.setdefault(problem.recipe, []).append(str(problem))
     for name, build in sorted(the_plan.builds.items()):
         deps = [f"build:{build.alias_of}"] if build.alias_of else [f"pack:{i}" for i in build.images]
-        yield {"basename": f"build:{name}", "actions": None, "task_dep": deps, "doc": build.doc}
+        recipe = build.alias_of.rsplit("-", 1)[0] if build.alias_of else None
+        problems = withheld.get(recipe, []) if recipe else []
+        yield {"basename": f"build:{name}", "actions": [(_CHECK, [problems])] if problems else None,
+               "task_dep": deps, "doc": build.doc, "meta": {report.META: problems}}
     unbuildable = dict(the_plan.unbuildable)
     for name, version in requested_unknown_builds(argv, the_plan, recipes):
         unbuildable[f"{name}-{version}"] = unpinned_message(
@@ -173,8 +194,16 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
     for name, why in sorted(unbuildable.items()):
         yield {"basename": f"build:{name}", "actions": [(_FAIL, [why])],
                "doc": "not pinned yet"}
-    yield {"basename": "build", "actions": None, "doc": "build every pinned image",
-           "task_dep": [f"build:{n}" for n, b in sorted(the_plan.builds.items()) if not b.alias_of]}
+    for name, problems in sorted(withheld.items()):
+        if name not in the_plan.builds and name not in unbuildable:
+            yield {"basename": f"build:{name}", "actions": [(_CHECK, [problems])],
+                   "doc": "withheld by a problem (`doit list` names it)", "meta": {report.META: problems}}
+    every = [str(p) for p in the_plan.problems]
+    # the check is build's own action: doit runs it after all of task_dep, so it comes last
+    yield {"basename": "build", "actions": [(_CHECK, [every])] if every else None,
+           "doc": "build every pinned image",
+           "task_dep": [f"build:{n}" for n, b in sorted(the_plan.builds.items()) if not b.alias_of],
+           "meta": {report.META: every}}
 
 
 def requested_unknown_builds(argv: list[str], the_plan: Plan,
@@ -194,13 +223,21 @@ def requested_unknown_builds(argv: list[str], the_plan: Plan,
     return wanted
 
 
-def release_task(root: Path) -> dict[str, Any]:
+def release_task(root: Path, problems: Sequence[str] = ()) -> dict[str, Any]:
     """`doit release`: publishes whatever is built; always runs (publishing is idempotent
-    and says when there is nothing to do)."""
+    and says when there is nothing to do). With a problem in the plan it publishes nothing:
+    the catalogue it would publish lacks the withheld images, and the scheduled job
+    publishes into a fresh directory, so hosts would lose them (docs/release.md)."""
     def release(dest: str, base_url: str, github: bool, repo: str, allow_unsigned: bool,
-                rotate_key: bool) -> None:
+                rotate_key: bool) -> TaskFailed | None:
+        if problems:
+            print(f"bakery: release: nothing published, {dest} is unchanged: fix the "
+                  "problems named below, then run `doit build` and `doit release` again",
+                  file=sys.stderr)
+            return report.check(list(problems))
         from sysext_bakery.publish.directory import run_release
         run_release(root, dest, base_url, github, repo, allow_unsigned, rotate_key)
+        return None
 
     return {
         "basename": "release",
@@ -223,6 +260,7 @@ def release_task(root: Path) -> dict[str, Any]:
         ],
         "uptodate": [False],
         "verbosity": 2,
+        "meta": {report.META: list(problems)},
     }
 
 

@@ -100,7 +100,7 @@ def test_locked_build_ignores_an_earlier_unlocked_fetch(project: Project) -> Non
     unpinned = "\n".join(line for line in pinned.split("\n\n") if "wasmtime" not in line) \
         + '\n\n[wasmtime."29.0.1"]\n'
     project.lock_path.write_text(unpinned)
-    project.doit("fetch:wasmtime-29.0.1-x86-64")                  # records the sha256 (TOFU)
+    project.doit("stage:wasmtime-29.0.1-x86-64")                  # staged: records the sha256 (TOFU)
     assert "wasmtime-v29.0.1-x86_64" in project.lock_path.read_text()
     project.lock_path.write_text(unpinned)                       # the recorded pin was dropped
     proc = project.doit("fetch:wasmtime-29.0.1-x86-64", env={"BAKERY_LOCKED": "1"}, check=False)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sysext_bakery.build import provenance, sums
+from sysext_bakery.build import formats, provenance, sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import file_digest, write_atomic
 from sysext_bakery.model.image import Image
@@ -32,12 +32,14 @@ def _read_json(path: Path) -> Any:
 
 def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str, Any]:
     """Download every source of `image` (verified) and record what was fetched, in a file
-    for the stage task and as doit values for the next up-to-date check."""
+    for the stage task and as doit values for the next up-to-date check.
+
+    A sha256 the lock lacks stays pending in the fetch record: stage_image writes it into
+    the lock once the download staged, so a truncated body or an error page is never
+    pinned. Bytes that already staged (the stage record holds them) are pinned at once."""
     from sysext_bakery.build.fetch import fetch   # imported lazily: `doit list` should not pay for requests
 
     settings.download_cache.mkdir(parents=True, exist_ok=True)
-    fetched = []
-    record = False
     unpinned = [s.url for s in image.sources if s.sha256 is None]
     if settings.locked and unpinned:
         raise BakeryError(
@@ -45,20 +47,33 @@ def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str
             f"{lock_name(settings)}: {', '.join(unpinned)}",
             f"pin them with `doit update:{image.name}` (review and commit the lock), then build "
             "again; locked builds never trust a download on first use")
+    fetched, first_use = [], []
     for source in image.sources:
         got = fetch(source.url, source.sha256, settings.download_cache,
                     checksum_url=source.checksum_url, mirror=settings.mirror,
                     locked=settings.locked)
         if got.first_use:
-            print(f"WARNING: trust on first use: {source.url} has no pinned sha256 and no upstream "
-                  f"checksum; recorded sha256 {got.sha256} in {settings.lock_path}. Review it "
-                  "(git diff) before you commit.", file=sys.stderr)
-        record = record or source.sha256 is None
+            first_use.append(source.url)
         fetched.append({"url": source.url, "sha256": got.sha256})
-    if record:
-        lock.record_sha256(settings.lock_path, image.name, image.version, image.arch, fetched)
-    _write_json(Path(paths.fetch_record), {"sources": fetched})
-    return {"sources": fetched}
+    pending = any(s.sha256 is None for s in image.sources)
+    staged = _read_json(Path(paths.stage_record))
+    if pending and isinstance(staged, dict) and staged.get("sources") == fetched:
+        _pin(image, settings, fetched, first_use)
+        pending, first_use = False, []
+    _write_json(Path(paths.fetch_record),
+                {"sources": fetched, "pending": pending, "first_use": first_use})
+    return {"sources": fetched, "pending": pending}
+
+
+def _pin(image: Image, settings: Settings, fetched: list[dict[str, str]],
+         first_use: list[str]) -> None:
+    for source in fetched:
+        if source["url"] in first_use:
+            print(f"WARNING: trust on first use: {source['url']} has no pinned sha256 and no "
+                  f"upstream checksum; it staged, so its sha256 {source['sha256']} is now "
+                  f"recorded in {settings.lock_path}. Review it (git diff) before you commit.",
+                  file=sys.stderr)
+    lock.record_sha256(settings.lock_path, image.name, image.version, image.arch, fetched)
 
 
 def lock_name(settings: Settings) -> str:
@@ -84,7 +99,8 @@ def files_digest(files_dir: Path | None) -> dict[str, str]:
 def stage_config(image: Image) -> dict[str, Any]:
     """What shapes the staged tree besides the downloads' bytes and the static files. It goes
     into the stage record, pack's only dependency, so a tree that changed is repacked."""
-    return {"name": image.name, "version": image.version, "arch": image.arch,
+    return {"format": formats.STAGE_FORMAT, "name": image.name, "version": image.version,
+            "arch": image.arch,
             "sources": [{"url": s.url, "kind": s.kind, "allow_setuid": s.allow_setuid,
                          "install": [[i.pattern, i.dest, i.mode] for i in s.install]}
                         for s in image.sources],
@@ -98,7 +114,8 @@ def stage_image(image: Image, settings: Settings, paths: ImagePaths) -> None:
     from sysext_bakery.build import stage
     from sysext_bakery.build.fetch import fetch
 
-    fetched = _read_json(Path(paths.fetch_record))["sources"]
+    record = _read_json(Path(paths.fetch_record))
+    fetched = record["sources"]
     # The fetch task may be up to date while a download rotted (or was swapped) in the
     # shared cache since: each one is hashed again here, and fetched again if it changed.
     downloads = [fetch(s["url"], s["sha256"], settings.download_cache, mirror=settings.mirror).path
@@ -106,6 +123,8 @@ def stage_image(image: Image, settings: Settings, paths: ImagePaths) -> None:
     stage.stage_image(image, downloads, Path(paths.tree), unpacked=settings.build / "stage" / ".unpacked")
     _write_json(Path(paths.stage_record), {"config": stage_config(image), "sources": fetched,
                                            "files": files_digest(image.files_dir)})
+    if record.get("pending"):   # trust on first use: only what unpacked and validated
+        _pin(image, settings, fetched, record.get("first_use", []))
 
 
 def pack_image(image: Image, settings: Settings, paths: ImagePaths, stream: str | None) -> None:

@@ -101,8 +101,10 @@ def iter_members(archive: Path, kind: str, origin: str,
 
 def _unreadable(where: str, kind: str, error: Exception) -> BakeryError:
     return BakeryError(f"{where}: cannot be read as {kind}: {error}",
-                       hint="the download is corrupt or of another kind; check the source's URL "
-                            "and `type`, then delete it from the download cache and fetch again")
+                       hint=f"the download is corrupt or is not {kind} (an HTML error page?): check "
+                            "the source's URL and `type` and what the mirror serves. A download "
+                            "without a pinned sha256 is fetched again by the next build; if "
+                            "release/lock.toml pins this sha256, that pin is wrong: remove it")
 
 
 class _Content(io.RawIOBase):

@@ -6,6 +6,10 @@ tree (build.tree). The tree is built in a temporary directory next to `dest`, va
 renamed into place.
 
 With an `unpacked` directory, sources go through the unpacked cache (build.unpacked).
+
+A change to what is staged from the same downloads and recipe (here or in build.install,
+build.tree, model.extension_release, validation) bumps STAGE_FORMAT in build/formats.py,
+so images already built are restaged and repacked.
 """
 from __future__ import annotations
 

@@ -167,14 +167,20 @@ def load_recipe(path: Path, shown: str | None = None) -> Recipe:
 def load_recipes(directory: Path) -> tuple[dict[str, Recipe], list[BakeryError]]:
     """Every recipe of the directory that loads, plus the errors of those that do not:
     one broken recipe must not hide the others."""
+    recipes, broken = load_recipes_named(directory)
+    return recipes, list(broken.values())
+
+
+def load_recipes_named(directory: Path) -> tuple[dict[str, Recipe], dict[str, BakeryError]]:
+    """As load_recipes, with each error under the name of the recipe it withholds."""
     recipes: dict[str, Recipe] = {}
-    errors: list[BakeryError] = []
+    broken: dict[str, BakeryError] = {}
     for path in sorted(directory.glob("*.toml")):
         try:
             recipes[path.stem] = load_recipe(path, f"{directory.name}/{path.name}")
         except BakeryError as e:
-            errors.append(e)
-    return recipes, errors
+            broken[path.stem] = e
+    return recipes, broken
 
 
 # --- images -------------------------------------------------------------------------------

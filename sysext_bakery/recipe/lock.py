@@ -44,44 +44,65 @@ class Pin:
 
 def load(path: Path, shown: str | None = None) -> dict[str, list[Pin]]:
     """recipe name -> its pins; raises BakeryError naming the lock (as `shown`) and the key."""
+    pins, refused = load_checked(path, shown)
+    if refused:
+        raise refused[0][1]
+    return pins
+
+
+def load_checked(path: Path, shown: str | None = None
+                 ) -> tuple[dict[str, list[Pin]], list[tuple[str, BakeryError]]]:
+    """The pins that are valid, plus (recipe name, error) for each version refused: one bad
+    entry withholds only its recipe's version, not the whole catalogue. A file that is not
+    TOML at all still raises."""
     shown = shown or str(path)
     if not path.exists():
-        return {}
+        return {}, []
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise BakeryError(f"{shown}: not valid TOML: {e}", "fix the syntax by hand") from None
     pins: dict[str, list[Pin]] = {}
+    refused: list[tuple[str, BakeryError]] = []
     for name, versions in data.items():
         if not isinstance(versions, dict):
-            raise BakeryError(f"{shown}: {name}: expected a table of versions")
+            refused.append((name, BakeryError(f"{shown}: {name}: expected a table of versions")))
+            continue
         for version, arches in versions.items():
-            where = f"{shown}: {name}.{version}"
-            if what := version_problem(version):
-                raise BakeryError(f"{where}: {what}", "map the upstream version to one without '-'")
-            if not isinstance(arches, dict):
-                raise BakeryError(f"{where}: expected a table of arches")
-            parsed: dict[str, list[dict[str, str]]] = {}
-            for arch, entry in arches.items():
-                if arch not in ARCHES:
-                    raise BakeryError(f"{where}: unknown arch {arch!r}",
-                                      f"arches are spelled as systemd does: {', '.join(ARCHES)}")
-                sources = entry.get("sources") if isinstance(entry, dict) else None
-                if not isinstance(sources, list) or not all(
-                        isinstance(s, dict) and set(s) <= {"url", "sha256"}
-                        and all(isinstance(v, str) for v in s.values()) for s in sources):
-                    raise BakeryError(f"{where}.{arch}: expected sources = [{{ url = \"…\", sha256 = \"…\" }}, …]")
-                for i, source in enumerate(sources):
-                    if "url" in source and (problem := url_problem(source["url"])):
-                        raise BakeryError(f"{where}.{arch}.sources[{i}].url: {problem}",
-                                          "remove the entry to re-pin it from the recipe")
-                    if source.get("sha256") and not SHA256_RE.fullmatch(source["sha256"]):
-                        raise BakeryError(f"{where}.{arch}.sources[{i}].sha256: expected 64 "
-                                          f"lower-case hex digits, got {source['sha256'][:80]!r}",
-                                          "remove it to record it again on the next fetch")
-                parsed[arch] = sources
-            pins.setdefault(name, []).append(Pin(name, version, parsed))
-    return pins
+            try:
+                pins.setdefault(name, []).append(Pin(name, version, _arches(shown, name, version, arches)))
+            except BakeryError as e:
+                refused.append((name, e))
+    return {n: p for n, p in pins.items() if p}, refused
+
+
+def _arches(shown: str, name: str, version: str, arches: object) -> dict[str, list[dict[str, str]]]:
+    where = f"{shown}: {name}.{version}"
+    if what := version_problem(version):
+        raise BakeryError(f"{where}: {what}",
+                          "pin a version systemd-sysupdate accepts, mapped from upstream's spelling")
+    if not isinstance(arches, dict):
+        raise BakeryError(f"{where}: expected a table of arches")
+    parsed: dict[str, list[dict[str, str]]] = {}
+    for arch, entry in arches.items():
+        if arch not in ARCHES:
+            raise BakeryError(f"{where}: unknown arch {arch!r}",
+                              f"arches are spelled as systemd does: {', '.join(ARCHES)}")
+        sources = entry.get("sources") if isinstance(entry, dict) else None
+        if not isinstance(sources, list) or not all(
+                isinstance(s, dict) and set(s) <= {"url", "sha256"}
+                and all(isinstance(v, str) for v in s.values()) for s in sources):
+            raise BakeryError(f"{where}.{arch}: expected sources = [{{ url = \"…\", sha256 = \"…\" }}, …]")
+        for i, source in enumerate(sources):
+            if "url" in source and (problem := url_problem(source["url"])):
+                raise BakeryError(f"{where}.{arch}.sources[{i}].url: {problem}",
+                                  "remove the entry to re-pin it from the recipe")
+            if source.get("sha256") and not SHA256_RE.fullmatch(source["sha256"]):
+                raise BakeryError(f"{where}.{arch}.sources[{i}].sha256: expected 64 "
+                                  f"lower-case hex digits, got {source['sha256'][:80]!r}",
+                                  "remove it to record it again on the next fetch")
+        parsed[arch] = sources
+    return parsed
 
 
 def record_sha256(path: Path, name: str, version: str, arch: str,

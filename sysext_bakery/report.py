@@ -1,0 +1,86 @@
+"""How problems in the recipes and the lock reach the user: named once, at the end of a run.
+
+A problem (a broken recipe, a refused pin) withholds images. The tasks that would have
+built or published them — `build`, `release` and the recipe's own `build:` groups — fail
+over it, but only after everything buildable was built: the check is their own action,
+which doit runs after their task_dep. The texts ride in the task's `meta`, so the
+reporter below names every problem of the run once after the last task, even when doit
+stopped early at another failure or skipped the check (`-c` with a failed image). With
+another `--reporter` the failing check's own message carries the same text.
+`doit list` and the other commands that run no task print the problems when the tasks
+are loaded, on stderr.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterable
+
+from doit.exceptions import BaseFail, TaskFailed
+from doit.reporter import ConsoleReporter
+
+META = "bakery_problems"
+# doit's own commands besides `run` (doit_cmd.DoitMain.DOIT_CMDS): they load tasks, run none
+NOT_RUN = {"help", "list", "info", "clean", "forget", "ignore", "dumpdb", "strace",
+           "tabcompletion", "reset-dep"}
+# options of doit's task loader that take a value and may come before the command
+LOADER_VALUES = {"-f", "--file", "-d", "--dir", "--seek-file"}
+
+
+def render(problems: Iterable[str]) -> str:
+    items = list(dict.fromkeys(problems))
+    head = f"bakery: {len(items)} problem{'s' if len(items) != 1 else ''} withheld images:"
+    return "\n".join([head, *(f"- {p}".replace("\n", "\n  ") for p in items)])
+
+
+def check(problems: list[str]) -> TaskFailed | None:
+    """The action of a task whose images (some of them) a problem withholds."""
+    return TaskFailed(render(problems)) if problems else None
+
+
+def runs_tasks(argv: list[str]) -> bool:
+    """Whether doit will run tasks (its `run` command, explicit or implied), mirroring how
+    doit picks the command: the first argument that is not a loader option."""
+    args = iter(argv)
+    for arg in args:
+        if arg in LOADER_VALUES:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg not in NOT_RUN
+    return True
+
+
+def task_problems(task: Any) -> tuple[str, ...]:
+    return tuple((task.meta or {}).get(META, ()))
+
+
+class Reporter(ConsoleReporter):
+    """doit's console output, plus the problems of the selected tasks once at the end; a
+    run that touches none of them (`doit build:<other recipe>`) gets a one-line note."""
+    desc = "console output; names the bakery's problems once at the end"
+
+    def initialize(self, tasks: dict[str, Any], selected_tasks: list[str]) -> None:
+        reached: dict[str, None] = {}
+        todo = list(selected_tasks or ())
+        while todo:
+            name = todo.pop()
+            if name in reached or name not in tasks:
+                continue
+            reached[name] = None
+            todo.extend(tasks[name].task_dep)
+        self.problems = list(dict.fromkeys(p for n in sorted(reached) for p in task_problems(tasks[n])))
+        every = {p for t in tasks.values() for p in task_problems(t)}
+        self.elsewhere = len(every - set(self.problems))
+
+    def add_failure(self, task: Any, fail: BaseFail) -> None:
+        if isinstance(fail, TaskFailed) and task_problems(task):
+            return   # the check: its text is written once, by complete_run
+        super().add_failure(task, fail)
+
+    def complete_run(self) -> None:
+        super().complete_run()
+        sys.stdout.flush()
+        if self.problems:
+            print(render(self.problems), file=sys.stderr)
+        elif self.elsewhere:
+            print(f"bakery: note: {self.elsewhere} problem(s) in other recipes or the lock "
+                  "(not part of this run); `doit list` names them", file=sys.stderr)
