@@ -178,7 +178,7 @@ def test_checksum_file_without_entry_names_it(httpserver, cache: Path) -> None:
               mirror=httpserver.url_for("/"))
     assert err.value.message == (
         "https://download.example.org/SHA256SUMS: no sha256 entry for docker-24.0.9.tgz "
-        f"(checksum file of {UPSTREAM})")
+        f"(the file lists a.tgz, b.tgz); checksum file of {UPSTREAM}")
     assert [r.path for r, _ in httpserver.log] == ["/download.example.org/SHA256SUMS"]
 
 

@@ -50,8 +50,9 @@ def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str
     fetched, first_use = [], []
     for source in image.sources:
         got = fetch(source.url, source.sha256, settings.download_cache,
-                    checksum_url=source.checksum_url, mirror=settings.mirror,
-                    locked=settings.locked)
+                    checksum_url=source.checksum_url, checksum=source.checksum,
+                    signature_url=source.signature_url, signature_key=source.signature_key,
+                    mirror=settings.mirror, locked=settings.locked)
         if got.first_use:
             first_use.append(source.url)
         fetched.append({"url": source.url, "sha256": got.sha256})

@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 from rich.filesize import decimal
 
+from sysext_bakery.build import checksums
+from sysext_bakery.build.checksums import MAX_TEXT, parse_checksum
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.http import CHUNK, BodyBroken, Deadline, Http, Limits, Stream
 from sysext_bakery.model.url import is_url, mirror_url
@@ -29,11 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["Fetched", "cached", "fetch", "fetch_text", "mirror_url", "parse_checksum"]
 
 MAX_RESUMES = 5                    # body breaks tolerated per download
-MAX_TEXT = 1 << 20                 # checksum files are tiny; refuse anything bigger
 HEX64 = re.compile(r"[0-9a-f]{64}")
-# `<hex>` alone, or sha256sum's `<hex>  <name>` / `<hex> *<name>` (binary mode)
-SUM_LINE = re.compile(r"([0-9a-fA-F]{64})(?:\s+\*?(.+))?")
 
+LOCK = "release/lock.toml"
 LOCK_HINT = "check the version and URL pinned in release/lock.toml"
 MIRROR_HINT = "check the version and URL pinned in release/lock.toml, or the mirror contents"
 
@@ -46,27 +46,39 @@ class Fetched:
 
 
 def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None = None,
-          mirror: str | None = None, limits: Limits | None = None,
-          locked: bool = False) -> Fetched:
+          checksum: str = "sha256", signature_url: str | None = None,
+          signature_key: Path | None = None, mirror: str | None = None,
+          limits: Limits | None = None, locked: bool = False) -> Fetched:
     """Download `url` into `cache/<sha256>` and verify it; a cached entry costs no network.
 
-    A pinned `sha256` wins over `checksum_url`; with neither, the file is trusted on first use.
+    A pinned `sha256` wins over upstream's word; without one, `checksum` says where that is:
+    "sha256"/"sha512" read `checksum_url` (trusted only if `signature_url` verifies against
+    `signature_key`, when given), "github-digest" asks GitHub's API for the asset's digest.
+    With none of them the file is trusted on first use. A sha512 is checked while the file
+    streams in, beside the sha256 that names it in the cache.
     `limits` default to `Limits.from_env()` (BAKERY_DEADLINE, BAKERY_LOW_SPEED_TIME, …).
     `locked` (BAKERY_LOCKED=1) refuses any download without a pinned sha256, checksum file or not.
     """
-    expected = _pinned(url, sha256)
-    if locked and expected is None:
+    if checksum not in checksums.CHECKSUMS:
+        raise BakeryError(f"{url}: unknown checksum kind {checksum!r}",
+                          f"use one of {', '.join(checksums.CHECKSUMS)}")
+    pinned = _pinned(url, sha256)
+    if locked and pinned is None:
         raise BakeryError(f"{url}: no sha256 pinned in release/lock.toml, and BAKERY_LOCKED=1 "
                           "refuses to download without one (no trust on first use)",
                           "pin it with `doit update:<recipe>` and commit release/lock.toml")
-    if expected and cached(cache, expected, url):
-        return Fetched(cache / expected, expected, first_use=False)
+    if pinned and cached(cache, pinned, url):
+        return Fetched(cache / pinned, pinned, first_use=False)
+    expected = checksums.Expected("sha256", pinned, LOCK) if pinned else None
     with Http(mirror, limits=limits) as http:
         source = http.locate(url)
-        if expected is None and checksum_url:
-            expected = parse_checksum(_text(http, checksum_url), url, checksum_url)
-            if cached(cache, expected, url):
-                return Fetched(cache / expected, expected, first_use=False)
+        if expected is None and checksum == "github-digest":
+            expected = checksums.from_github(http, url)
+        elif expected is None and checksum_url:
+            expected = checksums.from_checksum_file(http, url, checksum_url, checksum,
+                                                    signature_url, signature_key)
+        if expected and expected.algorithm == "sha256" and cached(cache, expected.digest, url):
+            return Fetched(cache / expected.digest, expected.digest, first_use=False)
         actual, size = _fetch_into_cache(http, url, source, expected, cache)
     print(f"fetched {_basename(url)} {decimal(size)} sha256 {actual[:12]}…", file=sys.stderr)
     return Fetched(cache / actual, actual, first_use=expected is None)
@@ -108,24 +120,6 @@ def fetch_text(url: str, *, mirror: str | None = None, limits: Limits | None = N
         return _text(http, url)
 
 
-def parse_checksum(text: str, url: str, checksum_url: str) -> str:
-    """The sha256 for `url` in a checksum file: a bare digest or sha256sum lines, where the
-    line naming the URL's file wins; a single line naming another file is an error (it
-    would only surface later as a misleading "mismatch")."""
-    name = _basename(url)
-    entries = [m.groups() for line in text.splitlines()
-               if (m := SUM_LINE.fullmatch(line.strip()))]
-    named = {digest.lower() for digest, file in entries
-             if file and file.strip().rsplit("/", 1)[-1] == name}
-    if len(named) == 1:
-        return named.pop()
-    if not named and len(entries) == 1 and not entries[0][1]:
-        return entries[0][0].lower()
-    what = "conflicting sha256 entries" if named else "no sha256 entry"
-    raise BakeryError(f"{checksum_url}: {what} for {name} (checksum file of {url})",
-                      "fix checksum-url in the recipe, or pin the sha256 in release/lock.toml")
-
-
 def _pinned(url: str, sha256: str | None) -> str | None:
     if sha256 is None:
         return None
@@ -136,7 +130,7 @@ def _pinned(url: str, sha256: str | None) -> str | None:
     return digest
 
 
-def _fetch_into_cache(http: Http, url: str, source: str, expected: str | None,
+def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Expected | None,
                       cache: Path) -> tuple[str, int]:
     """Write to a temp file under cache/.tmp and rename it to its hash once verified;
     on any failure nothing is left behind."""
@@ -145,14 +139,19 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: str | None,
     fd, tmp_name = tempfile.mkstemp(dir=tmpdir, prefix=f"{_basename(url)}.")
     tmp = Path(tmp_name)
     try:
+        algorithms = ("sha256",) if expected is None else tuple(dict.fromkeys(
+            ("sha256", expected.algorithm)))
         with open(fd, "wb") as out, _Meter(_basename(url)) as meter:
             if is_url(source):
-                actual, size = _download(http, url, out, meter)
+                digests, size = _download(http, url, out, meter, algorithms)
             else:
-                actual, size = _copy(url, source, out, meter)
-        if expected and actual != expected:
+                digests, size = _copy(url, source, out, meter, algorithms)
+        actual = digests["sha256"]
+        if expected and digests[expected.algorithm] != expected.digest:
+            said = "" if expected.origin == LOCK else f" (from {expected.origin})"
             raise BakeryError(
-                f"{url}: sha256 mismatch: expected {expected}, got {actual}",
+                f"{url}: {expected.algorithm} mismatch: expected {expected.digest}, "
+                f"got {digests[expected.algorithm]}{said}",
                 "if upstream re-published the file on purpose, update the sha256 in "
                 "release/lock.toml; otherwise treat the download as compromised")
         tmp.chmod(0o644)  # mkstemp's 0600 would hide the cache from other users
@@ -163,8 +162,9 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: str | None,
     return actual, size
 
 
-def _copy(url: str, path: str, out: BinaryIO, meter: _Meter) -> tuple[str, int]:
-    hasher = hashlib.sha256()
+def _copy(url: str, path: str, out: BinaryIO, meter: _Meter,
+          algorithms: tuple[str, ...]) -> tuple[dict[str, str], int]:
+    hasher = _Hashers(algorithms)
     try:
         with open(path, "rb") as f:
             meter.restart(os.fstat(f.fileno()).st_size)
@@ -175,14 +175,15 @@ def _copy(url: str, path: str, out: BinaryIO, meter: _Meter) -> tuple[str, int]:
     except OSError as e:
         raise BakeryError(f"{url}: cannot read {path} from the mirror directory: {e.strerror}",
                           MIRROR_HINT) from e
-    return hasher.hexdigest(), out.tell()
+    return hasher.hexdigests(), out.tell()
 
 
-def _download(http: Http, url: str, out: BinaryIO, meter: _Meter) -> tuple[str, int]:
+def _download(http: Http, url: str, out: BinaryIO, meter: _Meter,
+              algorithms: tuple[str, ...]) -> tuple[dict[str, str], int]:
     """Stream `url` into `out`; when the body breaks, ask for the rest with Range
     (If-Range guards against splicing two versions of a re-published file). One deadline
     covers every attempt."""
-    hasher = hashlib.sha256()
+    hasher = _Hashers(algorithms)
     validator = None
     deadline = Deadline(http.limits.deadline)
     source = http.locate(url)
@@ -196,7 +197,7 @@ def _download(http: Http, url: str, out: BinaryIO, meter: _Meter) -> tuple[str, 
             if received and _range_start(resp) != received:
                 out.seek(0)
                 out.truncate()
-                hasher = hashlib.sha256()
+                hasher = _Hashers(algorithms)
                 if resp.status != 200:
                     continue  # a part we did not ask for: fetch the whole file again
             validator = validator or _validator(resp)
@@ -209,13 +210,27 @@ def _download(http: Http, url: str, out: BinaryIO, meter: _Meter) -> tuple[str, 
                     raise BodyBroken()
             except BodyBroken:
                 continue
-        return hasher.hexdigest(), out.tell()
+        return hasher.hexdigests(), out.tell()
     raise BakeryError(f"{url}: download broke off {MAX_RESUMES + 1} times "
                       f"(from {http.redact(source)}), {out.tell()} bytes received",
                       "retry later; the server or network is unreliable")
 
 
-def _write(out: BinaryIO, hasher: "hashlib._Hash", meter: _Meter, chunk: bytes) -> None:
+class _Hashers:
+    """Several digests of one stream, updated together."""
+
+    def __init__(self, algorithms: tuple[str, ...]):
+        self._hashers = {a: hashlib.new(a) for a in algorithms}
+
+    def update(self, chunk: bytes) -> None:
+        for h in self._hashers.values():
+            h.update(chunk)
+
+    def hexdigests(self) -> dict[str, str]:
+        return {a: h.hexdigest() for a, h in self._hashers.items()}
+
+
+def _write(out: BinaryIO, hasher: _Hashers, meter: _Meter, chunk: bytes) -> None:
     out.write(chunk)
     hasher.update(chunk)
     meter.advance(len(chunk))

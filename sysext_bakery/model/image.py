@@ -32,6 +32,8 @@ COMPRESSED_FILES: dict[str, str] = {
 }
 ARCHIVE_KINDS = tuple(dict.fromkeys(kind for _, kind in _ARCHIVE_SUFFIXES)) \
     + tuple(COMPRESSED_FILES) + ("file",)
+# how a source's expected digest is stated: a checksum file's algorithm, or GitHub's API
+CHECKSUMS = ("sha256", "sha512", "github-digest")
 
 
 def archive_kind(filename: str) -> str | None:
@@ -78,6 +80,9 @@ class Source:
     allow_setuid: bool = False
     origin: str = ""               # for messages: "recipes/docker.toml: sources[0]"
     limits: ArchiveLimits = DEFAULT_LIMITS   # how much its archive may write into the tree
+    checksum: str = "sha256"       # what checksum_url holds ("sha256" | "sha512"), or "github-digest"
+    signature_url: str | None = None   # detached gpg signature over the checksum file
+    signature_key: Path | None = None  # the armored public key it must verify against
 
     @property
     def filename(self) -> str:

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from sysext_bakery import run
+from sysext_bakery import gpg, run
 from sysext_bakery.errors import BakeryError
-
-GPG_TIMEOUT = 120.0   # seconds; a gpg waiting for a pinentry that never comes must not hang a release
+from sysext_bakery.gpg import GPG_TIMEOUT, primary_fingerprints
 
 
 @dataclass(frozen=True)
@@ -72,25 +71,9 @@ def signer_from_env(env: Mapping[str, str] = os.environ) -> Iterator[Signer | No
         yield None
 
 
-def primary_fingerprints(colons: str, kind: str) -> list[str]:
-    """The fingerprints of the primary keys (`sec` or `pub` records) in gpg --with-colons
-    output; a subkey's `fpr` line follows its `ssb`/`sub` record and is skipped."""
-    found, after = [], ""
-    for line in colons.splitlines():
-        fields = line.split(":")
-        if fields[0] == "fpr" and after == kind and len(fields) > 9:
-            found.append(fields[9].upper())
-        after = fields[0] if fields[0] != "fpr" else ""
-    return found
-
-
 def keyring_fingerprints(keyring: bytes) -> tuple[str, ...]:
     """The primary keys in a binary keyring (a published bakery-signing-key.gpg)."""
-    with tempfile.TemporaryDirectory(prefix="bakery-show-") as tmp:
-        done = run.run(["gpg", "--batch", "--no-tty", "--with-colons", "--show-keys"],
-                       input=keyring, env=run.environ(GNUPGHOME=tmp), check=False,
-                       what="gpg: reading the published keyring", timeout=GPG_TIMEOUT)
-    return tuple(primary_fingerprints(done.stdout.decode(errors="replace"), "pub"))
+    return gpg.key_fingerprints(keyring)
 
 
 def _gpg(signer: Signer, *args: str, data: bytes = b"", what: str) -> bytes:
@@ -134,16 +117,5 @@ def sign(signer: Signer, data: bytes) -> bytes:
 
 
 def signature_valid(data: bytes, signature: bytes, public_key: bytes) -> bool:
-    """Whether `signature` is good for `data` by the keys in `public_key` (gpg, like
-    systemd-pull, fails when any signature in the file is by a key it lacks)."""
-    with tempfile.TemporaryDirectory(prefix="bakery-verify-") as tmp:
-        keyring, sig = Path(tmp, "key.gpg"), Path(tmp, "data.sig")
-        keyring.write_bytes(public_key)
-        sig.write_bytes(signature)
-        done = run.run(
-            ["gpg", "--batch", "--no-tty", "--quiet", "--no-default-keyring",
-             "--keyring", str(keyring), "--trust-model", "always", "--verify", str(sig), "-"],
-            input=data, env=run.environ(GNUPGHOME=tmp), what="gpg: verifying the signature",
-            check=False, timeout=GPG_TIMEOUT)
-        return done.returncode == 0
-
+    """Whether `signature` is good for `data` by the keys in `public_key`."""
+    return gpg.verify_detached(data, signature, public_key)

@@ -12,7 +12,7 @@ from sysext_bakery.model import naming
 from sysext_bakery.model.limits import DEFAULT as DEFAULT_LIMITS, ArchiveLimits, from_table
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.image import COMPRESSIONS, Image, Install, Source, Symlink, archive_kind
-from sysext_bakery.model.version import version_vars
+from sysext_bakery.model.version import compare_versions, version_vars
 from sysext_bakery.recipe.schema import OS_PROFILES, SCHEMA, Problems, check_table, install_target_problem
 
 
@@ -25,6 +25,16 @@ class SourceTemplate:
     arches: tuple[str, ...]
     install: tuple[Install, ...]
     allow_setuid: bool
+    checksum: str = "sha256"
+    signature_url: str | None = None
+    signature_key: Path | None = None     # resolved: recipes/<name>/<file>
+    since: str | None = None              # applies when since <= version < until
+    until: str | None = None
+    arch_names: tuple[tuple[str, str], ...] = ()   # overrides the recipe's [arch-names]
+
+    def applies_to(self, version: str) -> bool:
+        return ((self.since is None or compare_versions(version, self.since) >= 0)
+                and (self.until is None or compare_versions(version, self.until) < 0))
 
 
 @dataclass(frozen=True)
@@ -99,10 +109,19 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
                                     tuple(table.get("replace", {}).items())))
         if not installs:
             problems.add(f"sources[{i}].install", "must install at least one path")
+        key = raw.get("signature-key")
+        key_path = path.parent / name / key if key else None
+        _check_verification(raw, f"sources[{i}]", key_path, shown, problems)
         sources.append(SourceTemplate(
             url=raw["url"], checksum_url=raw.get("checksum-url"), kind=kind,
             version=raw.get("version"), arches=tuple(raw.get("arches", arches)),
-            install=tuple(installs), allow_setuid=raw.get("allow-setuid", False)))
+            install=tuple(installs), allow_setuid=raw.get("allow-setuid", False),
+            checksum=raw.get("checksum", "sha256"), signature_url=raw.get("signature-url"),
+            signature_key=key_path, since=raw.get("since"), until=raw.get("until"),
+            arch_names=tuple(sorted(raw.get("arch-names", {}).items()))))
+        for a in raw.get("arch-names", {}):
+            if a not in ARCHES:
+                problems.add(f"sources[{i}].arch-names.{a}", f"unknown arch; known: {', '.join(ARCHES)}")
         for a in raw.get("arches", []):
             if a not in arches:
                 problems.add(f"sources[{i}].arches", f"{a!r} is not in the recipe's arches")
@@ -150,6 +169,36 @@ def parse_recipe(name: str, path: Path, data: dict, files_dir: Path | None,
         limits=from_table(data.get("limits", {})))
 
 
+def _check_verification(raw: dict, where: str, key_path: Path | None, shown: str,
+                        problems: Problems) -> None:
+    """The checksum, signature and version-range keys of one source, taken together."""
+    checksum = raw.get("checksum", "sha256")
+    if checksum == "github-digest":
+        for key in ("checksum-url", "signature-url", "signature-key"):
+            if key in raw:
+                problems.add(f"{where}.{key}", "not with checksum = \"github-digest\" "
+                             "(the digest comes from GitHub's API)")
+        if not raw["url"].startswith("https://github.com/") or "/releases/download/" not in raw["url"]:
+            problems.add(f"{where}.checksum", "\"github-digest\" needs a url of the form "
+                         "https://github.com/<owner>/<repo>/releases/download/<tag>/<asset>")
+    elif checksum != "sha256" and "checksum-url" not in raw:
+        problems.add(f"{where}.checksum", f"{checksum!r} is the algorithm of checksum-url, "
+                     "which is missing")
+    if "signature-url" in raw and "checksum-url" not in raw and checksum != "github-digest":
+        problems.add(f"{where}.signature-url", "signs the checksum file: needs checksum-url")
+    if ("signature-url" in raw) != ("signature-key" in raw):
+        have, lacks = (("signature-url", "signature-key") if "signature-url" in raw
+                       else ("signature-key", "signature-url"))
+        problems.add(f"{where}.{lacks}", f"missing: {have} needs it")
+    if key_path is not None and "signature-key" in raw and not key_path.is_file():
+        problems.add(f"{where}.signature-key", f"{shown.removesuffix('.toml')}/{raw['signature-key']} "
+                     "does not exist; put upstream's armored public key there")
+    since, until = raw.get("since"), raw.get("until")
+    if isinstance(since, str) and isinstance(until, str) and compare_versions(since, until) >= 0:
+        problems.add(f"{where}.until", f"{until!r} is not after since = {since!r}: "
+                     "the source would apply to no version")
+
+
 def load_recipe(path: Path, shown: str | None = None) -> Recipe:
     """Load and validate `recipes/<name>.toml` (raises BakeryError naming the file as `shown`)."""
     shown = shown or str(path)
@@ -185,9 +234,13 @@ def load_recipes_named(directory: Path) -> tuple[dict[str, Recipe], dict[str, Ba
 
 # --- images -------------------------------------------------------------------------------
 
-def render_url(template: str, recipe: Recipe, version: str, arch: str, url: str = "") -> str:
-    values = {"name": recipe.name, "arch": recipe.arch_names.get(arch, ARCHES[arch].uname),
-              "sysext_arch": arch, "url": url, **version_vars(version)}
+def render_url(template: str, recipe: Recipe, version: str, arch: str, url: str = "",
+               source: SourceTemplate | None = None, checksum_url: str = "") -> str:
+    """A URL template filled in; a source's own `arch-names` win over the recipe's."""
+    names = {**recipe.arch_names, **dict(source.arch_names if source else ())}
+    values = {"name": recipe.name, "arch": names.get(arch, ARCHES[arch].uname),
+              "sysext_arch": arch, "url": url, "checksum_url": checksum_url,
+              **version_vars(version)}
     return template.format(**values)
 
 
@@ -195,26 +248,32 @@ def resolve_image(recipe: Recipe, version: str, arch: str,
                   pinned: list[dict[str, str]] | None, *, fmt: str | None = None,
                   compression: str | None = None) -> Image:
     """The Image for one recipe + version + arch. `pinned` is the lock's source list for this
-    arch (url + sha256 per source), or None when the lock only names the version."""
-    templates = [s for s in recipe.sources if arch in s.arches]
+    arch (url + sha256 per source, in the order of the sources that apply to this version and
+    arch), or None when the lock only names the version."""
+    templates = [s for s in recipe.sources if arch in s.arches and s.applies_to(version)]
     if pinned is not None and len(pinned) != len(templates):
         raise BakeryError(
             f"release/lock.toml: {recipe.name}.{version}.{arch}: pins {len(pinned)} sources, "
-            f"{recipe.shown} has {len(templates)} for {arch}",
+            f"{recipe.shown} has {len(templates)} for {arch} at version {version}",
             f"remove the {arch} entry to re-derive it from the recipe, or fix the list")
     sources = []
     for i, tpl in enumerate(templates):
         v = tpl.version or version
-        url = render_url(tpl.url, recipe, v, arch)
+        url = render_url(tpl.url, recipe, v, arch, source=tpl)
         sha256 = None
         if pinned is not None:
             url = pinned[i].get("url", url)
             sha256 = pinned[i].get("sha256") or None
+        checksum_url = (render_url(tpl.checksum_url, recipe, v, arch, url, tpl)
+                        if tpl.checksum_url else None)
         sources.append(Source(
-            url=url, sha256=sha256,
-            checksum_url=render_url(tpl.checksum_url, recipe, v, arch, url) if tpl.checksum_url else None,
+            url=url, sha256=sha256, checksum_url=checksum_url,
             kind=tpl.kind, install=tpl.install, allow_setuid=tpl.allow_setuid,
-            origin=f"{recipe.shown}: sources[{recipe.sources.index(tpl)}]", limits=recipe.limits))
+            origin=f"{recipe.shown}: sources[{recipe.sources.index(tpl)}]",
+            checksum=tpl.checksum,
+            signature_url=(render_url(tpl.signature_url, recipe, v, arch, url, tpl,
+                                      checksum_url or "") if tpl.signature_url else None),
+            signature_key=tpl.signature_key, limits=recipe.limits))
     fmt = fmt or recipe.format
     return Image(
         name=recipe.name, version=version, arch=arch, sources=tuple(sources),

@@ -19,7 +19,7 @@ from sysext_bakery.errors import BakeryError
 from sysext_bakery.model import extension_release, limits, naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import url_problem
-from sysext_bakery.model.image import ARCHIVE_KINDS, COMPRESSIONS
+from sysext_bakery.model.image import ARCHIVE_KINDS, CHECKSUMS, COMPRESSIONS
 from sysext_bakery.model.version import version_problem
 from sysext_bakery.upstream.json_api import path_problem
 
@@ -99,6 +99,14 @@ def _octal_mode(value: str) -> str | None:
     return None if re.fullmatch(r"0?[0-7]{3,4}", value) else f"mode {value!r} is not an octal mode like \"0755\""
 
 
+def _key_file(value: str) -> str | None:
+    p = PurePosixPath(value)
+    if not value or p.is_absolute() or ".." in p.parts or p.parts[0] == "files":
+        return (f"{value!r} must be a file name in the recipe's directory recipes/<name>/ "
+                "(relative, without '..', not under files/)")
+    return None
+
+
 def install_target_problem(dest: str) -> str | None:
     """What is wrong with an install destination, or None. Shared with the files/ check."""
     p = PurePosixPath(dest)
@@ -150,10 +158,34 @@ SOURCE_KEYS = (
         + ", ".join("`{" + p + "}`" for p in URL_PLACEHOLDERS) + ".", required=True,
         check=_url_template,
         example='"https://download.docker.com/linux/static/stable/{arch}/docker-{version}.tgz"'),
-    Key("checksum-url", "string", "Where upstream publishes the sha256 of `url` (a bare digest or "
-        "`sha256sum` lines); also takes `{url}`. Without it, the first fetch records the sha256 "
-        "in the lock (trust on first use).", check=_template(("url",)),
-        example='"{url}.sha256sum"'),
+    Key("checksum-url", "string", "Where upstream publishes the checksum of `url`; also takes "
+        "`{url}`. Any of: a bare digest, `<hex>  <file>`, `<hex> *<file>`, BSD `SHA256 (<file>) "
+        "= <hex>`, or a list of many files, where the line naming the download's file name is "
+        "used (none: an error). Without it (and without `checksum = \"github-digest\"`), the "
+        "first fetch records the sha256 in the lock (trust on first use).",
+        check=_template(("url",)), example='"{url}.sha256sum"'),
+    Key("checksum", "string", "The algorithm of `checksum-url`, or `github-digest`: the "
+        "release asset's `digest` (`sha256:<hex>`) from GitHub's REST API "
+        "(`GET /repos/{owner}/{repo}/releases/tags/{tag}`, repo and tag taken from a "
+        "`https://github.com/<owner>/<repo>/releases/download/<tag>/<asset>` url; no "
+        "`checksum-url` then). A sha512 is checked while downloading; the lock records the "
+        "sha256 either way.", default="sha256", choices=CHECKSUMS),
+    Key("signature-url", "string", "Detached gpg signature over the checksum file (needs "
+        "`checksum-url` and `signature-key`); also takes `{url}` and `{checksum_url}`. The "
+        "checksum file is only trusted if it verifies against exactly that key.",
+        check=_template(("url", "checksum_url")), example='"{checksum_url}.sig"'),
+    Key("signature-key", "string", "File name of an armored public key in `recipes/<name>/` "
+        "(not under `files/`) that `signature-url` must verify against; document its "
+        "fingerprint and source next to it.", check=_key_file, example='"hashicorp.asc"'),
+    Key("since", "string", "The source applies only to versions from this one on "
+        "(systemd version order), e.g. a format switch upstream made in that release.",
+        check=version_problem, example='"0.14.0"'),
+    Key("until", "string", "The source applies only to versions before this one (systemd "
+        "version order); with `since`: since <= version < until.", check=version_problem,
+        example='"0.14.0"'),
+    Key("arch-names", "map", "Our arch -> upstream spelling for this source's `{arch}`, "
+        "overriding the recipe-level `[arch-names]` (`\"\"` is allowed: k3s's `k3s{arch}`).",
+        values="string", example='{ x86-64 = "", arm64 = "-arm64" }'),
     Key("type", "string", "Archive type; inferred from the URL's file name when absent "
         "(`file` = a single plain file such as a static binary; `gz-file`, `xz-file`, "
         "`bz2-file`, `zst-file` = one compressed file such as `tool_1.0_linux_amd64.bz2`, "
