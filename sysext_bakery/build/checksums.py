@@ -7,6 +7,7 @@ many files, where the line naming the download's file is the one that counts.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -141,9 +142,11 @@ def digest_in_release(release: Any, asset: str, api_url: str, url: str) -> str:
     digest = found[0].get("digest")
     m = re.fullmatch(r"sha256:([0-9a-fA-F]{64})", digest) if isinstance(digest, str) else None
     if not m:
+        said = ("no digest field" if "digest" not in found[0]
+                else f"digest: {json.dumps(digest)[:100]}")
         raise BakeryError(
-            f"{api_url}: asset {asset!r} has no sha256 digest ({'digest: ' + repr(digest) if digest else 'no digest field'}); "
-            "GitHub records digests only for assets uploaded since mid-2025",
+            f"{api_url}: asset {asset!r} has no sha256 digest ({said}); GitHub has recorded "
+            "digests for assets uploaded since June 2025 only",
             "use upstream's checksum file (checksum-url) instead, or pin the sha256 in "
             "release/lock.toml after checking it another way")
     return m.group(1).lower()
