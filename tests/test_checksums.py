@@ -477,3 +477,22 @@ def test_signed_sums_through_doit(project, httpserver, tmp_path: Path, gpg_key, 
     assert "trust on first use" not in done.stderr
     assert tomllib.loads(project.lock_path.read_text())["tool"]["1.2.3"]["x86-64"]["sources"] == [
         {"url": URL, "sha256": SHA256}]
+
+
+def test_update_pins_signed_sums_only_when_the_signature_holds(project, httpserver, gpg_key,
+                                                               new_gpg_key) -> None:
+    from sysext_bakery.update.pins import Hasher, pin_version
+    (project.root / "recipes" / "tool").mkdir()
+    armored_public(gpg_key, project.root / "recipes" / "tool")
+    (project.root / "recipes" / "tool.toml").write_text(SIGNED_RECIPE.replace(
+        'arches = ["x86-64", "arm64"]', 'arches = ["x86-64"]'))
+    r = load_recipe(project.root / "recipes" / "tool.toml", "recipes/tool.toml")
+    hasher = Hasher(project.root / "cache", httpserver.url_for("/"))
+
+    serve_signed(httpserver, SUMS, gpg(new_gpg_key, "--detach-sign", "--output", "-", data=SUMS))
+    with pytest.raises(BakeryError, match="does not verify against"):
+        pin_version(r, "1.2.3", hasher.sha256)
+    httpserver.clear()
+    serve_signed(httpserver, SUMS, gpg(gpg_key, "--detach-sign", "--output", "-", data=SUMS))
+    assert pin_version(r, "1.2.3", hasher.sha256) == {"x86-64": [{"url": URL, "sha256": SHA256}]}
+    assert hasher.tofu == []

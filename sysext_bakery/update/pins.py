@@ -1,6 +1,7 @@
 """Pinning one version of a recipe: per arch, each source's URL (from the recipe) and sha256
-(from upstream's checksum file when the recipe declares `checksum-url`, else by downloading
-and hashing: trust on first use, at update time, reviewed in the commit). And noticing when
+(from upstream's checksum file when the recipe declares `checksum-url`; downloaded and verified
+as a build does for signed sums, sha512 and GitHub digests; else by downloading and hashing:
+trust on first use, at update time, reviewed in the commit). And noticing when
 a pin no longer matches its recipe (a companion `version` or URL template was edited)."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from sysext_bakery.model.image import Source
 from sysext_bakery.recipe.lock import Pin
 from sysext_bakery.recipe.load import Recipe, resolve_image
 
@@ -23,15 +25,21 @@ class Hasher:
     tofu: list[tuple[str, str]] = field(default_factory=list)     # (url, sha256) hashed here
     _sums: dict[str, str] = field(default_factory=dict)
 
-    def sha256(self, url: str, checksum_url: str | None) -> str:
+    def sha256(self, source: Source) -> str:
         from sysext_bakery.build.fetch import fetch, fetch_text, parse_checksum
-        if checksum_url:
+        url, checksum_url = source.url, source.checksum_url
+        if checksum_url and source.checksum == "sha256" and not source.signature_url:
             if checksum_url not in self._sums:
                 self._sums[checksum_url] = fetch_text(checksum_url, mirror=self.mirror)
             return parse_checksum(self._sums[checksum_url], url, checksum_url)
+        # a signed sums file, a sha512 or GitHub's digest: verified the way a build verifies
+        # (a sha512 only tells the sha256 once the file is here)
         self.cache.mkdir(parents=True, exist_ok=True)
-        got = fetch(url, None, self.cache, mirror=self.mirror)
-        self.tofu.append((url, got.sha256))
+        got = fetch(url, None, self.cache, checksum_url=checksum_url, checksum=source.checksum,
+                    signature_url=source.signature_url, signature_key=source.signature_key,
+                    mirror=self.mirror)
+        if got.first_use:
+            self.tofu.append((url, got.sha256))
         return got.sha256
 
 
@@ -41,11 +49,11 @@ def expected(recipe: Recipe, version: str, arch: str) -> list[tuple[str, str | N
     return [(s.url, s.checksum_url) for s in image.sources]
 
 
-def pin_version(recipe: Recipe, version: str, sha256: Callable[[str, str | None], str]
+def pin_version(recipe: Recipe, version: str, sha256: Callable[[Source], str]
                 ) -> dict[str, Sources]:
     """arch -> sources with url and sha256, for every arch of the recipe."""
-    return {arch: [{"url": url, "sha256": sha256(url, checksum)}
-                   for url, checksum in expected(recipe, version, arch)]
+    return {arch: [{"url": s.url, "sha256": sha256(s)}
+                   for s in resolve_image(recipe, version, arch, None).sources]
             for arch in recipe.arches}
 
 

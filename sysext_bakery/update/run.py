@@ -14,6 +14,7 @@ from typing import Callable, TextIO
 
 from sysext_bakery import upstream
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.image import Source
 from sysext_bakery.model.version import version_key
 from sysext_bakery.recipe import lock
 from sysext_bakery.recipe.load import Recipe, load_recipes
@@ -58,7 +59,7 @@ class Report:
 
 def update_recipe(recipe: Recipe, want: Desired, pins: list[lock.Pin],
                   discover: Callable[[Recipe], upstream.Discovery],
-                  sha256: Callable[[str, str | None], str]) -> RecipeUpdate:
+                  sha256: Callable[[Source], str]) -> RecipeUpdate:
     """The update of one recipe, or its error (never raised: the others go on)."""
     result = RecipeUpdate(recipe.name)
     try:
