@@ -4,11 +4,14 @@ per-source recipe keys that pick and name sources (since/until, arch-names, comp
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
+import tarfile
 import textwrap
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -196,8 +199,8 @@ def armored_public(key: GpgKey, directory: Path) -> Path:
 SUMS = f"{'1' * 64}  tool_1.2.3_linux_arm64.zip\n{SHA256}  {NAME}\n".encode()
 
 
-def serve_signed(httpserver, sums: bytes, signature: bytes) -> None:
-    httpserver.expect_request(PATH).respond_with_data(BODY)
+def serve_signed(httpserver, sums: bytes, signature: bytes, body: bytes = BODY) -> None:
+    httpserver.expect_request(PATH).respond_with_data(body)
     httpserver.expect_request(SUMS_PATH).respond_with_data(sums)
     httpserver.expect_request(SUMS_PATH + ".sig").respond_with_data(signature)
 
@@ -398,6 +401,24 @@ def test_bad_source_keys_are_named(source: str, says: str, tmp_path: Path) -> No
     assert "recipes/tool.toml: " in err.value.message
 
 
+def tar_gz(name: str, data: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def zip_of(name: str, data: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        info = zipfile.ZipInfo(name)
+        info.external_attr = 0o100755 << 16
+        z.writestr(info, data)
+    return out.getvalue()
+
+
 def test_companion_source_recorded_per_version_in_the_lock(httpserver, tmp_path: Path) -> None:
     r = recipe(tmp_path, """
         [[sources]]
@@ -410,8 +431,8 @@ def test_companion_source_recorded_per_version_in_the_lock(httpserver, tmp_path:
         version = "1.2.5"
         install = { "runc.*" = "/usr/bin/runc" }
         """)
-    bodies = {v: os.urandom(1000) for v in ("1.0.0", "1.1.0")}
-    runc = os.urandom(1000)
+    bodies = {v: tar_gz("tool", f"#!/bin/sh\necho {v}\n".encode()) for v in ("1.0.0", "1.1.0")}
+    runc = b"#!/bin/sh\necho runc\n"
     for v, body in bodies.items():
         httpserver.expect_request(f"/example.org/tool/{v}/tool-amd64.tgz").respond_with_data(body)
         httpserver.expect_request(f"/example.org/tool/{v}/tool-amd64.tgz.sha256").respond_with_data(
@@ -423,7 +444,9 @@ def test_companion_source_recorded_per_version_in_the_lock(httpserver, tmp_path:
     settings = Settings(root=tmp_path, mirror=httpserver.url_for("/"))
     for v in bodies:
         image = resolve_image(r, v, "x86-64", None)
-        actions.fetch_image(image, settings, ImagePaths.of(settings, image.id))
+        paths = ImagePaths.of(settings, image.id)
+        actions.fetch_image(image, settings, paths)
+        actions.stage_image(image, settings, paths)   # a new sha256 is pinned once it staged
 
     lock = tomllib.loads(lock_path.read_text())
     runc_entry = {"url": "https://example.org/runc/v1.2.5/runc.amd64",
@@ -461,10 +484,14 @@ def test_signed_sums_through_doit(project, httpserver, tmp_path: Path, gpg_key, 
     (project.root / "recipes" / "tool").mkdir()
     armored_public(gpg_key, project.root / "recipes" / "tool")
     project.write_lock({"tool": {"1.2.3": {}}})
-    serve_signed(httpserver, SUMS, gpg(new_gpg_key, "--detach-sign", "--output", "-", data=SUMS))
+    body = zip_of("tool", b"#!/bin/sh\necho tool\n")
+    digest = hashlib.sha256(body).hexdigest()
+    sums = f"{'1' * 64}  tool_1.2.3_linux_arm64.zip\n{digest}  {NAME}\n".encode()
+    serve_signed(httpserver, sums, gpg(new_gpg_key, "--detach-sign", "--output", "-", data=sums),
+                 body)
     env = {"BAKERY_MIRROR": httpserver.url_for("/"), "BAKERY_ARCH": "x86-64"}
 
-    refused = project.doit("fetch:tool-1.2.3-x86-64", env=env, check=False)
+    refused = project.doit("stage:tool-1.2.3-x86-64", env=env, check=False)
     assert refused.returncode != 0
     said = refused.stdout + refused.stderr    # doit reports a failed task on stdout
     assert f"{SUMS_URL}: the signature {SUMS_URL}.sig does not verify against" in said
@@ -472,11 +499,12 @@ def test_signed_sums_through_doit(project, httpserver, tmp_path: Path, gpg_key, 
     assert "sources" not in project.lock_path.read_text()
 
     httpserver.clear()
-    serve_signed(httpserver, SUMS, gpg(gpg_key, "--detach-sign", "--output", "-", data=SUMS))
-    done = project.doit("fetch:tool-1.2.3-x86-64", env=env)
-    assert "trust on first use" not in done.stderr
+    serve_signed(httpserver, sums, gpg(gpg_key, "--detach-sign", "--output", "-", data=sums),
+                 body)
+    done = project.doit("stage:tool-1.2.3-x86-64", env=env)
+    assert "trust on first use" not in done.stdout + done.stderr
     assert tomllib.loads(project.lock_path.read_text())["tool"]["1.2.3"]["x86-64"]["sources"] == [
-        {"url": URL, "sha256": SHA256}]
+        {"url": URL, "sha256": digest}]
 
 
 def test_update_pins_signed_sums_only_when_the_signature_holds(project, httpserver, gpg_key,
