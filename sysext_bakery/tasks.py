@@ -124,7 +124,10 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
         why = "not run: the configuration is broken (bakery: error above)"
         yield from broken_tasks(argv, why)
         yield release_task(root, broken=why)
-        yield {**overlaps_task(root), "actions": [(_FAIL, [why])]}
+        # the real tasks' docs and parameters (so `doit update --commit` still parses)
+        for task in (overlaps_task(root), *update_tasks(root, (recipes, errors, {})),
+                     plan_task(root, None)):
+            yield {**task, "actions": [(_FAIL, [why])]}
         return
     earlier = (*(Problem(n, e) for n, e in broken.items()), *(Problem(n, e) for n, e in refused))
     the_plan = plan(recipes, pins, settings, earlier)
@@ -366,7 +369,7 @@ def _update_task(root: Path, basename: str, names: list[str] | None, loaded: Any
             "params": _UPDATE_PARAMS, "uptodate": [False], "verbosity": 2}
 
 
-def plan_task(root: Path, the_plan: Plan) -> dict[str, Any]:
+def plan_task(root: Path, the_plan: Plan | None) -> dict[str, Any]:
     """`doit plan`: the pinned images not yet published, as a GitHub Actions matrix. The
     images are those of the graph (its problems were reported while loading it)."""
     def plan_action(from_: str, github: bool, repo: str, output: str) -> None:

@@ -1,7 +1,8 @@
-"""Hand-written inputs under attack (issue 13, guarantee 3): recipes, the lock, release.toml and
-torcx profiles, taken from the repository and mutated (random bytes, bad UTF-8, deep nesting,
-huge integers, 100,000-character strings, format-spec placeholders), either load or give one
-BakeryError that names the file, in a message of bounded size; never another exception."""
+"""Hand-written inputs under attack (issue 13, guarantee 3): recipes, the lock, release.toml,
+versions.toml and torcx profiles, taken from the repository and mutated (random bytes, bad
+UTF-8, deep nesting, huge integers, 100,000-character strings, format-spec placeholders),
+either load or give one BakeryError that names the file, in a message of bounded size;
+never another exception."""
 from __future__ import annotations
 
 import json
@@ -17,11 +18,13 @@ from sysext_bakery.publish import sysupdate
 from sysext_bakery.recipe import lock
 from sysext_bakery.recipe.load import load_recipe, load_recipes, resolve_image
 from sysext_bakery.torcx.profile import load_profile
+from sysext_bakery.update import desired
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = {p.name: p.read_bytes() for p in sorted((REPO / "recipes").glob("*.toml"))}
 LOCK = (REPO / "release/lock.toml").read_bytes()
 RELEASE = (REPO / "release/release.toml").read_bytes()
+VERSIONS = (REPO / "release/versions.toml").read_bytes()
 PROFILE = json.dumps({"kind": "profile-manifest-v0", "value": {"images": [
     {"name": "docker", "reference": "com.coreos.cl"}, {"name": "tool", "reference": "1.0"}]}},
     indent=1).encode()
@@ -127,6 +130,18 @@ def test_fuzzed_release_config_loads_or_names_the_file(data: bytes) -> None:
         sysupdate.parse_config(data, "release/release.toml")
     except BakeryError as e:
         assert_clean(e, "release/release.toml")
+
+
+@FUZZ
+@given(mutated(VERSIONS))
+def test_fuzzed_versions_load_or_name_the_file(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "versions.toml"
+        path.write_bytes(data)
+        try:
+            desired.load(path, "release/versions.toml")
+        except BakeryError as e:
+            assert_clean(e, "release/versions.toml")
 
 
 @FUZZ

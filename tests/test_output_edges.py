@@ -136,7 +136,8 @@ def test_a_corrupted_image_is_named_never_a_decoder_error(tmp_path: Path) -> Non
 
 _ARCH = ({"BAKERY_ARCH": "sparc"}, "bakery: error: BAKERY_ARCH: unknown arch 'sparc'")
 _COMMANDS = [["build:wasmtime"], ["build"], ["release", "--dest", "out"],
-             ["fetch:wasmtime-29.0.1-x86-64"], ["inspect", "x.raw"], ["overlaps"], ["list"]]
+             ["fetch:wasmtime-29.0.1-x86-64"], ["inspect", "x.raw"], ["overlaps"], ["update:wasmtime", "--commit"], ["plan"],
+             ["list"]]
 
 
 @pytest.mark.parametrize("env, said, command", [
