@@ -125,7 +125,7 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
         yield from broken_tasks(argv, why)
         yield release_task(root, broken=why)
         # the real tasks' docs and parameters (so `doit update --commit` still parses)
-        for task in (overlaps_task(root), *update_tasks(root, (recipes, errors, {})),
+        for task in (overlaps_task(root), *update_tasks(root, (recipes, list(broken.values()), {})),
                      plan_task(root, None)):
             yield {**task, "actions": [(_FAIL, [why])]}
         return
