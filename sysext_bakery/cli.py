@@ -1,6 +1,7 @@
 """`bakery`: commands that work on files rather than the recipe catalogue (which is doit's).
 
-BakeryError is caught here, once, and printed with its hint.
+BakeryError is caught here, once, and printed with its hint; a closed stdout ends the
+command quietly with status 141 (output.py).
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sysext_bakery import output
 from sysext_bakery.errors import BakeryError
 
 
@@ -43,9 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.run(args)
+        sys.stdout.flush()   # inside the try: a closed pipe fails here, not at interpreter exit
     except BakeryError as e:
         print(f"bakery: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:   # `bakery inspect IMG | head`: see output.py
+        output.closed()
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NamedTuple
@@ -75,7 +76,26 @@ def settings_from_env(root: Path, env: Mapping[str, str] = os.environ) -> Settin
     if locked not in ("", "0", "1", "no", "yes", "false", "true"):
         raise BakeryError(f"BAKERY_LOCKED: {env['BAKERY_LOCKED']!r} is not 1 or 0",
                           "set BAKERY_LOCKED=1 for locked builds (no trust on first use), or unset it")
-    return Settings(root=root, mirror=env.get("BAKERY_MIRROR") or None,
-                    cache=Path(env["BAKERY_CACHE"]) if env.get("BAKERY_CACHE") else None,
+    cache = usable_dir("BAKERY_CACHE", Path(env["BAKERY_CACHE"])) if env.get("BAKERY_CACHE") else None
+    return Settings(root=root, mirror=env.get("BAKERY_MIRROR") or None, cache=cache,
                     arches=arches, fmt=fmt, compression=compression,
                     locked=locked in ("1", "yes", "true"))
+
+
+def usable_dir(variable: str, path: Path) -> Path:
+    """`path`, created if missing, once a file can be made in it: a directory the build cannot
+    write to (/proc/nope, a read-only mount, a file) is reported here, once, naming the
+    variable, instead of as an OSError in whichever task first writes there."""
+    if path.exists() and not path.is_dir():
+        raise BakeryError(f"{variable}={path}: is not a directory",
+                          f"point {variable} at a writable directory, or unset it")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".bakery-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BakeryError(f"{variable}={path}: not a directory the bakery can write to: "
+                          f"{e.strerror or e}",
+                          f"point {variable} at a writable directory, or unset it") from None
+    return path

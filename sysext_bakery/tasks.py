@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from sysext_bakery import report
+from sysext_bakery import output, report
 from sysext_bakery.build import actions, formats
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Image
@@ -45,6 +45,8 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except BakeryError as e:
             return TaskFailed(f"error: {e}")
+        except BrokenPipeError:   # `doit inspect X | head`: see output.py
+            output.closed()
     return action
 
 
@@ -95,23 +97,37 @@ _CHECK = report.check
 
 
 def doit_config(root: Path) -> dict[str, Any]:
+    output.setup_doit()
     state = root / "build" / "state"
-    state.mkdir(parents=True, exist_ok=True)
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"bakery: error: {state}: cannot create doit's state directory: {e.strerror or e}\n"
+              "  hint: run doit in a writable checkout", file=sys.stderr)
+        raise SystemExit(3) from None   # doit's status for "error before tasks run"
     return {"backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
-            "default_tasks": ["build"], "verbosity": 1, "reporter": report.Reporter}
+            "default_tasks": ["build"], "verbosity": 1, "reporter": output.Reporter}
 
 
 def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """All tasks of the bakery for the project at `root`."""
     argv = sys.argv[1:] if argv is None else argv
+    recipes, broken = load_recipes_named(root / "recipes")
     try:
         settings = settings_from_env(root)
-        recipes, broken = load_recipes_named(root / "recipes")
         pins, refused = lock.load_checked(settings.lock_path, LOCK)
     except BakeryError as e:
-        print(f"bakery: {e}", file=sys.stderr)
-        yield {"basename": "build", "doc": "build every pinned image (broken configuration)",
-               "actions": [(_FAIL, [str(e)])]}
+        # Said once, here, where `doit list` shows it too; the tasks that need settings and
+        # the lock fail pointing back at it. A broken lock or setting must not turn
+        # `doit build:x` into doit's "Invalid parameter".
+        print(f"bakery: error: {e}", file=sys.stderr)
+        why = "not run: the configuration is broken (bakery: error above)"
+        yield from broken_tasks(argv, why)
+        yield release_task(root, broken=why)
+        # the real tasks' docs and parameters (so `doit update --commit` still parses)
+        for task in (overlaps_task(root), *update_tasks(root, (recipes, list(broken.values()), {})),
+                     plan_task(root, None)):
+            yield {**task, "actions": [(_FAIL, [why])]}
         return
     earlier = (*(Problem(n, e) for n, e in broken.items()), *(Problem(n, e) for n, e in refused))
     the_plan = plan(recipes, pins, settings, earlier)
@@ -124,6 +140,24 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
     yield overlaps_task(root)
     yield from update_tasks(root, (recipes, list(broken.values()), pins))
     yield plan_task(root, the_plan)
+
+
+def broken_tasks(argv: list[str], why: str) -> Iterator[dict[str, Any]]:
+    """The tasks that need settings and the lock, each failing with `why`: the groups, and
+    every fetch:/stage:/pack:/build: task the command line asks for."""
+    for basename in ("fetch", "stage", "pack"):
+        yield {"basename": basename, "name": None, "doc": f"{basename} (broken configuration)"}
+    asked = {a for a in argv if re.fullmatch(r"(fetch|stage|pack|build):[^\s=]+", a)}
+    for name in sorted(asked):
+        group, _, sub = name.partition(":")
+        if group == "build":
+            yield {"basename": name, "actions": [(_FAIL, [why])], "doc": "broken configuration"}
+        else:
+            yield {"basename": group, "name": sub, "actions": [(_FAIL, [why])],
+                   "doc": "broken configuration"}
+    for basename, extra in (("build", {}), ("sums", {}), ("inspect", {"pos_arg": "names"})):
+        yield {"basename": basename, "actions": [(_FAIL, [why])], "uptodate": [False],
+               "doc": f"{basename} (broken configuration)", **extra}
 
 
 def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) -> Iterator[dict]:
@@ -223,11 +257,13 @@ def requested_unknown_builds(argv: list[str], the_plan: Plan,
     return wanted
 
 
-def release_task(root: Path, problems: Sequence[str] = ()) -> dict[str, Any]:
+def release_task(root: Path, problems: Sequence[str] = (), broken: str | None = None) -> dict[str, Any]:
     """`doit release`: publishes whatever is built; always runs (publishing is idempotent
     and says when there is nothing to do). With a problem in the plan it publishes nothing:
     the catalogue it would publish lacks the withheld images, and the scheduled job
-    publishes into a fresh directory, so hosts would lose them (docs/release.md)."""
+    publishes into a fresh directory, so hosts would lose them (docs/release.md).
+    `broken`: fail with that instead (the task keeps its parameters, so the command line
+    still parses)."""
     def release(dest: str, base_url: str, github: bool, repo: str, allow_unsigned: bool,
                 rotate_key: bool) -> TaskFailed | None:
         if problems:
@@ -243,7 +279,7 @@ def release_task(root: Path, problems: Sequence[str] = ()) -> dict[str, Any]:
         "basename": "release",
         "doc": "publish built images with SHA256SUMS(.gpg), sysupdate transfers, Butane "
                "snippets and index.json (--dest DIR, --base-url URL, --github)",
-        "actions": [_edge(release)],
+        "actions": [(_FAIL, [broken])] if broken else [_edge(release)],
         "params": [
             {"name": "dest", "long": "dest", "type": str, "default": "build/release",
              "help": "directory to publish into (default build/release)"},
@@ -333,7 +369,7 @@ def _update_task(root: Path, basename: str, names: list[str] | None, loaded: Any
             "params": _UPDATE_PARAMS, "uptodate": [False], "verbosity": 2}
 
 
-def plan_task(root: Path, the_plan: Plan) -> dict[str, Any]:
+def plan_task(root: Path, the_plan: Plan | None) -> dict[str, Any]:
     """`doit plan`: the pinned images not yet published, as a GitHub Actions matrix. The
     images are those of the graph (its problems were reported while loading it)."""
     def plan_action(from_: str, github: bool, repo: str, output: str) -> None:

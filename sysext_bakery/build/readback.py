@@ -265,22 +265,31 @@ def _erofs_read(path: Path, inner: str) -> bytes:
 def read_image(path: Path) -> list[Entry]:
     """Every entry of a squashfs or erofs image, sorted by path."""
     fmt, compression = image_format(path)
-    try:
+    with _decoding(path, fmt):
         if fmt == "erofs":
             entries = _erofs_entries(path)
         elif compression in PYSQUASHFS_READS:
             entries = _squashfs_entries(path)
         else:
             entries = _unsquashfs_entries(path)
+    return sorted(entries, key=lambda e: e.path)
+
+
+@contextmanager
+def _decoding(path: Path, fmt: str) -> Iterator[None]:
+    """The readers parse untrusted bytes: whatever a corrupt or truncated image makes them
+    raise (zstandard.ZstdError, lzma.LZMAError, zlib.error, struct.error, IndexError, an
+    OSError from seeking to a bogus offset, ...) is a bad image, named as such."""
+    try:
+        yield
     except BakeryError:
         raise
     except UnicodeDecodeError as e:  # PySquashfsImage decodes every name as UTF-8
-        raise BakeryError(f"{path}: a file name is not valid UTF-8: {e.object!r}",
+        raise BakeryError(f"{path}: a file name is not valid UTF-8: {e.object[:80]!r}",
                           "give the files UTF-8 names (install map or files/ directory)") from e
-    except Exception as e:  # the readers parse untrusted bytes: any failure means a bad image
-        raise BakeryError(f"{path}: cannot read the {fmt} image: {type(e).__name__}: {e}",
-                          "the file is truncated or corrupt; rebuild it") from e
-    return sorted(entries, key=lambda e: e.path)
+    except Exception as e:
+        raise BakeryError(f"{path}: cannot read the {fmt} image: {type(e).__name__}: "
+                          f"{str(e)[:200]}", "the file is truncated or corrupt; rebuild it") from e
 
 
 def tree_entries(tree: Path) -> list[Entry]:
@@ -326,15 +335,17 @@ def read_file(path: Path, inner: str) -> bytes:
     """The content of one regular file of the image (meant for small files: units, configs)."""
     inner = inner.strip("/")
     fmt, compression = image_format(path)
-    if fmt == "erofs":
-        return _erofs_read(path, inner)
-    if compression not in PYSQUASHFS_READS:
-        return _unsquashfs_cat(path, inner)
-    with _squashfs_open(path) as img:
-        found = img.select("/" + inner)
-        if found is None or not found.is_file:
-            raise BakeryError(f"{path}: no file {inner} in the image", "list it with `bakery inspect IMAGE`")
-        return found.read_bytes()
+    with _decoding(path, fmt):
+        if fmt == "erofs":
+            return _erofs_read(path, inner)
+        if compression not in PYSQUASHFS_READS:
+            return _unsquashfs_cat(path, inner)
+        with _squashfs_open(path) as img:
+            found = img.select("/" + inner)
+            if found is None or not found.is_file:
+                raise BakeryError(f"{path}: no file {inner} in the image",
+                                  "list it with `bakery inspect IMAGE`")
+            return found.read_bytes()
 
 
 def _unsquashfs_cat(path: Path, inner: str) -> bytes:

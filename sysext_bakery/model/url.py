@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.inputs import brief
 
 URL_MAX = 2048        # longer is a mistake or an attack, and some servers refuse it anyway
 _SAFE = re.compile(r"[\x21-\x7e]+")   # printable ASCII: no spaces, controls or raw Unicode
@@ -20,7 +21,7 @@ SECRET_PARAM = re.compile(r"(?i)([?&][^=&#\s]*(?:token|key|secret|password|passw
 def url_problem(value: object, *, schemes: tuple[str, ...] = ("https",)) -> str | None:
     """What makes `value` unusable as a URL with one of `schemes`, or None."""
     if not isinstance(value, str) or not value:
-        return f"must be a URL, got {value!r}"
+        return f"must be a URL, got {brief(value)}"
     if len(value) > URL_MAX:
         return f"URL of {len(value)} characters is longer than {URL_MAX}"
     if not _SAFE.fullmatch(value):

@@ -25,6 +25,7 @@ from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import file_digest, stage_file, write_atomic
+from sysext_bakery.inputs import read_bounded
 from sysext_bakery.build.provenance import git_revision
 from sysext_bakery.publish import keys
 from sysext_bakery.publish.sign import (Signer, export_public_keys, keyring_fingerprints, sign,
@@ -302,7 +303,7 @@ def check_transport(base_url: str, signed: bool) -> None:
 def release_config(path: Path, base_url: str = "") -> ReleaseConfig:
     if not path.is_file():
         raise BakeryError(f"{path}: missing", "create it with base_url = \"https://…/\"")
-    config = sysupdate.parse_config(path.read_text(), str(path))
+    config = sysupdate.parse_config(read_bounded(path, str(path), 'release configuration'), str(path))
     if base_url is not None and base_url != "":
         config = dataclasses.replace(config, base_url=parse_base_url(base_url, "--base-url").url)
     return config

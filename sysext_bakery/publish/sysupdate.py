@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 import string
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Iterable, Mapping
@@ -19,6 +18,7 @@ from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import BaseUrl, parse_base_url
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.inputs import brief, brief_key, parse_toml
 from sysext_bakery.build import sums
 from sysext_bakery.publish import provision
 from sysext_bakery.model.version import version_key
@@ -68,20 +68,17 @@ class Rendered:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def parse_config(text: str, origin: str) -> ReleaseConfig:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise BakeryError(f"{origin}: not valid TOML: {e}", "fix the syntax") from None
+def parse_config(text: str | bytes, origin: str) -> ReleaseConfig:
+    data = parse_toml(text, origin, "fix the syntax")
     known = {"base_url", "instances_max", "github", "signing"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise BakeryError(f"{origin}: unknown key(s): {', '.join(unknown)}",
+        raise BakeryError(f"{origin}: unknown key(s): {', '.join(brief_key(k) for k in unknown[:5])}",
                           f"known keys: {', '.join(sorted(known))}")
     base_url = parse_base_url(data.get("base_url"), f"{origin}: base_url")
     instances_max = data.get("instances_max", 3)
     if not isinstance(instances_max, int) or isinstance(instances_max, bool) or instances_max < 2:
-        raise BakeryError(f"{origin}: instances_max: must be an integer >= 2, got {instances_max!r}",
+        raise BakeryError(f"{origin}: instances_max: must be an integer >= 2, got {brief(instances_max)}",
                           "systemd-sysupdate keeps the current and the new instance: use 2 or more")
     github = data.get("github", {})
     if not isinstance(github, dict) or set(github) - {"repo", "metadata_tag"}:
@@ -89,11 +86,14 @@ def parse_config(text: str, origin: str) -> ReleaseConfig:
                           'e.g. [github]\nrepo = "owner/name"')
     repo = github.get("repo")
     if repo is not None and not (isinstance(repo, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", repo)):
-        raise BakeryError(f"{origin}: github.repo: must be 'owner/name', got {repo!r}")
+        raise BakeryError(f"{origin}: github.repo: must be 'owner/name', got {brief(repo)}")
+    tag = github.get("metadata_tag", "metadata")
+    if not (isinstance(tag, str) and re.fullmatch(r"[\w.+-]{1,128}", tag)):
+        raise BakeryError(f"{origin}: github.metadata_tag: must be a release tag name, got {brief(tag)}")
     signing_key, next_key = _signing(data.get("signing", {}), origin)
     return ReleaseConfig(base_url=base_url.url, instances_max=instances_max,
                          github_repo=repo,
-                         github_metadata_tag=str(github.get("metadata_tag", "metadata")),
+                         github_metadata_tag=tag,
                          signing_key=signing_key, next_signing_key=next_key)
 
 
@@ -112,7 +112,7 @@ def _signing(table: object, origin: str) -> tuple[str | None, str | None]:
         value = table.get(key)
         if value is not None and not (isinstance(value, str) and _FINGERPRINT.fullmatch(value)):
             raise BakeryError(f"{origin}: signing.{key}: must be a key's full fingerprint "
-                              f"(40 hex digits, no spaces), got {value!r}",
+                              f"(40 hex digits, no spaces), got {brief(value)}",
                               "gpg --list-secret-keys --with-colons KEY prints it on the fpr: line")
         values[key] = value.upper() if value else None
     if values["next"] and not values["fingerprint"]:

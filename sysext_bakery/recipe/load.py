@@ -2,12 +2,12 @@
 version + arch into the `Image` the build uses."""
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.inputs import read_toml
 from sysext_bakery.model import naming
 from sysext_bakery.model.limits import DEFAULT as DEFAULT_LIMITS, ArchiveLimits, from_table
 from sysext_bakery.model.arch import ARCHES
@@ -202,13 +202,7 @@ def _check_verification(raw: dict, where: str, key_path: Path | None, shown: str
 def load_recipe(path: Path, shown: str | None = None) -> Recipe:
     """Load and validate `recipes/<name>.toml` (raises BakeryError naming the file as `shown`)."""
     shown = shown or str(path)
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise BakeryError(f"{shown}: not valid TOML: {e}", "fix the syntax; see docs/recipes.md") from None
-    except OSError as e:
-        raise BakeryError(f"{shown}: cannot read: {e.strerror}") from None
+    data = read_toml(path, shown, "fix the syntax; see docs/recipes.md")
     files_dir = path.parent / path.stem / "files"
     return parse_recipe(path.stem, path, data, files_dir if files_dir.is_dir() else None, shown)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +24,7 @@ from typing import Callable
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import write_atomic
+from sysext_bakery.inputs import brief, brief_key, read_toml
 from sysext_bakery.model.url import url_problem
 from sysext_bakery.model.version import version_problem
 
@@ -58,15 +58,12 @@ def load_checked(path: Path, shown: str | None = None
     shown = shown or str(path)
     if not path.exists():
         return {}, []
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise BakeryError(f"{shown}: not valid TOML: {e}", "fix the syntax by hand") from None
+    data = read_toml(path, shown, "fix the syntax by hand")
     pins: dict[str, list[Pin]] = {}
     refused: list[tuple[str, BakeryError]] = []
     for name, versions in data.items():
         if not isinstance(versions, dict):
-            refused.append((name, BakeryError(f"{shown}: {name}: expected a table of versions")))
+            refused.append((name, BakeryError(f"{shown}: {brief_key(name)}: expected a table of versions")))
             continue
         for version, arches in versions.items():
             try:
@@ -77,7 +74,7 @@ def load_checked(path: Path, shown: str | None = None
 
 
 def _arches(shown: str, name: str, version: str, arches: object) -> dict[str, list[dict[str, str]]]:
-    where = f"{shown}: {name}.{version}"
+    where = f"{shown}: {brief_key(name)}.{brief_key(version)}"
     if what := version_problem(version):
         raise BakeryError(f"{where}: {what}",
                           "pin a version systemd-sysupdate accepts, mapped from upstream's spelling")
@@ -86,7 +83,7 @@ def _arches(shown: str, name: str, version: str, arches: object) -> dict[str, li
     parsed: dict[str, list[dict[str, str]]] = {}
     for arch, entry in arches.items():
         if arch not in ARCHES:
-            raise BakeryError(f"{where}: unknown arch {arch!r}",
+            raise BakeryError(f"{where}: unknown arch {brief(arch)}",
                               f"arches are spelled as systemd does: {', '.join(ARCHES)}")
         sources = entry.get("sources") if isinstance(entry, dict) else None
         if not isinstance(sources, list) or not all(
@@ -99,7 +96,7 @@ def _arches(shown: str, name: str, version: str, arches: object) -> dict[str, li
                                   "remove the entry to re-pin it from the recipe")
             if source.get("sha256") and not SHA256_RE.fullmatch(source["sha256"]):
                 raise BakeryError(f"{where}.{arch}.sources[{i}].sha256: expected 64 "
-                                  f"lower-case hex digits, got {source['sha256'][:80]!r}",
+                                  f"lower-case hex digits, got {brief(source['sha256'])}",
                                   "remove it to record it again on the next fetch")
         parsed[arch] = sources
     return parsed

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from sysext_bakery.build import hostdirs
 from sysext_bakery.build.tree import resolve_link
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.inputs import brief, brief_key
 from sysext_bakery.model import extension_release, limits, naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import url_problem
@@ -57,17 +58,25 @@ def _https(value: str) -> str | None:
 
 
 def _template(extra: tuple[str, ...] = ()) -> Check:
+    """Placeholders are bare names: a format spec (`{arch:>99999}`), a conversion (`{arch!r}`)
+    or an attribute or index (`{arch.__class__}`, `{arch[0]}`) would let a recipe pad URLs to
+    any length or reach into Python objects when the URL is rendered."""
     allowed = URL_PLACEHOLDERS + extra
+    known = ", ".join("{" + a + "}" for a in allowed)
 
     def check(value: str) -> str | None:
         try:
-            names = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value)
+                      if f is not None]
         except ValueError as e:
-            return f"bad template {value!r}: {e}"
-        unknown = [n for n in names if n not in allowed]
-        if unknown:
-            return (f"unknown placeholder {{{unknown[0]}}} in {value!r}; "
-                    f"known: {', '.join('{' + a + '}' for a in allowed)}")
+            return f"bad template {brief(value)}: {e}"
+        for name, spec, conv in fields:
+            if name not in allowed:
+                return f"unknown placeholder {{{brief_key(name, 40)}}} in {brief(value)}; known: {known}"
+            if spec or conv:
+                shown = brief_key(f"{{{name}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}", 40)
+                return (f"placeholder {shown} in {brief(value)} has a "
+                        f"{'conversion' if conv else 'format spec'}; write {{{name}}}")
         return None
     return check
 
@@ -79,14 +88,14 @@ def _url_template(value: str) -> str | None:
 def _regex_one_group(value: str) -> str | None:
     try:
         groups = re.compile(value).groups
-    except re.error as e:
-        return f"bad regular expression {value!r}: {e}"
-    return None if groups == 1 else f"pattern {value!r} must have exactly one (group) capturing the version"
+    except (re.error, RecursionError, OverflowError) as e:   # a fuzzed pattern nests 10,000 groups deep
+        return f"bad regular expression {brief(value)}: {e}"
+    return None if groups == 1 else f"pattern {brief(value)} must have exactly one (group) capturing the version"
 
 
 def _unit_name(value: str) -> str | None:
     if "/" in value or not value.endswith(UNIT_SUFFIXES):
-        return f"{value!r} is not a unit name (expected a name ending in {', '.join(UNIT_SUFFIXES)})"
+        return f"{brief(value)} is not a unit name (expected a name ending in {', '.join(UNIT_SUFFIXES)})"
     return None
 
 
@@ -96,7 +105,7 @@ def _recipe_name(value: str) -> str | None:
 
 
 def _octal_mode(value: str) -> str | None:
-    return None if re.fullmatch(r"0?[0-7]{3,4}", value) else f"mode {value!r} is not an octal mode like \"0755\""
+    return None if re.fullmatch(r"0?[0-7]{3,4}", value) else f"mode {brief(value)} is not an octal mode like \"0755\""
 
 
 def _key_file(value: str) -> str | None:
@@ -300,6 +309,7 @@ class Problems:
         self.items: list[str] = []
 
     def add(self, key: str, what: str) -> None:
+        key = brief_key(key, 120)   # keys come from the file: one can be 100,000 characters
         self.items.append(f"{self.where}: {key}: {what}" if key else f"{self.where}: {what}")
 
     def raise_if_any(self, hint: str) -> None:
@@ -313,21 +323,21 @@ _PY_TYPES = {"string": str, "boolean": bool, "integer": int, "string list": list
 
 def _check_value(key: Key, value: Any, path: str, problems: Problems) -> None:
     if not isinstance(value, _PY_TYPES[key.type]) or (key.type == "integer" and isinstance(value, bool)):
-        problems.add(path, f"expected a {key.type}, got {type(value).__name__} {value!r}")
+        problems.add(path, f"expected a {key.type}, got {type(value).__name__} {brief(value)}")
         return
     if key.type == "string list":
         if not all(isinstance(v, str) for v in value):
-            problems.add(path, f"expected a list of strings, got {value!r}")
+            problems.add(path, f"expected a list of strings, got {brief(value)}")
             return
         if key.required and not value:
             problems.add(path, "must not be empty")
         for v in value:
             if key.choices and v not in key.choices:
-                problems.add(path, f"{v!r} is not one of {', '.join(key.choices)}")
+                problems.add(path, f"{brief(v)} is not one of {', '.join(key.choices)}")
             if key.check and (what := key.check(v)):
                 problems.add(path, what)
         if len(set(value)) != len(value):
-            problems.add(path, f"duplicate entries in {value!r}")
+            problems.add(path, f"duplicate entries in {brief(value)}")
         return
     if key.type == "table":
         check_table(key.keys, value, path, problems)
@@ -350,7 +360,7 @@ def _check_value(key: Key, value: Any, path: str, problems: Problems) -> None:
                         problems.add(path, what)
         return
     if key.choices and value not in key.choices:
-        problems.add(path, f"{value!r} is not one of {', '.join(key.choices)}")
+        problems.add(path, f"{brief(value)} is not one of {', '.join(key.choices)}")
     elif key.check and (what := key.check(value)):
         problems.add(path, what)
 
@@ -358,16 +368,16 @@ def _check_value(key: Key, value: Any, path: str, problems: Problems) -> None:
 def _check_map_value(kind: str, value: Any, path: str, map_key: str, problems: Problems) -> None:
     if kind == "string":
         if not isinstance(value, str):
-            problems.add(path, f"expected a string, got {value!r}")
+            problems.add(path, f"expected a string, got {brief(value)}")
     elif kind == "scalar":
         if not isinstance(value, (str, bool, int)):
-            problems.add(path, f"expected a string, boolean or integer, got {value!r}")
+            problems.add(path, f"expected a string, boolean or integer, got {brief(value)}")
     elif kind == "string list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.add(path, f"expected a list of strings, got {value!r}")
+            problems.add(path, f"expected a list of strings, got {brief(value)}")
     elif kind == "link target":
         if not isinstance(value, str):
-            problems.add(path, f"expected a link target string, got {value!r}")
+            problems.add(path, f"expected a link target string, got {brief(value)}")
         elif not symlink_path_problem(map_key) and (what := symlink_target_problem(map_key, value)):
             problems.add(path, what)
     elif kind == "install target":
@@ -375,22 +385,22 @@ def _check_map_value(kind: str, value: Any, path: str, map_key: str, problems: P
         if isinstance(value, dict):
             extra = set(value) - {"to", "mode", "replace"}
             if extra:
-                problems.add(path, f"{map_key!r}: unknown key {sorted(extra)[0]!r} "
+                problems.add(path, f"{brief(map_key)}: unknown key {brief(sorted(extra)[0])} "
                                    "(known: to, mode, replace)")
             dest, mode = value.get("to"), value.get("mode")
             if mode is not None and (not isinstance(mode, str) or _octal_mode(mode)):
-                problems.add(path, f"{map_key!r}: mode {mode!r} is not an octal string like \"0755\"")
+                problems.add(path, f"{brief(map_key)}: mode {brief(mode)} is not an octal string like \"0755\"")
             if "replace" in value:
                 _check_replace(value["replace"], f'{path}."{map_key}".replace', problems)
         if not isinstance(dest, str):
-            problems.add(path, f"{map_key!r}: expected a destination path, got {dest!r}")
+            problems.add(path, f"{brief(map_key)}: expected a destination path, got {brief(dest)}")
         elif what := install_target_problem(dest):
             problems.add(path, what)
 
 
 def _check_replace(value: Any, path: str, problems: Problems) -> None:
     if not isinstance(value, dict) or not value:
-        problems.add(path, f"expected a table of \"old\" = \"new\" text, got {value!r}")
+        problems.add(path, f"expected a table of \"old\" = \"new\" text, got {brief(value)}")
         return
     for old, new in value.items():
         if not old:

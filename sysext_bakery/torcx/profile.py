@@ -2,13 +2,14 @@
 (a store directory, or a torcx package list of paths and URLs checked against its hashes)."""
 from __future__ import annotations
 
-import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.inputs import brief, read_json
 from sysext_bakery.files import file_digest
 
 PROFILE_KINDS = ("profile-manifest-v0", "profile-manifest-v1")
@@ -38,13 +39,11 @@ def parse_archive_name(path: Path) -> tuple[str, str]:
                       f"{' or '.join(ARCHIVE_SUFFIXES)})", HINT_ARCHIVE)
 
 
+_TORCX_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
 def _load_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise BakeryError(f"{path}: cannot read the {what}: {e.strerror}") from None
-    except ValueError as e:
-        raise BakeryError(f"{path}: the {what} is not valid JSON: {e}") from None
+    data = read_json(path, str(path), what)
     if not isinstance(data, dict):
         raise BakeryError(f"{path}: the {what} is not a JSON object")
     return data
@@ -54,10 +53,11 @@ def load_profile(path: Path) -> list[tuple[str, str, str | None]]:
     """(name, reference, format or None) of each image of a torcx profile, in order."""
     data = _load_json(path, "torcx profile")
     if data.get("kind") not in PROFILE_KINDS:
-        raise BakeryError(f"{path}: kind is {data.get('kind')!r}, not a torcx profile "
+        raise BakeryError(f"{path}: kind is {brief(data.get('kind'))}, not a torcx profile "
                           f"({' or '.join(PROFILE_KINDS)})",
                           "pass the profile JSON, e.g. /etc/torcx/profiles/<name>.json")
-    images = (data.get("value") or {}).get("images")
+    value = data.get("value")
+    images = value.get("images") if isinstance(value, dict) else None
     if not isinstance(images, list):
         raise BakeryError(f"{path}: value.images: missing or not a list")
     entries: list[tuple[str, str, str | None]] = []
@@ -66,16 +66,20 @@ def load_profile(path: Path) -> list[tuple[str, str, str | None]]:
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) and entry[k]
                                                   for k in ("name", "reference")):
             raise BakeryError(f"{path}: value.images[{i}]: needs string fields name and reference")
+        for key in ("name", "reference"):
+            if not _TORCX_WORD.fullmatch(entry[key]):   # both become parts of a file name
+                raise BakeryError(f"{path}: value.images[{i}].{key}: {brief(entry[key])} is not "
+                                  "a torcx image name or reference (letters, digits, . _ + -)")
         name = entry["name"]
         if name in seen:
-            raise BakeryError(f"{path}: value.images[{i}]: image {name!r} is already listed as "
+            raise BakeryError(f"{path}: value.images[{i}]: image {brief(name)} is already listed as "
                               f"value.images[{seen[name]}]",
                               "torcx applies one reference per image and a sysext name is "
                               "unique: keep one entry per image")
         seen[name] = i
         fmt = entry.get("format")
         if fmt not in (None, "tgz", "squashfs"):
-            raise BakeryError(f"{path}: value.images[{i}].format: {fmt!r} is not tgz or squashfs")
+            raise BakeryError(f"{path}: value.images[{i}].format: {brief(fmt)} is not tgz or squashfs")
         entries.append((name, entry["reference"], fmt))
     if not entries:
         raise BakeryError(f"{path}: the profile lists no images", "nothing to convert")
@@ -124,14 +128,27 @@ def load_package_list(path: Path) -> dict[tuple[str, str], tuple[str, list[dict]
     """(name, version) -> (hash, locations) from a torcx package list (torcx_manifest.json)."""
     data = _load_json(path, "torcx package list")
     if data.get("kind") != PACKAGE_LIST_KIND:
-        raise BakeryError(f"{path}: kind is {data.get('kind')!r}, not {PACKAGE_LIST_KIND!r}",
+        raise BakeryError(f"{path}: kind is {brief(data.get('kind'))}, not {PACKAGE_LIST_KIND!r}",
                           "pass the torcx_manifest.json that lists image URLs and hashes")
     result = {}
-    for p, package in enumerate((data.get("value") or {}).get("packages") or []):
-        for v, version in enumerate(package.get("versions") or []):
+    value = data.get("value")
+    packages = value.get("packages") if isinstance(value, dict) else None
+    if not isinstance(packages, list):
+        raise BakeryError(f"{path}: value.packages: missing or not a list")
+    for p, package in enumerate(packages):
+        versions = package.get("versions") if isinstance(package, dict) else None
+        if not isinstance(versions, list) or not isinstance(package.get("name"), str):
+            raise BakeryError(f"{path}: value.packages[{p}]: needs a name and a list of versions")
+        for v, version in enumerate(versions):
             where = f"{path}: value.packages[{p}].versions[{v}]"
-            if not isinstance(version.get("hash"), str) or not isinstance(version.get("locations"), list):
-                raise BakeryError(f"{where}: needs a hash and a list of locations")
+            if not isinstance(version, dict) or not isinstance(version.get("version"), str) or \
+                    not isinstance(version.get("hash"), str) or \
+                    not isinstance(version.get("locations"), list):
+                raise BakeryError(f"{where}: needs a version, a hash and a list of locations")
+            if not all(isinstance(loc, dict) and all(isinstance(x, str) for x in loc.values())
+                       for loc in version["locations"]):
+                raise BakeryError(f"{where}.locations: each location is an object of strings "
+                                  "(path or url)")
             result[package.get("name"), version.get("version")] = (version["hash"],
                                                                    version["locations"])
     return result
@@ -144,7 +161,7 @@ def _from_package_list(name: str, reference: str, entry: tuple[str, list[dict]],
     digest, locations = entry
     algorithm, _, expected = digest.partition("-")
     if algorithm not in ("sha256", "sha512") or not expected:
-        raise BakeryError(f"{origin}: {name}:{reference}: hash {digest!r} is not sha256-<hex> or "
+        raise BakeryError(f"{origin}: {name}:{reference}: hash {brief(digest)} is not sha256-<hex> or "
                           "sha512-<hex>")
     for location in locations:
         if location.get("path"):

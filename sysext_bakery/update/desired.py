@@ -14,12 +14,12 @@ is the pure rule that turns what upstream offers plus what is pinned into adds a
 from __future__ import annotations
 
 import difflib
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.inputs import brief, brief_key, read_toml
 from sysext_bakery.model.version import stream_of, version_key, version_problem
 
 VERSIONS = "release/versions.toml"    # relative to the project root; how messages name it
@@ -62,21 +62,18 @@ def load(path: Path, shown: str = VERSIONS) -> dict[str, Desired]:
     naming the file and the key."""
     if not path.exists():
         return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise BakeryError(f"{shown}: not valid TOML: {e}", HINT) from None
+    data = read_toml(path, shown, HINT)
     return {name: parse_entry(name, entry, shown) for name, entry in data.items()}
 
 
 def parse_entry(name: str, entry: Any, shown: str) -> Desired:
-    where = f"{shown}: {name}"
+    where = f"{shown}: {brief_key(name)}"
     if not isinstance(entry, dict):
-        raise BakeryError(f"{where}: expected a table [{name}]", HINT)
+        raise BakeryError(f"{where}: expected a table [{brief_key(name)}]", HINT)
     for key in entry:
         if key not in KEYS:
             close = difflib.get_close_matches(key, KEYS, n=1)
-            raise BakeryError(f"{where}.{key}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""),
+            raise BakeryError(f"{where}.{brief_key(key)}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""),
                               f"known keys: {', '.join(KEYS)}; {HINT}")
     lists = {}
     for key in ("versions", "hold"):
@@ -93,7 +90,7 @@ def parse_entry(name: str, entry: Any, shown: str) -> Desired:
     for key in ("streams", "keep", "keep-per-stream", "keep-streams"):
         value = entry.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise BakeryError(f"{where}.{key}: expected a whole number >= 1, got {value!r}", HINT)
+            raise BakeryError(f"{where}.{key}: expected a whole number >= 1, got {brief(value)}", HINT)
         ints[key] = value
     if not lists["versions"] and ints["streams"] is None:
         raise BakeryError(f"{where}: says nothing to carry",

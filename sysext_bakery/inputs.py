@@ -1,0 +1,132 @@
+"""Reading the project's hand-written input files (recipes, the lock, release.toml, torcx
+profiles): bounded, and every way the bytes can be wrong becomes one BakeryError naming the
+file (and the key, where there is one). Nothing past this module sees undecoded bytes, a
+nesting deeper than MAX_DEPTH or an integer TOML itself does not allow.
+
+`brief` shows a value in a message: input values can be 100,000 characters long, integers
+too large for `repr` (Python refuses to print more than 4300 digits) or nested too deeply to
+print, and a message must stay one screen long.
+"""
+from __future__ import annotations
+
+import json
+import reprlib
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from sysext_bakery.errors import BakeryError
+
+MAX_BYTES = 1 << 20   # 1 MiB: the largest real input (the lock of ~1000 images) is ~300 KiB
+MAX_DEPTH = 32        # tables and arrays: recipes nest 4 deep; this leaves room, not stacks
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1   # TOML: "arbitrary 64-bit signed integers"
+
+
+def read_toml(path: Path, shown: str | None = None, hint: str = "fix the syntax") -> dict[str, Any]:
+    """The TOML document at `path`, named `shown` (default: the path) in every message."""
+    shown = shown or str(path)
+    return parse_toml(read_bounded(path, shown), shown, hint)
+
+
+def parse_toml(data: bytes | str, shown: str, hint: str = "fix the syntax") -> dict[str, Any]:
+    text = _text(data, shown)
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise BakeryError(f"{shown}: not valid TOML: {e}", hint) from None
+    except RecursionError:
+        raise BakeryError(f"{shown}: not valid TOML: arrays or inline tables nested too deeply",
+                          f"inputs nest at most {MAX_DEPTH} levels") from None
+    except ValueError as e:   # an integer of more than sys.get_int_max_str_digits() digits
+        if "integer string conversion" in str(e):
+            raise BakeryError(f"{shown}: not valid TOML: an integer has more than "
+                              f"{sys.get_int_max_str_digits()} digits", "TOML integers are 64-bit") from None
+        raise BakeryError(f"{shown}: not valid TOML: {brief(str(e), 200)}", hint) from None
+    _check_shape(parsed, shown)
+    return parsed
+
+
+def read_json(path: Path, shown: str | None = None, what: str = "file") -> Any:
+    """The JSON document at `path` (same bounds as TOML)."""
+    shown = shown or str(path)
+    text = _text(read_bounded(path, shown, what), shown)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise BakeryError(f"{shown}: the {what} is not valid JSON: nested too deeply") from None
+    except ValueError as e:   # JSONDecodeError, and integers past the digit limit
+        raise BakeryError(f"{shown}: the {what} is not valid JSON: {brief(str(e), 200)}") from None
+    _check_shape(data, shown)
+    return data
+
+
+def read_bounded(path: Path, shown: str, what: str = "file") -> bytes:
+    """The bytes of an input file, refused past MAX_BYTES without reading more."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise BakeryError(f"{shown}: cannot read the {what}: {e.strerror or e}") from None
+    if len(data) > MAX_BYTES:
+        raise BakeryError(f"{shown}: larger than {MAX_BYTES // 1024} KiB; not a {what} the "
+                          "bakery reads", "check that this is the right file")
+    return data
+
+
+def _text(data: bytes | str, shown: str) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")   # so one size limit counts bytes
+    if len(data) > MAX_BYTES:
+        raise BakeryError(f"{shown}: larger than {MAX_BYTES // 1024} KiB",
+                          "check that this is the right file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise BakeryError(f"{shown}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x})",
+                          "save the file as UTF-8") from None
+
+
+def _check_shape(data: Any, shown: str) -> None:
+    """Refuse nesting past MAX_DEPTH and integers outside 64 bits (hex, octal and binary
+    integers escape Python's digit limit), walking without recursion."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        at = f"{shown}: {brief_key(where, 120)}: " if where else f"{shown}: "
+        if depth > MAX_DEPTH:
+            raise BakeryError(f"{at}nested more than {MAX_DEPTH} levels deep",
+                              "flatten the tables or arrays")
+        if isinstance(value, dict):
+            stack.extend((v, f"{where}.{brief_key(k)}" if where else brief_key(k), depth + 1)
+                         for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and \
+                not INT_MIN <= value <= INT_MAX:
+            raise BakeryError(f"{at}integer of {value.bit_length()} bits is out of range",
+                              "TOML integers are 64-bit")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to about `limit` characters, safe for any parsed input value."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} characters)"
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit + 20 else text[:limit] + "…"
+
+
+def brief_key(key: str, limit: int = 60) -> str:
+    """A table key as messages show it: cut when long."""
+    return key if len(key) <= limit else f"{key[:limit]}…({len(key)} characters)"
