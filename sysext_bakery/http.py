@@ -205,11 +205,16 @@ class Http:
             return _read_file(url, source, max_bytes)
         return self.request("GET", source, headers=headers, max_bytes=max_bytes, label=url)
 
-    def get_text(self, url: str, *, headers: Mapping[str, str] | None = None,
-                 max_bytes: int = MAX_BODY, hint: str | None = None) -> str:
+    def get_bytes(self, url: str, *, headers: Mapping[str, str] | None = None,
+                  max_bytes: int = MAX_BODY, hint: str | None = None) -> bytes:
         reply = self.get(url, headers=headers, max_bytes=max_bytes)
         self.check(reply, url, hint)
-        return reply.text
+        return reply.body
+
+    def get_text(self, url: str, *, headers: Mapping[str, str] | None = None,
+                 max_bytes: int = MAX_BODY, hint: str | None = None) -> str:
+        return self.get_bytes(url, headers=headers, max_bytes=max_bytes,
+                              hint=hint).decode("utf-8", errors="replace")
 
     def get_json(self, url: str, *, headers: Mapping[str, str] | None = None,
                  max_bytes: int = MAX_BODY, hint: str | None = None) -> Any:

@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 from sysext_bakery import gpg
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.model.image import CHECKSUMS
+from sysext_bakery.model.url import url_filename
 
 if TYPE_CHECKING:
     from sysext_bakery.http import Http
@@ -50,7 +50,7 @@ def parse_checksum(text: str, url: str, checksum_url: str, algorithm: str = "sha
     """The `algorithm` digest for `url` in a checksum file. The line naming the URL's file
     wins; a lone bare digest is taken as is; a file without the name (or with two different
     digests for it) is an error now rather than a misleading "mismatch" later."""
-    name = _basename(url)
+    name = url_filename(url)
     gnu, bsd = _line_re(algorithm)
     entries: list[tuple[str, str | None]] = []
     for line in text.splitlines():
@@ -73,7 +73,7 @@ def parse_checksum(text: str, url: str, checksum_url: str, algorithm: str = "sha
     else:
         what = f"no {algorithm} entry for {name} (not one {algorithm} line in the file)"
     raise BakeryError(f"{checksum_url}: {what}; checksum file of {url}",
-                      f"fix checksum-url (or checksum = \"sha256\"/\"sha512\") in the recipe, "
+                      "fix checksum-url (or checksum = \"sha256\"/\"sha512\") in the recipe, "
                       "or pin the sha256 in release/lock.toml")
 
 
@@ -82,12 +82,12 @@ def from_checksum_file(http: Http, url: str, checksum_url: str, algorithm: str,
                        signature_key: Path | None = None) -> Expected:
     """Read `checksum_url` and pick `url`'s digest. With `signature_url`, the file is trusted
     only if that detached signature verifies against exactly `signature_key`."""
-    body = _body(http, checksum_url)
+    body = http.get_bytes(checksum_url, max_bytes=MAX_TEXT, hint=MIRROR_HINT)
     if signature_url:
         if signature_key is None:
             raise BakeryError(f"{url}: signature-url {signature_url} without signature-key",
                               RECIPE_HINT)
-        check_signature(body, _body(http, signature_url), signature_key, checksum_url,
+        check_signature(body, http.get_bytes(signature_url, max_bytes=MAX_TEXT, hint=MIRROR_HINT), signature_key, checksum_url,
                         signature_url)
     return Expected(algorithm, parse_checksum(body.decode("utf-8", errors="replace"), url,
                                               checksum_url, algorithm), checksum_url)
@@ -165,11 +165,3 @@ def from_github(http: Http, url: str, env: Mapping[str, str] = os.environ) -> Ex
     return Expected("sha256", digest_in_release(release, asset, api_url, url), api_url)
 
 
-def _body(http: Http, url: str) -> bytes:
-    reply = http.get(url, max_bytes=MAX_TEXT)
-    http.check(reply, url, MIRROR_HINT)
-    return reply.body
-
-
-def _basename(url: str) -> str:
-    return unquote(urlsplit(url).path).rstrip("/").rsplit("/", 1)[-1]

@@ -15,7 +15,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from urllib.parse import unquote, urlsplit
 
 from rich.filesize import decimal
 
@@ -23,7 +22,8 @@ from sysext_bakery.build import checksums
 from sysext_bakery.build.checksums import MAX_TEXT, parse_checksum
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.http import CHUNK, BodyBroken, Deadline, Http, Limits, Stream
-from sysext_bakery.model.url import is_url, mirror_url
+from sysext_bakery.model.image import CHECKSUMS
+from sysext_bakery.model.url import is_url, mirror_url, url_filename
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -59,9 +59,9 @@ def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None
     `limits` default to `Limits.from_env()` (BAKERY_DEADLINE, BAKERY_LOW_SPEED_TIME, …).
     `locked` (BAKERY_LOCKED=1) refuses any download without a pinned sha256, checksum file or not.
     """
-    if checksum not in checksums.CHECKSUMS:
+    if checksum not in CHECKSUMS:
         raise BakeryError(f"{url}: unknown checksum kind {checksum!r}",
-                          f"use one of {', '.join(checksums.CHECKSUMS)}")
+                          f"use one of {', '.join(CHECKSUMS)}")
     pinned = _pinned(url, sha256)
     if locked and pinned is None:
         raise BakeryError(f"{url}: no sha256 pinned in release/lock.toml, and BAKERY_LOCKED=1 "
@@ -80,7 +80,7 @@ def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None
         if expected and expected.algorithm == "sha256" and cached(cache, expected.digest, url):
             return Fetched(cache / expected.digest, expected.digest, first_use=False)
         actual, size = _fetch_into_cache(http, url, source, expected, cache)
-    print(f"fetched {_basename(url)} {decimal(size)} sha256 {actual[:12]}…", file=sys.stderr)
+    print(f"fetched {url_filename(url)} {decimal(size)} sha256 {actual[:12]}…", file=sys.stderr)
     return Fetched(cache / actual, actual, first_use=expected is None)
 
 
@@ -117,7 +117,7 @@ def cached(cache: Path, sha256: str, url: str) -> bool:
 def fetch_text(url: str, *, mirror: str | None = None, limits: Limits | None = None) -> str:
     """A small text file (checksum file), with the same mirror and retry rules as fetch()."""
     with Http(mirror, limits=limits) as http:
-        return _text(http, url)
+        return http.get_text(url, max_bytes=MAX_TEXT, hint=MIRROR_HINT)
 
 
 def _pinned(url: str, sha256: str | None) -> str | None:
@@ -136,12 +136,12 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Exp
     on any failure nothing is left behind."""
     tmpdir = cache / ".tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=tmpdir, prefix=f"{_basename(url)}.")
+    fd, tmp_name = tempfile.mkstemp(dir=tmpdir, prefix=f"{url_filename(url)}.")
     tmp = Path(tmp_name)
     try:
         algorithms = ("sha256",) if expected is None else tuple(dict.fromkeys(
             ("sha256", expected.algorithm)))
-        with open(fd, "wb") as out, _Meter(_basename(url)) as meter:
+        with open(fd, "wb") as out, _Meter(url_filename(url)) as meter:
             if is_url(source):
                 digests, size = _download(http, url, out, meter, algorithms)
             else:
@@ -255,14 +255,6 @@ def _validator(resp: Stream) -> str | None:
     return resp.headers.get("Last-Modified")
 
 
-def _text(http: Http, url: str) -> str:
-    reply = http.get(url, max_bytes=MAX_TEXT)
-    http.check(reply, url, MIRROR_HINT)
-    return reply.text
-
-
-def _basename(url: str) -> str:
-    return unquote(urlsplit(url).path).rstrip("/").rsplit("/", 1)[-1]
 
 
 class _Meter:

@@ -81,6 +81,11 @@ def parse_base_url(value: object, origin: str) -> BaseUrl:
 
 # ---- where a URL is fetched from, and what a message may show of it ----------------------
 
+def url_filename(url: str) -> str:
+    """The file name a URL names: `…/docker-24.0.9.tgz` -> `docker-24.0.9.tgz` (unquoted)."""
+    return unquote(urlsplit(url).path).rstrip("/").rsplit("/", 1)[-1]
+
+
 def redirect_allowed(current: str, target: str) -> bool:
     """https anywhere; http only from http (a mirror the user chose); nothing else (file:)."""
     scheme = urlsplit(target).scheme.lower()
