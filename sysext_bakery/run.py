@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Mapping
@@ -15,6 +17,7 @@ from typing import IO, Mapping
 from sysext_bakery.errors import BakeryError
 
 DEFAULT_TIMEOUT = 600.0     # seconds; packing a large image passes more
+PROGRESS_EVERY = 10.0       # seconds between "still packing" lines (run(progress=True))
 LAST_WORDS = 2000           # characters of a failing tool's output kept in the message
 
 # program -> Debian package, for the "what to install" hint
@@ -59,15 +62,16 @@ def require(program: str) -> str:
 
 def run(argv: list[str], *, what: str, hint: str | None = None, input: bytes | None = None,
         env: Mapping[str, str] | None = None, timeout: float = DEFAULT_TIMEOUT,
-        check: bool = True, stdout: IO[bytes] | None = None) -> Done:
+        check: bool = True, stdout: IO[bytes] | None = None, progress: bool = False) -> Done:
     """Run `argv` to completion. `what` says what it was for ("packing build/images/x.raw");
     with `check`, a non-zero exit is a BakeryError carrying the tool's last words.
-    `stdout` sends the output to a file instead of memory (large outputs)."""
+    `stdout` sends the output to a file instead of memory (large outputs). With `progress`
+    (long jobs such as packing), `what` is announced on stderr when it starts, then every
+    PROGRESS_EVERY seconds with the time so far (and when a long job ends); the output is
+    still captured for the error message."""
     program = Path(argv[0]).name
     try:
-        proc = subprocess.run(argv, input=input, env=None if env is None else dict(env),
-                              stdout=stdout if stdout is not None else subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=timeout)
+        proc = _run(argv, input, env, timeout, stdout, what if progress else None)
     except FileNotFoundError:
         raise BakeryError(f"{what}: {program}: command not found", install_hint(program)) from None
     except subprocess.TimeoutExpired:
@@ -81,6 +85,39 @@ def run(argv: list[str], *, what: str, hint: str | None = None, input: bytes | N
         raise BakeryError(f"{what}: {program} failed (exit {done.returncode}): {last_words(done)}",
                           hint or install_hint(program))
     return done
+
+
+def _run(argv: list[str], input: bytes | None, env: Mapping[str, str] | None, timeout: float,
+         stdout: IO[bytes] | None, announce: str | None) -> subprocess.CompletedProcess:
+    """subprocess.run, announcing `announce` (if given) while it waits."""
+    with subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else None,
+                          stdout=stdout if stdout is not None else subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=None if env is None else dict(env)) as proc:
+        start = time.monotonic()
+        if announce:
+            _say(f"{announce} …")
+        out = err = b""
+        while True:
+            left = timeout - (time.monotonic() - start)
+            try:
+                out, err = proc.communicate(input, timeout=max(0.0, min(
+                    left, PROGRESS_EVERY if announce else left)))
+                break
+            except subprocess.TimeoutExpired:
+                input = None   # already handed over: communicate() keeps feeding it
+                if time.monotonic() - start >= timeout:
+                    proc.kill()
+                    proc.wait()
+                    raise subprocess.TimeoutExpired(argv, timeout) from None
+                if announce:
+                    _say(f"{announce}: {time.monotonic() - start:.0f} s")
+        if announce and time.monotonic() - start >= PROGRESS_EVERY:
+            _say(f"{announce}: done in {time.monotonic() - start:.0f} s")
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def spawn(argv: list[str], *, what: str, stdin: IO[bytes] | int | None = None,

@@ -26,8 +26,9 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from sysext_bakery import output, report
-from sysext_bakery.build import actions, formats
+from sysext_bakery.build import actions, formats, tidy
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import DISK_FULL, disk_error
 from sysext_bakery.model.image import Image
 from sysext_bakery.model.version import stream_of
 from sysext_bakery.plan import Plan, Problem, plan, unpinned_message
@@ -47,6 +48,11 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
             return TaskFailed(f"error: {e}")
         except BrokenPipeError:   # `doit inspect X | head`: see output.py
             output.closed()
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            # a write no narrower edge (files.disk_errors) named: still no traceback
+            return TaskFailed(f"error: {disk_error(e, e.filename or 'build/', 'writing')}")
     return action
 
 
@@ -96,7 +102,10 @@ _INSPECT, _SUMS, _FAIL = _edge(actions.print_images), _edge(actions.write_sums),
 _CHECK = report.check
 
 
-def doit_config(root: Path) -> dict[str, Any]:
+def doit_config(root: Path, argv: list[str] | None = None) -> dict[str, Any]:
+    """doit's settings for the tree at `root`. A run that may write the tree first takes
+    build/.lock (a second run on the tree is refused, before doit opens its database) and
+    removes what killed runs left behind (build/tidy.py)."""
     output.setup_doit()
     state = root / "build" / "state"
     try:
@@ -105,6 +114,15 @@ def doit_config(root: Path) -> dict[str, Any]:
         print(f"bakery: error: {state}: cannot create doit's state directory: {e.strerror or e}\n"
               "  hint: run doit in a writable checkout", file=sys.stderr)
         raise SystemExit(3) from None   # doit's status for "error before tasks run"
+    if tidy.needs_tree_lock(sys.argv[1:] if argv is None else argv):
+        try:
+            tidy.lock_tree(root / "build")
+        except BakeryError as e:
+            print(f"bakery: error: {e}", file=sys.stderr)
+            raise SystemExit(3) from None
+        tidy.clean_tree(root / "build")
+        # BAKERY_CACHE may be shared with other trees: clean_cache spares live downloads
+        tidy.clean_cache(Path(os.environ.get("BAKERY_CACHE") or root / "build" / "cache"))
     return {"backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
             "default_tasks": ["build"], "verbosity": 1, "reporter": output.Reporter}
 

@@ -147,13 +147,14 @@ def write_sums(settings: Settings) -> None:
     between placing the image and writing its record)."""
     settings.images.mkdir(parents=True, exist_ok=True)
     entries = {}
-    for image in sorted(settings.images.glob("*.raw")):
-        record = provenance.read(Path(ImagePaths.of(settings, image.stem).provenance)) or {}
-        st = image.stat()
-        same = (record.get("file"), record.get("size"), record.get("mtime_ns")) == \
-            (image.name, st.st_size, st.st_mtime_ns)
-        entries[image.name] = record["sha256"] if same else file_digest(image)
-    changed = write_atomic(settings.images / sums.NAME, sums.render(entries))
+    with sums.locked(settings.images):   # a pack task of a concurrent -n N run sets lines too
+        for image in sorted(settings.images.glob("*.raw")):
+            record = provenance.read(Path(ImagePaths.of(settings, image.stem).provenance)) or {}
+            st = image.stat()
+            same = (record.get("file"), record.get("size"), record.get("mtime_ns")) == \
+                (image.name, st.st_size, st.st_mtime_ns)
+            entries[image.name] = record["sha256"] if same else file_digest(image)
+        changed = write_atomic(settings.images / sums.NAME, sums.render(entries))
     print(f"{settings.images / sums.NAME}: {len(entries)} images, {'updated' if changed else 'unchanged'}")
 
 

@@ -20,7 +20,9 @@ from rich.filesize import decimal
 
 from sysext_bakery.build import checksums
 from sysext_bakery.build.checksums import MAX_TEXT, parse_checksum
+from sysext_bakery.build import tidy
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import DISK_FULL, disk_errors
 from sysext_bakery.http import CHUNK, BodyBroken, Deadline, Http, Limits, Stream
 from sysext_bakery.model.image import CHECKSUMS
 from sysext_bakery.model.url import is_url, mirror_url, url_filename
@@ -136,12 +138,19 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Exp
     on any failure nothing is left behind."""
     tmpdir = cache / ".tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=tmpdir, prefix=f"{url_filename(url)}.")
+    tidy.clean_cache(cache)   # what killed downloads left; live ones hold their file's flock
+    while True:
+        fd, tmp_name = tempfile.mkstemp(dir=tmpdir, prefix=f"{url_filename(url)}.")
+        if tidy.claim(fd):
+            break
+        os.close(fd)          # a concurrent clean_cache took it for a stale one
     tmp = Path(tmp_name)
+    guard = os.dup(fd)   # holds the flock until the rename: closing `out` must not drop it
     try:
         algorithms = ("sha256",) if expected is None else tuple(dict.fromkeys(
             ("sha256", expected.algorithm)))
-        with open(fd, "wb") as out, _Meter(url_filename(url)) as meter:
+        with disk_errors(tmpdir, "downloading " + url), open(fd, "wb") as out, \
+                _Meter(url_filename(url)) as meter:
             if is_url(source):
                 digests, size = _download(http, url, out, meter, algorithms)
             else:
@@ -159,6 +168,8 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Exp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(guard)
     return actual, size
 
 
@@ -173,6 +184,8 @@ def _copy(url: str, path: str, out: BinaryIO, meter: _Meter,
     except FileNotFoundError as e:
         raise BakeryError(f"{url}: not found in the mirror directory ({path})", MIRROR_HINT) from e
     except OSError as e:
+        if e.errno in DISK_FULL:   # writing the cache, not reading the mirror
+            raise
         raise BakeryError(f"{url}: cannot read {path} from the mirror directory: {e.strerror}",
                           MIRROR_HINT) from e
     return hasher.hexdigests(), out.tell()

@@ -23,7 +23,7 @@ from pathlib import Path
 from sysext_bakery import run
 from sysext_bakery.build import readback
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import file_digest
+from sysext_bakery.files import disk_errors, file_digest
 from sysext_bakery.model.image import COMPRESSIONS
 
 PACK_TIMEOUT = 3600.0   # seconds: xz on a multi-GB tree (ollama, kata) takes minutes
@@ -64,6 +64,11 @@ def pack(tree: Path, out: Path, fmt: str = "squashfs", compression: str = "zstd"
         raise BakeryError(f"{tree}: no staged tree to pack", "run the stage step first")
     if fmt == "erofs":
         tree.chmod(0o755)  # mkfs.erofs 1.5 has no -root-mode: the root's own mode goes into the image
+    with disk_errors(out.parent, f"packing {out}"):
+        return _pack(tree, out, fmt, compression)
+
+
+def _pack(tree: Path, out: Path, fmt: str, compression: str) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -71,7 +76,7 @@ def pack(tree: Path, out: Path, fmt: str = "squashfs", compression: str = "zstd"
     try:
         run.run(pack_command(tree, tmp, fmt, compression), what=f"packing {out}",
                 hint="check free disk space and that the staged tree is readable",
-                timeout=PACK_TIMEOUT)
+                timeout=PACK_TIMEOUT, progress=True)
         diffs = readback.compare(readback.read_image(tmp), readback.tree_entries(tree))
         if diffs:
             shown = "\n  ".join(diffs[:50]) + (f"\n  … and {len(diffs) - 50} more" if len(diffs) > 50 else "")

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import disk_errors
 from sysext_bakery.model import extension_release
 from sysext_bakery.model.image import Image, Symlink
 from sysext_bakery.build import hostsetup
@@ -104,6 +105,11 @@ def stage_image(image: Image, downloads: Sequence[Path], dest: Path, *,
     files are hardlinks into it: nothing may write into the tree's files in place."""
     if len(downloads) != len(image.sources):
         raise ValueError(f"{image.id}: {len(image.sources)} sources but {len(downloads)} downloads")
+    with disk_errors(dest.parent, f"staging {dest}"):
+        _stage(image, downloads, dest, unpacked)
+
+
+def _stage(image: Image, downloads: Sequence[Path], dest: Path, unpacked: Path | None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:

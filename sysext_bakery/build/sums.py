@@ -1,9 +1,11 @@
 """SHA256SUMS files: the manifest format systemd-sysupdate reads next to the images."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
+from typing import Iterator
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import write_atomic
@@ -30,15 +32,23 @@ def render(sums: dict[str, str]) -> str:
     return "".join(f"{sums[name]}  {name}\n" for name in sorted(sums))
 
 
-def update(directory: Path, entries: dict[str, str]) -> None:
-    """Set `entries` in directory/SHA256SUMS and drop entries whose file is gone, under an
-    flock so parallel pack tasks do not lose each other's line."""
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """The lock every rewrite of directory/SHA256SUMS in a build tree takes (pack's `update`,
+    `doit sums`): an flock on the directory itself, so there is no lock file to go stale."""
     guard = os.open(directory, os.O_RDONLY)
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(guard)
+
+
+def update(directory: Path, entries: dict[str, str]) -> None:
+    """Set `entries` in directory/SHA256SUMS and drop entries whose file is gone, under the
+    lock so parallel pack tasks do not lose each other's line."""
+    with locked(directory):
         path = directory / NAME
         sums = parse(path.read_text(), str(path)) if path.exists() else {}
         sums.update(entries)
         write_atomic(path, render({n: d for n, d in sums.items() if (directory / n).exists()}))
-    finally:
-        os.close(guard)

@@ -24,7 +24,7 @@ from sysext_bakery.model.url import BaseUrl, parse_base_url
 from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import file_digest, stage_file, write_atomic
+from sysext_bakery.files import disk_errors, file_digest, stage_file, write_atomic
 from sysext_bakery.inputs import read_bounded
 from sysext_bakery.build.provenance import git_revision
 from sysext_bakery.publish import keys
@@ -58,6 +58,11 @@ class PublishReport:
 
 def copy_verified(src: Path, dest: Path, sha256: str) -> None:
     """Copy an image under a temp name, hashing while streaming; rename only if it matches."""
+    with disk_errors(dest.parent, f"publishing {dest.name}"):
+        _copy_verified(src, dest, sha256)
+
+
+def _copy_verified(src: Path, dest: Path, sha256: str) -> None:
     digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
@@ -258,8 +263,9 @@ def _write_manifest(dest: Path, data: bytes, signature: bytes | None) -> list[st
     if signature is not None:
         changes[sig_path] = signature
     staged = [(path, stage_file(path, content)) for path, content in changes.items()]
-    for path, tmp in staged:
-        os.replace(tmp, path)
+    with sums.locked(dest):   # the lock of every SHA256SUMS rewrite, also in a build tree
+        for path, tmp in staged:
+            os.replace(tmp, path)
     return [path.name for path, _ in staged]
 
 

@@ -1,0 +1,132 @@
+"""One doit run per tree at a time, and the clean-up of what a killed run left behind.
+
+Every write in the bakery goes to a temporary name and is renamed into place, so a run killed
+with SIGKILL leaves no partial target, cache entry or published file; it can leave those
+temporary names. A doit run that changes the tree holds `build/.lock` (an flock) for its
+whole life, so whatever temporary name it finds under build/ when it starts belongs to a run
+that is gone, and is removed.
+
+The download cache may be shared by several trees (BAKERY_CACHE), so the tree lock says
+nothing about it: each download holds an flock on its own temporary file, and only a file
+nobody holds is removed (`clean_cache`).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from sysext_bakery.errors import BakeryError
+
+TREE_LOCK = ".lock"                       # build/.lock
+# doit commands that only read: they neither wait for nor block a build
+READ_ONLY = frozenset({"list", "info", "help", "dumpdb", "tabcompletion"})
+
+_held: dict[Path, int] = {}               # lock path -> fd, kept open until the process ends
+
+
+def needs_tree_lock(argv: list[str]) -> bool:
+    """Whether the doit command line `argv` (without the program) may write the tree."""
+    return not (argv and argv[0] in READ_ONLY)
+
+
+def lock_tree(build: Path) -> None:
+    """Take build/.lock for the rest of this process, or refuse clearly when another doit
+    run on this tree holds it. Children (doit -n N) share the lock with their parent."""
+    path = build / TREE_LOCK
+    if path in _held:
+        return
+    build.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise BakeryError(f"{path} is locked: another doit run (pid {owner}) is using this tree",
+                          "runs on one tree take turns: wait for it to finish, then run again "
+                          "(doit -n N builds in parallel within one run)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[path] = fd
+
+
+def stale_in_tree(build: Path) -> list[Path]:
+    """Temporary names under build/ that only a run in progress writes: `.NAME.XXXX.tmp`
+    files (pack's image, write_atomic's records and SHA256SUMS) and stage's `.IMG.XXXX`
+    work directories (also in the unpacked cache). Only valid while holding build/.lock."""
+    found: list[Path] = []
+    for directory in (build / "images", build / "state" / "fetch", build / "state" / "stage",
+                      build / "state" / "images"):
+        found += _dot_entries(directory, lambda e: e.name.endswith(".tmp"))
+    # the lock's trust-on-first-use rewrite (release/.lock.toml.XXXX.tmp)
+    found += _dot_entries(build.parent / "release",
+                          lambda e: e.name.startswith(".lock.toml.") and e.name.endswith(".tmp"))
+    for directory in (build / "stage", build / "stage" / ".unpacked"):
+        found += _dot_entries(directory, lambda e: e.name != ".unpacked")
+    return found
+
+
+def clean_tree(build: Path) -> list[Path]:
+    """Remove `stale_in_tree` (call with build/.lock held); the paths removed."""
+    stale = stale_in_tree(build)
+    for path in stale:
+        _remove(path)
+    _announce(stale)
+    return stale
+
+
+def clean_cache(cache: Path) -> list[Path]:
+    """Remove the temporary downloads in cache/.tmp that no live download holds."""
+    removed = []
+    for path in _dot_entries(cache / ".tmp", lambda e: True, dot=False):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue          # renamed into the cache meanwhile, or not a plain file
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)      # a download in progress
+            continue
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+        finally:
+            os.close(fd)
+    _announce(removed)
+    return removed
+
+
+def claim(fd: int) -> bool:
+    """Lock a freshly made temporary download `fd`; False when `clean_cache` removed it
+    between its creation and the lock (the caller makes another)."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return os.fstat(fd).st_nlink > 0
+
+
+def _dot_entries(directory: Path, keep, dot: bool = True) -> list[Path]:
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [Path(e.path) for e in entries if (e.name.startswith(".") or not dot) and keep(e)]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _announce(removed: list[Path]) -> None:
+    if removed:
+        shown = ", ".join(str(p) for p in removed[:5]) + (" …" if len(removed) > 5 else "")
+        print(f"bakery: removed {len(removed)} temporary file(s) a stopped run left behind: "
+              f"{shown}", file=sys.stderr)
