@@ -128,3 +128,22 @@ def test_a_long_job_reports_its_time_and_keeps_the_tools_last_words(monkeypatch,
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "packing x.raw …"
     assert any(line.startswith("packing x.raw: ") and line.endswith(" s") for line in lines[1:])
+
+
+def test_sigterm_mid_download_removes_the_temporary_file(project, upstream):
+    """Guarantee 1's "SIGTERM removes the temporary file", for a real doit run."""
+    gated = GatedMirror(upstream.root)
+    env = {**os.environ, "BAKERY_MIRROR": gated.url, "BAKERY_ARCH": "x86-64"}
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "build:wasmtime"], cwd=project.root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tmp = project.root / "build/cache/.tmp"
+    try:
+        assert gated.asked.wait(60), "the build never reached its download"
+        assert [p.name for p in tmp.iterdir()], "no temporary download to remove"
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        gated.close()
+    assert proc.returncode != 0
+    assert list(tmp.iterdir()) == []
+    assert "Traceback" not in out + err

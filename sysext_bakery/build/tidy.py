@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -52,6 +53,15 @@ def lock_tree(build: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[path] = fd
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (CI cancelling a job, systemd stopping a unit) unwinds like Ctrl-C instead of
+    killing outright, so every `except BaseException` / `finally` removes its temporary file.
+    Children of doit -n N inherit the handler."""
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def stale_in_tree(build: Path) -> list[Path]:
