@@ -97,20 +97,23 @@ def _run(argv: list[str], input: bytes | None, env: Mapping[str, str] | None, ti
         if announce:
             _say(f"{announce} …")
         out = err = b""
-        while True:
-            left = timeout - (time.monotonic() - start)
-            try:
-                out, err = proc.communicate(input, timeout=max(0.0, min(
-                    left, PROGRESS_EVERY if announce else left)))
-                break
-            except subprocess.TimeoutExpired:
-                input = None   # already handed over: communicate() keeps feeding it
-                if time.monotonic() - start >= timeout:
-                    proc.kill()
-                    proc.wait()
-                    raise subprocess.TimeoutExpired(argv, timeout) from None
-                if announce:
-                    _say(f"{announce}: {time.monotonic() - start:.0f} s")
+        try:
+            while True:
+                left = timeout - (time.monotonic() - start)
+                try:
+                    out, err = proc.communicate(input, timeout=max(0.0, min(
+                        left, PROGRESS_EVERY if announce else left)))
+                    break
+                except subprocess.TimeoutExpired:
+                    input = None   # already handed over: communicate() keeps feeding it
+                    if time.monotonic() - start >= timeout:
+                        raise subprocess.TimeoutExpired(argv, timeout) from None
+                    if announce:
+                        _say(f"{announce}: {time.monotonic() - start:.0f} s")
+        except BaseException:   # a timeout, Ctrl-C, SIGTERM: the child goes too
+            proc.kill()
+            proc.wait()
+            raise
         if announce and time.monotonic() - start >= PROGRESS_EVERY:
             _say(f"{announce}: done in {time.monotonic() - start:.0f} s")
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
