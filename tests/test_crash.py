@@ -61,10 +61,8 @@ def kill_during(project: Project, args: list[str], at: float,
     deadline = time.monotonic() + at
     while proc.poll() is None and time.monotonic() < deadline and not (when and when()):
         time.sleep(0.001)
-    try:
+    if proc.poll() is None:      # once reaped, its pid (and group id) may be anyone's
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:   # it finished first
-        pass
     proc.wait()
 
 
