@@ -1,0 +1,188 @@
+"""The catalogue contract: every recipe in recipes/ builds, for both arches, from
+upstream-shaped downloads, and its images hold what its install map, symlinks and units say.
+
+Nothing here names a recipe's contents: the downloads are synthesized from each recipe's own
+URLs, layout and checksum declarations (tests/catalogue.py), served on loopback through
+BAKERY_MIRROR, and built with the real doit CLI in one run. A new recipe is tested by being
+added. Where a recipe's sources depend on the version (`since`/`until`), EXTRA_VERSIONS pins
+a version on the other side too, so each source is built once.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from catalogue import Signer, Synthesized, load_toml, sources_for, synthesize, install_target
+from conftest import REPO, Project
+from sysext_bakery.build.readback import extension_release, read_file, read_image
+from sysext_bakery.model.naming import image_filename
+from sysext_bakery.model.version import compare_versions
+from sysupdate import make_gpg_key, stop_gpg_agent
+from upstream import MirrorServer, Upstream
+
+RECIPES = REPO / "recipes"
+NAMES = sorted(p.stem for p in RECIPES.glob("*.toml"))
+EXTRA_VERSIONS = {"ollama": ["0.13.5"], "wasmedge": ["0.14.1"], "kata-containers": ["3.20.0"],
+                  "wasmcloud": ["1.9.0"]}
+ELF_MACHINE = {"x86-64": 62, "arm64": 183}
+
+
+def pinned_versions() -> dict[str, list[str]]:
+    with (REPO / "release" / "lock.toml").open("rb") as f:
+        lock = tomllib.load(f)
+    return {name: sorted(set(lock.get(name, {})) | set(EXTRA_VERSIONS.get(name, [])),
+                         key=lambda v: (compare_versions(v, "0"), v))
+            for name in NAMES}
+
+
+@dataclass
+class Catalogue:
+    project: Project
+    mirror: MirrorServer
+    versions: dict[str, list[str]]
+    synthesized: dict[str, Synthesized]
+    listed: subprocess.CompletedProcess
+    run: subprocess.CompletedProcess
+
+    def skipped(self, name: str) -> str:
+        """The loader's complaint about recipes/<name>.toml, if any (from `doit list`)."""
+        lines, keep = [], False
+        for line in self.listed.stderr.splitlines():
+            if line.startswith("bakery: skipped:"):
+                keep = f"recipes/{name}.toml" in line
+            if keep:
+                lines.append(line)
+        return "\n".join(lines)
+
+    def requested(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return any(unquote(r.split("?", 1)[0]) == f"/{parts.hostname}{unquote(parts.path)}"
+                   for r in self.mirror.requests)
+
+
+def armored_public(home: Path, fingerprint: str) -> str:
+    return subprocess.run(["gpg", "--batch", "--armor", "--export", fingerprint],
+                          env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("catalogue")
+    key = make_gpg_key(tmp)
+    signer = Signer(key.gnupghome, armored_public(key.gnupghome, key.fingerprint))
+    up = Upstream(tmp / "upstream")
+    versions = pinned_versions()
+    synthesized = {n: synthesize(RECIPES, n, versions[n], up, signer) for n in NAMES}
+    mirror = MirrorServer(up.root)
+    (tmp / "bakery").mkdir()
+    project = Project(tmp / "bakery", mirror, {n: {v: {} for v in vs} for n, vs in versions.items() if vs})
+    # The same check against another key: the test signed the sums with its own.
+    for name in NAMES:
+        for source in load_toml(RECIPES, name).get("sources", []):
+            if "signature-key" in source:
+                (project.root / "recipes" / name / source["signature-key"]).write_text(signer.armored_public)
+    listed = project.doit("list", "--all", check=False)
+    tasks = {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
+    targets = [f"build:{n}-{v}" for n in NAMES for v in versions[n] if f"build:{n}-{v}" in tasks]
+    run = project.doit("-n", "4", "-c", *targets, env={"BAKERY_COMPRESSION": "gzip"}, check=False)
+    yield Catalogue(project, mirror, versions, synthesized, listed, run)
+    mirror.close()
+    stop_gpg_agent(key.gnupghome)
+
+
+def _image(cat: Catalogue, name: str, version: str, arch: str) -> Path:
+    image = cat.project.images / image_filename(name, version, arch)
+    if not image.exists():
+        relevant = [line for line in (cat.run.stdout + cat.run.stderr).splitlines()
+                    if name in line or "Error" in line or "error" in line]
+        raise AssertionError(f"{image.name} was not built:\n" + "\n".join(relevant[-40:]))
+    return image
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_recipe_builds_both_arches_and_holds_its_layout(catalogue: Catalogue, name: str) -> None:
+    problem = catalogue.skipped(name)
+    assert not problem, f"recipes/{name}.toml does not load:\n{problem}"
+    data = load_toml(RECIPES, name)
+    assert catalogue.versions[name], f"release/lock.toml pins no version of {name}"
+    for version in catalogue.versions[name]:
+        for arch in data["arches"]:
+            image = _image(catalogue, name, version, arch)
+            assert extension_release(image)["ARCHITECTURE"] == arch
+            assert extension_release(image)["SYSEXT_VERSION_ID"] == version
+            entries = {e.path: e for e in read_image(image)}
+            for source in sources_for(data, version, arch):
+                _check_installed(image, entries, source, arch)
+            for link, target in data.get("symlinks", {}).items():
+                e = entries.get(link.lstrip("/"))
+                assert e is not None and e.kind == "link", f"{image.name}: no symlink {link}"
+                assert e.target == target, f"{image.name}: {link} -> {e.target}, not {target}"
+            for target, units in data.get("units", {}).get("upholds", {}).items():
+                for unit in units:
+                    assert f"usr/lib/systemd/system/{unit}" in entries, f"{image.name}: no {unit}"
+                    assert f"usr/lib/systemd/system/{target}.d/10-{name}-{unit}.conf" in entries
+
+
+def _check_installed(image: Path, entries: dict, source: dict, arch: str) -> None:
+    for pattern, entry in source["install"].items():
+        dest, opts = install_target(entry)
+        inner = dest.strip("/")
+        if dest.endswith("/"):
+            below = [p for p, e in entries.items() if p.startswith(inner + "/") and e.kind == "file"]
+            assert below, f"{image.name}: {pattern!r} installed nothing below {dest}"
+            continue
+        e = entries.get(inner)
+        assert e is not None and e.kind == "file", f"{image.name}: {pattern!r} -> {dest} missing"
+        if "mode" in opts:
+            assert e.mode == int(opts["mode"], 8), f"{image.name}: {dest} mode {oct(e.mode)}"
+        content = read_file(image, inner)
+        if content[:4] == b"\x7fELF":
+            assert int.from_bytes(content[18:20], "little") == ELF_MACHINE[arch], \
+                f"{image.name}: {dest} is not a {arch} ELF file"
+        for old, new in opts.get("replace", {}).items():
+            assert old.encode() not in content and new.encode() in content, \
+                f"{image.name}: {dest} still has {old!r} (replace not applied)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_checksums_are_what_the_build_checked(catalogue: Catalogue, name: str) -> None:
+    """Each source's declared verification was asked of upstream: the checksum file, its
+    signature, or the GitHub release's digests; a source without one is trust on first use."""
+    assert not catalogue.skipped(name), f"recipes/{name}.toml does not load"
+    data = load_toml(RECIPES, name)
+    for version in catalogue.versions[name]:
+        _image(catalogue, name, version, data["arches"][0])
+    synth = catalogue.synthesized[name]
+    for sig in synth.signed:
+        assert catalogue.requested(sig), f"{name}: signature {sig} was never fetched"
+    for api in synth.digests:
+        assert catalogue.requested(api), f"{name}: release digests {api} were never asked"
+    with catalogue.project.lock_path.open("rb") as f:
+        lock = tomllib.load(f)
+    for version in catalogue.versions[name]:
+        for arch in data["arches"]:
+            pins = lock[name][version][arch]["sources"]
+            assert all(re.fullmatch(r"[0-9a-f]{64}", p["sha256"]) for p in pins), pins
+
+
+def test_every_recipe_is_listed_by_doit(catalogue: Catalogue) -> None:
+    tasks = {line.split()[0] for line in catalogue.listed.stdout.splitlines() if line.strip()}
+    missing = [n for n in NAMES if f"build:{n}" not in tasks]
+    assert not missing, "not in doit list: " + ", ".join(missing) + "\n" + catalogue.listed.stderr
+
+
+def test_every_recipe_declares_discovery_and_covers_both_arches() -> None:
+    for name in NAMES:
+        data = load_toml(RECIPES, name)
+        assert "upstream" in data, f"recipes/{name}.toml has no [upstream]"
+        assert data["arches"] == ["x86-64", "arm64"], f"{name}: {data['arches']}"
+        for i, source in enumerate(data.get("sources", [])):
+            url = source["url"]
+            assert url.startswith("https://") and "example" not in url, f"{name}: sources[{i}]"
