@@ -10,91 +10,17 @@ a version on the other side too, so each source is built once.
 from __future__ import annotations
 
 import re
-import subprocess
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from catalogue import Signer, Synthesized, load_toml, sources_for, synthesize, install_target
-from conftest import REPO, Project
+from catalogue import load_toml, sources_for, install_target
+from conftest import CATALOGUE_RECIPES as RECIPES, CATALOGUE_NAMES as NAMES, Catalogue
 from sysext_bakery.build.readback import extension_release, read_file, read_image
 from sysext_bakery.model.naming import image_filename
-from sysext_bakery.model.version import compare_versions
-from sysupdate import make_gpg_key, stop_gpg_agent
-from upstream import MirrorServer, Upstream
 
-RECIPES = REPO / "recipes"
-NAMES = sorted(p.stem for p in RECIPES.glob("*.toml"))
-EXTRA_VERSIONS = {"ollama": ["0.13.5"], "wasmedge": ["0.14.1"], "kata-containers": ["3.20.0"],
-                  "wasmcloud": ["1.9.0"]}
 ELF_MACHINE = {"x86-64": 62, "arm64": 183}
-
-
-def pinned_versions() -> dict[str, list[str]]:
-    with (REPO / "release" / "lock.toml").open("rb") as f:
-        lock = tomllib.load(f)
-    return {name: sorted(set(lock.get(name, {})) | set(EXTRA_VERSIONS.get(name, [])),
-                         key=lambda v: (compare_versions(v, "0"), v))
-            for name in NAMES}
-
-
-@dataclass
-class Catalogue:
-    project: Project
-    mirror: MirrorServer
-    versions: dict[str, list[str]]
-    synthesized: dict[str, Synthesized]
-    listed: subprocess.CompletedProcess
-    run: subprocess.CompletedProcess
-
-    def skipped(self, name: str) -> str:
-        """The loader's complaint about recipes/<name>.toml, if any (from `doit list`)."""
-        lines, keep = [], False
-        for line in self.listed.stderr.splitlines():
-            if line.startswith("bakery: skipped:"):
-                keep = f"recipes/{name}.toml" in line
-            if keep:
-                lines.append(line)
-        return "\n".join(lines)
-
-    def requested(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return any(unquote(r.split("?", 1)[0]) == f"/{parts.hostname}{unquote(parts.path)}"
-                   for r in self.mirror.requests)
-
-
-def armored_public(home: Path, fingerprint: str) -> str:
-    return subprocess.run(["gpg", "--batch", "--armor", "--export", fingerprint],
-                          env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, check=True).stdout
-
-
-@pytest.fixture(scope="module")
-def catalogue(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("catalogue")
-    key = make_gpg_key(tmp)
-    signer = Signer(key.gnupghome, armored_public(key.gnupghome, key.fingerprint))
-    up = Upstream(tmp / "upstream")
-    versions = pinned_versions()
-    synthesized = {n: synthesize(RECIPES, n, versions[n], up, signer) for n in NAMES}
-    mirror = MirrorServer(up.root)
-    (tmp / "bakery").mkdir()
-    project = Project(tmp / "bakery", mirror, {n: {v: {} for v in vs} for n, vs in versions.items() if vs})
-    # The same check against another key: the test signed the sums with its own.
-    for name in NAMES:
-        for source in load_toml(RECIPES, name).get("sources", []):
-            if "signature-key" in source:
-                (project.root / "recipes" / name / source["signature-key"]).write_text(signer.armored_public)
-    listed = project.doit("list", "--all", check=False)
-    tasks = {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
-    targets = [f"build:{n}-{v}" for n in NAMES for v in versions[n] if f"build:{n}-{v}" in tasks]
-    run = project.doit("-n", "4", "-c", *targets, env={"BAKERY_COMPRESSION": "gzip"}, check=False)
-    yield Catalogue(project, mirror, versions, synthesized, listed, run)
-    mirror.close()
-    stop_gpg_agent(key.gnupghome)
 
 
 def _image(cat: Catalogue, name: str, version: str, arch: str) -> Path:
