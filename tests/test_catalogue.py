@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from catalogue import load_toml, sources_for, install_target
+from sysext_bakery.recipe.catalogue import catalogue_markdown
 from conftest import CATALOGUE_RECIPES as RECIPES, CATALOGUE_NAMES as NAMES, Catalogue
 from sysext_bakery.build.readback import extension_release, read_file, read_image
 from sysext_bakery.model.naming import image_filename
@@ -112,3 +113,33 @@ def test_every_recipe_declares_discovery_and_covers_both_arches() -> None:
         for i, source in enumerate(data.get("sources", [])):
             url = source["url"]
             assert url.startswith("https://") and "example" not in url, f"{name}: sources[{i}]"
+
+
+def test_every_unverified_download_says_why() -> None:
+    """A source is checked against upstream (checksum-url or GitHub's digest) or says in
+    `no-checksum` why it cannot be; never both."""
+    for name in NAMES:
+        for i, source in enumerate(load_toml(RECIPES, name).get("sources", [])):
+            verified = "checksum-url" in source or source.get("checksum") == "github-digest"
+            assert verified != ("no-checksum" in source), \
+                f"recipes/{name}.toml: sources[{i}]: checksum-url/checksum or no-checksum, exactly one"
+
+
+def test_catalogue_table_in_docs_is_current() -> None:
+    table = catalogue_markdown(RECIPES)
+    docs = (RECIPES.parent / "docs" / "recipes.md").read_text()
+    assert table in docs, "docs/recipes.md is stale: run `python -m sysext_bakery.recipe.docs docs/recipes.md`"
+    for name in NAMES:
+        assert f"| `{name}` |" in table
+    assert "**trust on first use**: download.docker.com" in table
+
+
+def test_catalogue_table_follows_the_recipes(tmp_path: Path) -> None:
+    """The generator sees a new recipe and its verification, not a fixed list."""
+    (tmp_path / "mytool.toml").write_text(
+        'description = "My tool"\nhomepage = "https://example.org/"\narches = ["x86-64"]\n'
+        '[[sources]]\nurl = "https://github.com/me/mytool/releases/download/v{version}/mytool"\n'
+        'checksum = "sha512"\nchecksum-url = "{url}.sha512"\ninstall = { "mytool" = "/usr/bin/" }\n')
+    table = catalogue_markdown(tmp_path)
+    assert "| `mytool` | My tool | GitHub me/mytool | sha512 of the file | x86-64 | none |  |" in table
+    assert "0 of 1 recipes rely on trust on first use" in table
