@@ -44,7 +44,7 @@ def test_the_repo_catalogue_declares_its_overlaps() -> None:
 def test_staged_trees_show_what_archives_ship(tmp_path: Path) -> None:
     recipes, _ = load_recipes(REPO / "recipes")
     stage = tmp_path / "stage"
-    for tree in ("docker-24.0.9-x86-64", "containerd-1.7.27-arm64", "docker_compose-2.0-x86-64",
+    for tree in ("docker-24.0.9-x86-64", "containerd-1.7.27-arm64", "docker_notarecipe-2.0-x86-64",
                  ".unpacked"):
         (stage / tree / "usr/bin").mkdir(parents=True)
         (stage / tree / "usr/bin/containerd").write_bytes(b"")
