@@ -49,7 +49,7 @@ def test_recipe_builds_both_arches_and_holds_its_layout(catalogue: Catalogue, na
                 _check_installed(image, entries, source, arch)
             for link, target in data.get("symlinks", {}).items():
                 e = entries.get(link.lstrip("/"))
-                assert e is not None and e.kind == "link", f"{image.name}: no symlink {link}"
+                assert e is not None and e.kind == "symlink", f"{image.name}: no symlink {link}"
                 assert e.target == target, f"{image.name}: {link} -> {e.target}, not {target}"
             for target, units in data.get("units", {}).get("upholds", {}).items():
                 for unit in units:

@@ -139,7 +139,7 @@ def test_k3s_links_and_per_arch_assets(catalogue: Catalogue) -> None:
         assert entries["usr/local/bin/k3s"].kind == "file"
         for tool in ("kubectl", "crictl", "ctr"):
             link = entries[f"usr/local/bin/{tool}"]
-            assert (link.kind, link.target) == ("link", "k3s")
+            assert (link.kind, link.target) == ("symlink", "k3s")
         assert read_file(img, "usr/local/bin/k3s")[18] == {"x86-64": 62, "arm64": 183}[arch]
         [source] = locked(catalogue)["k3s"][version][arch]["sources"]
         assert source["url"] == f"https://github.com/k3s-io/k3s/releases/download/v{version}/{asset}"
