@@ -8,8 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
 import pytest
 import tomli_w
+
+from catalogue import Signer, Synthesized, load_toml, synthesize
+from sysext_bakery.model.version import compare_versions
+from sysupdate import make_gpg_key, stop_gpg_agent
 
 from upstream import (MirrorServer, Upstream, containerd_url, docker_url, populate, runc_url,
                       wasmtime_url)
@@ -88,3 +96,77 @@ def project(tmp_path: Path, mirror: MirrorServer, upstream: Upstream) -> Project
     root = tmp_path / "bakery"
     root.mkdir()
     return Project(root, mirror, lock_for(upstream))
+
+
+# --- the catalogue: every recipe built once from synthesized upstream files (tests/catalogue.py)
+
+CATALOGUE_RECIPES = REPO / "recipes"
+CATALOGUE_NAMES = sorted(p.stem for p in CATALOGUE_RECIPES.glob("*.toml"))
+# versions beyond the lock that reach a recipe's other sources (`until = ...`)
+EXTRA_VERSIONS = {"ollama": ["0.13.5"], "wasmedge": ["0.14.1"], "kata-containers": ["3.20.0"],
+                  "wasmcloud": ["1.9.0"]}
+
+def pinned_versions() -> dict[str, list[str]]:
+    with (REPO / "release" / "lock.toml").open("rb") as f:
+        lock = tomllib.load(f)
+    return {name: sorted(set(lock.get(name, {})) | set(EXTRA_VERSIONS.get(name, [])),
+                         key=lambda v: (compare_versions(v, "0"), v))
+            for name in CATALOGUE_NAMES}
+
+
+@dataclass
+class Catalogue:
+    project: Project
+    mirror: MirrorServer
+    versions: dict[str, list[str]]
+    synthesized: dict[str, Synthesized]
+    listed: subprocess.CompletedProcess
+    run: subprocess.CompletedProcess
+
+    def skipped(self, name: str) -> str:
+        """The loader's complaint about recipes/<name>.toml, if any (from `doit list`)."""
+        lines, keep = [], False
+        for line in self.listed.stderr.splitlines():
+            if line.startswith("bakery: skipped:"):
+                keep = f"recipes/{name}.toml" in line
+            if keep:
+                lines.append(line)
+        return "\n".join(lines)
+
+    def requested(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return any(unquote(r.split("?", 1)[0]) == f"/{parts.hostname}{unquote(parts.path)}"
+                   for r in self.mirror.requests)
+
+
+def armored_public(home: Path, fingerprint: str) -> str:
+    return subprocess.run(["gpg", "--batch", "--armor", "--export", fingerprint],
+                          env={"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="session")
+def catalogue(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("catalogue")
+    key = make_gpg_key(tmp)
+    signer = Signer(key.gnupghome, armored_public(key.gnupghome, key.fingerprint))
+    up = Upstream(tmp / "upstream")
+    versions = pinned_versions()
+    synthesized = {n: synthesize(CATALOGUE_RECIPES, n, versions[n], up, signer) for n in CATALOGUE_NAMES}
+    mirror = MirrorServer(up.root)
+    (tmp / "bakery").mkdir()
+    project = Project(tmp / "bakery", mirror, {n: {v: {} for v in vs} for n, vs in versions.items() if vs})
+    # The same check against another key: the test signed the sums with its own.
+    for name in CATALOGUE_NAMES:
+        for source in load_toml(CATALOGUE_RECIPES, name).get("sources", []):
+            if "signature-key" in source:
+                (project.root / "recipes" / name / source["signature-key"]).write_text(signer.armored_public)
+    listed = project.doit("list", "--all", check=False)
+    tasks = {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
+    targets = [f"build:{n}-{v}" for n in CATALOGUE_NAMES for v in versions[n] if f"build:{n}-{v}" in tasks]
+    run = project.doit("-n", "4", "-c", *targets, env={"BAKERY_COMPRESSION": "gzip"}, check=False)
+    yield Catalogue(project, mirror, versions, synthesized, listed, run)
+    mirror.close()
+    stop_gpg_agent(key.gnupghome)
+
+

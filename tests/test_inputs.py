@@ -6,6 +6,7 @@ never another exception."""
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -205,6 +206,9 @@ def test_a_long_version_in_the_lock_is_named_briefly(tmp_path: Path) -> None:
 def test_a_broken_recipe_hides_no_other(tmp_path: Path) -> None:
     for name, data in RECIPES.items():
         (tmp_path / name).write_bytes(data)
+        extra = REPO / "recipes" / name.removesuffix(".toml")   # files/, a signature key
+        if extra.is_dir():
+            shutil.copytree(extra, tmp_path / extra.name)
     (tmp_path / "bad.toml").write_bytes(b"x = " + b"[" * 5000)
     (tmp_path / "worse.toml").write_bytes(b"\xff" * 10)
     recipes, errors = load_recipes(tmp_path)

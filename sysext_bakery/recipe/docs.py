@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from sysext_bakery.files import write_atomic
+from sysext_bakery.recipe.catalogue import catalogue_markdown
 from sysext_bakery.recipe.schema import SCHEMA, Key
 
 
@@ -36,14 +37,25 @@ def reference_markdown() -> str:
 
 
 START, END = "<!-- reference:start (generated from SCHEMA) -->\n", "<!-- reference:end -->"
+CATALOGUE_START = "<!-- catalogue:start (generated from recipes/) -->\n"
+CATALOGUE_END = "<!-- catalogue:end -->"
 
 
-def update_docs(path: Path) -> None:
-    """Replace the generated part of the recipe reference."""
-    text = path.read_text()
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    write_atomic(path, f"{head}{START}{reference_markdown()}{END}{tail}")
+def _replace(text: str, start: str, end: str, body: str) -> str:
+    head, found, rest = text.partition(start)
+    if not found:
+        raise SystemExit(f"marker {start.strip()!r} not found")
+    _, _, tail = rest.partition(end)
+    return f"{head}{start}{body}{end}{tail}"
+
+
+def update_docs(path: Path, recipes: Path | None = None) -> None:
+    """Replace the generated parts of the recipe reference: the key tables and the catalogue
+    (from `recipes`, default: the recipes/ next to the docs/ directory holding `path`)."""
+    recipes = recipes or path.resolve().parent.parent / "recipes"
+    text = _replace(path.read_text(), START, END, reference_markdown())
+    text = _replace(text, CATALOGUE_START, CATALOGUE_END, catalogue_markdown(recipes))
+    write_atomic(path, text)
 
 
 if __name__ == "__main__":

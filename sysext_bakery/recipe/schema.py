@@ -215,6 +215,10 @@ SOURCE_KEYS = (
         "something.", required=True,
         values="install target", example='{ "docker/*" = "/usr/bin/" }'),
     Key("allow-setuid", "boolean", "Accept set-uid/set-gid files from this source.", default=False),
+    Key("no-checksum", "string", "Why this source is trusted on first use: upstream publishes "
+        "nothing to verify it against. Shown in the catalogue table of docs/recipes.md; the "
+        "catalogue tests require it on every source without a checksum.",
+        example='"download.docker.com publishes no checksums for the static tarballs"'),
 )
 
 SCHEMA = (
