@@ -555,3 +555,21 @@ def test_a_provenance_with_bad_replaces_is_refused(tmp_path, bad):
     fake_image(tmp_path, "docker", "24.0.9", b"d", replaces=bad)
     with pytest.raises(BakeryError, match="not a valid image provenance file"):
         run(tmp_path, tmp_path / "pub")
+
+
+def test_a_killed_signing_runs_key_home_is_removed_by_the_next_run(tmp_path, gpg_key):
+    """SIGKILL skips the TemporaryDirectory cleanup, leaving the imported secret key in
+    $TMPDIR: the next signing run removes homes whose process is gone, never a live one's."""
+    import subprocess
+    import sys
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    orphan = tmp / f"{sign.HOME_PREFIX}{dead}-abc123"
+    (orphan / "private-keys-v1.d").mkdir(parents=True)
+    (orphan / "private-keys-v1.d/secret.key").write_text("secret")
+    live = tmp / f"{sign.HOME_PREFIX}{os.getpid()}-def456"
+    live.mkdir()
+    assert sign.remove_orphaned_homes(str(tmp)) == [str(orphan)]
+    assert not orphan.exists() and live.is_dir()

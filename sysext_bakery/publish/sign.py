@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Iterator, Mapping
 from sysext_bakery import gpg, run
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.gpg import GPG_TIMEOUT, primary_fingerprints
+
+HOME_PREFIX = "bakery-gnupg-"   # + "<pid>-<random>": the pid lets a later run clean up
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,33 @@ def _set_but_empty(env: Mapping[str, str], name: str) -> None:
                           "for an unsigned release")
 
 
+def remove_orphaned_homes(tmp: str | None = None) -> list[str]:
+    """The temporary GNUPGHOMEs of signing runs that were killed (SIGKILL skips their cleanup)
+    hold an imported secret key: remove those whose process is gone, and stop their agents.
+    The creator's pid is in the name; a live process's home is never touched."""
+    removed = []
+    base = Path(tmp or tempfile.gettempdir())
+    for home in base.glob(f"{HOME_PREFIX}*-*"):
+        pid = home.name[len(HOME_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not home.is_dir() or home.is_symlink() or _alive(int(pid)):
+            continue
+        run.run(["gpgconf", "--kill", "gpg-agent"], what="stopping an orphaned gpg-agent",
+                env=run.environ(GNUPGHOME=str(home)), check=False, timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
+        removed.append(str(home))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # another user's process: alive, and not ours to clean
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def signer_from_env(env: Mapping[str, str] = os.environ) -> Iterator[Signer | None]:
     """BAKERY_SIGNING_KEY (armored exported secret key(s), imported into a temporary
@@ -41,7 +71,8 @@ def signer_from_env(env: Mapping[str, str] = os.environ) -> Iterator[Signer | No
     _set_but_empty(env, "BAKERY_SIGNING_KEY_ID")
     passphrase = env.get("BAKERY_SIGNING_PASSPHRASE")
     if env.get("BAKERY_SIGNING_KEY"):
-        with tempfile.TemporaryDirectory(prefix="bakery-gnupg-") as home:
+        remove_orphaned_homes()
+        with tempfile.TemporaryDirectory(prefix=f"{HOME_PREFIX}{os.getpid()}-") as home:
             os.chmod(home, 0o700)
             _gpg(Signer("", Path(home)), "--import", data=env["BAKERY_SIGNING_KEY"].encode(),
                  what="importing BAKERY_SIGNING_KEY")
