@@ -1,0 +1,1 @@
+"""Upstream tracking: the desired state (release/versions.toml), new pins and their commit."""
