@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from sysext_bakery import gitrepo
 from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
@@ -180,28 +181,17 @@ def _replace_asset(rel: dict, asset: dict, data: bytes) -> bool:
 
 def tag_locally(root: Path, tag: str, revision: str | None, message: str) -> bool:
     """An annotated git tag `tag` at `revision` (else HEAD) unless it exists; True if created."""
-    import git
-    try:
-        repo = git.Repo(root)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+    if not gitrepo.is_toplevel(root) or gitrepo.resolves(root, f"refs/tags/{tag}"):
         return False
-    if tag in repo.tags:
-        return False
-    try:
-        ref = repo.commit(revision) if revision else repo.head.commit
-    except (ValueError, git.BadName):
-        ref = repo.head.commit
-    try:
-        repo.create_tag(tag, ref=ref, message=message)
-    except git.GitCommandError as e:
-        # GitPython wraps git's message as "\n  stderr: '...'"; its last line is the reason
-        lines = (e.stderr or str(e)).strip().removeprefix("stderr:").strip(" '\n").splitlines()
-        detail = lines[-1] if lines else f"exit status {e.status}"
+    ref = revision if revision and gitrepo.resolves(root, revision) else "HEAD"
+    done = gitrepo.git(root, "tag", "--annotate", "--message", message, tag, ref,
+                       what=f"git tag {tag}", check=False)
+    if done.returncode != 0:
         raise BakeryError(
-            f"git tag {tag} in {root} failed: {detail}",
+            f"git tag {tag} in {root} failed: {gitrepo.reason(done)}",
             "an annotated tag needs a committer identity; if git has none (as on a fresh CI "
             "runner), set GIT_COMMITTER_NAME and GIT_COMMITTER_EMAIL, or git config "
-            "user.name / user.email") from None
+            "user.name / user.email")
     return True
 
 
