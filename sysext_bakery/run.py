@@ -11,9 +11,10 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping
+from typing import IO, Iterator, Mapping
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.settings import SECRETS
@@ -177,3 +178,15 @@ def child_env(env: Mapping[str, str] | None = None, secrets: tuple[str, ...] = (
                          f"(settings.SECRETS: {', '.join(SECRETS)})")
     base = os.environ if env is None else env
     return {key: value for key, value in base.items() if key not in SECRETS or key in secrets}
+
+
+@contextmanager
+def secrets_withheld() -> Iterator[None]:
+    """For a library that starts programs itself, bypassing `run` (GitPython runs git, already
+    when first imported, with the whole process environment): the secrets leave os.environ
+    while it works and come back after."""
+    saved = {name: os.environ.pop(name) for name in SECRETS if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)

@@ -338,7 +338,7 @@ def overlaps_task(root: Path) -> dict[str, Any]:
 
 _UPDATE_PARAMS = [
     {"name": "commit", "long": "commit", "type": bool, "default": False,
-     "help": "commit release/lock.toml (git): one commit listing the bumps"},
+     "help": "commit release/lock.toml (GitPython): one commit listing the bumps"},
     {"name": "branch", "long": "branch", "type": str, "default": "",
      "help": "with --commit: create this branch and commit there (for a pull request)"},
     {"name": "author", "long": "author", "type": str, "default": "",

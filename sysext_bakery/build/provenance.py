@@ -17,7 +17,7 @@ from sysext_bakery.model.image import Image
 @functools.cache
 def git_revision(root: Path) -> str | None:
     """The commit checked out at `root`, None outside git. Every pack records it, so this is
-    one `git rev-parse` per process."""
+    one `git rev-parse` per process rather than importing GitPython (0.1 s) on that path."""
     try:
         done = run.run(["git", "-C", str(root), "rev-parse", "--verify", "--quiet", "HEAD"],
                        what="reading the bakery's git revision", check=False, timeout=30)

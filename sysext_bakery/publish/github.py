@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from sysext_bakery import gitrepo
+from sysext_bakery import run
 from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
@@ -181,17 +181,33 @@ def _replace_asset(rel: dict, asset: dict, data: bytes) -> bool:
 
 def tag_locally(root: Path, tag: str, revision: str | None, message: str) -> bool:
     """An annotated git tag `tag` at `revision` (else HEAD) unless it exists; True if created."""
-    if not gitrepo.is_toplevel(root) or gitrepo.resolves(root, f"refs/tags/{tag}"):
+    with run.secrets_withheld():   # git must not see GITHUB_TOKEN or the signing key
+        return _tag(root, tag, revision, message)
+
+
+def _tag(root: Path, tag: str, revision: str | None, message: str) -> bool:
+    import git
+    try:
+        repo = git.Repo(root)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         return False
-    ref = revision if revision and gitrepo.resolves(root, revision) else "HEAD"
-    done = gitrepo.git(root, "tag", "--annotate", "--message", message, tag, ref,
-                       what=f"git tag {tag}", check=False)
-    if done.returncode != 0:
+    if tag in repo.tags:
+        return False
+    try:
+        ref = repo.commit(revision) if revision else repo.head.commit
+    except (ValueError, git.BadName):
+        ref = repo.head.commit
+    try:
+        repo.create_tag(tag, ref=ref, message=message)
+    except git.GitCommandError as e:
+        # GitPython wraps git's message as "\n  stderr: '...'"; its last line is the reason
+        lines = (e.stderr or str(e)).strip().removeprefix("stderr:").strip(" '\n").splitlines()
+        detail = lines[-1] if lines else f"exit status {e.status}"
         raise BakeryError(
-            f"git tag {tag} in {root} failed: {gitrepo.reason(done)}",
+            f"git tag {tag} in {root} failed: {detail}",
             "an annotated tag needs a committer identity; if git has none (as on a fresh CI "
             "runner), set GIT_COMMITTER_NAME and GIT_COMMITTER_EMAIL, or git config "
-            "user.name / user.email")
+            "user.name / user.email") from None
     return True
 
 

@@ -1,4 +1,4 @@
-"""Committing an update (`doit update --commit`): one commit of release/lock.toml with git,
+"""Committing an update (`doit update --commit`): one commit of release/lock.toml with GitPython,
 a message listing the bumps and the sha256 values trusted on first use, a configurable author,
 optionally on a new branch for a pull request."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysext_bakery import gitrepo, run
+from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.settings import LOCK
 from sysext_bakery.update.run import Report, summary
@@ -49,32 +49,31 @@ def commit(root: Path, report: Report, author: str = "", branch: str = "") -> Co
     other changes are staged, so the commit holds exactly the update."""
     if not report.changed:
         return None
-    if not gitrepo.is_toplevel(root):
+    with run.secrets_withheld():   # git must not see GITHUB_TOKEN or the signing key
+        return _commit(root, report, author, branch)
+
+
+def _commit(root: Path, report: Report, author: str, branch: str) -> Committed:
+    import git
+    try:
+        repo = git.Repo(root)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise BakeryError(f"{root}: not a git repository, cannot --commit",
-                          "run doit update without --commit, or in a git checkout")
-    has_head = gitrepo.resolves(root, "HEAD")
-    staged = gitrepo.git(root, "diff-index", "--cached", "--name-only", "-z", "HEAD",
-                         what="listing staged changes").text.split("\0") if has_head else []
-    others = [p for p in staged if p and p != LOCK]
+                          "run doit update without --commit, or in a git checkout") from None
+    staged = [d.a_path for d in repo.index.diff("HEAD")] if repo.head.is_valid() else []
+    others = [p for p in staged if p != LOCK]
     if others:
         raise BakeryError(f"--commit: other changes are staged ({', '.join(others[:5])})",
                           "commit or unstage them first: the update commit holds only the lock")
     if branch:
-        if gitrepo.resolves(root, f"refs/heads/{branch}"):
+        if branch in repo.heads:
             raise BakeryError(f"--branch {branch}: the branch exists already",
                               "name a new branch, or delete the old one")
-        gitrepo.git(root, "checkout", "--quiet", "-b", branch, what=f"creating branch {branch}")
+        repo.create_head(branch).checkout()
     name, mail = parse_author(author or DEFAULT_AUTHOR)
+    actor = git.Actor(name, mail)
     text = message(report)
-    gitrepo.git(root, "add", "--", LOCK, what=f"staging {LOCK}")
-    # author and committer are the configured bot, whatever the user's git config says;
-    # hooks and commit signing are the user's business, not the update's
-    identity = run.environ(GIT_AUTHOR_NAME=name, GIT_AUTHOR_EMAIL=mail,
-                           GIT_COMMITTER_NAME=name, GIT_COMMITTER_EMAIL=mail)
-    gitrepo.git(root, "-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify",
-                "--allow-empty", "--cleanup=verbatim", "--file=-", input=text.encode(),
-                env=identity, what=f"committing {LOCK}")
-    sha = gitrepo.git(root, "rev-parse", "HEAD", what="reading the new commit").text.strip()
-    current = gitrepo.git(root, "symbolic-ref", "--quiet", "--short", "HEAD", check=False,
-                          what="reading the current branch").text.strip() or "(detached)"
-    return Committed(sha, current, text)
+    repo.index.add([LOCK])
+    made = repo.index.commit(text, author=actor, committer=actor)
+    current = repo.active_branch.name if not repo.head.is_detached else "(detached)"
+    return Committed(made.hexsha, current, text)
