@@ -31,19 +31,18 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from http import HTTPStatus
 from typing import Any, Iterator, Mapping
 from urllib.parse import urljoin
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NewConnectionError,
                                 ProtocolError, ReadTimeoutError)
 from urllib3.util.retry import Retry
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.reply import Headers, Reply, phrase
 from sysext_bakery.model.url import check_upstream, is_url, mirror_url, redact, redirect_allowed
 
 CHUNK = 1 << 20
@@ -105,21 +104,6 @@ class Deadline:
                               "retry later, or raise BAKERY_DEADLINE for a slow link")
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: Mapping[str, str]     # case-insensitive
-    body: bytes
-    url: str                       # where it came from (after redirects; a path for a directory)
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 class BodyBroken(Exception):
     """The body ended early or the connection broke; a download may resume with Range."""
 
@@ -128,7 +112,7 @@ class Stream:
     """An open response whose body is read piece by piece (`chunks`)."""
 
     def __init__(self, resp: requests.Response, label: str, limits: Limits, deadline: Deadline):
-        self.status, self.headers, self.url = resp.status_code, resp.headers, resp.url
+        self.status, self.headers, self.url = resp.status_code, Headers(resp.headers), resp.url
         self._resp, self._label, self._limits, self._deadline = resp, label, limits, deadline
 
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
@@ -231,7 +215,7 @@ class Http:
                               f"({reply.url})", hint or self.hint)
         if reply.status >= 400:
             raise BakeryError(f"{self.redact(url)}: HTTP {reply.status} "
-                              f"{_phrase(reply.status)}{self._from(url, reply.url)}",
+                              f"{phrase(reply.status)}{self._from(url, reply.url)}",
                               hint or self.hint)
 
     def request(self, method: str, url: str, *, params: Mapping[str, Any] | None = None,
@@ -383,7 +367,7 @@ class _Retry(Retry):
 
 def _read_file(url: str, path: str, max_bytes: int) -> Reply:
     """A recorded reply in a mirror directory: 200 with the file, 404 if it is missing."""
-    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
+    headers = Headers()
     try:
         with open(path, "rb") as f:
             body = f.read(max_bytes + 1)
@@ -444,14 +428,6 @@ def _reason(error: Exception | None) -> str:
     if isinstance(error, ReadTimeoutError):
         return "no answer"
     return "connection broke" if isinstance(error, ProtocolError) else type(error).__name__
-
-
-def _phrase(status: int) -> str:
-    """The standard reason phrase: servers spell it as they like, HTTP/2 has none."""
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 def _float(value: str, default: float) -> float:

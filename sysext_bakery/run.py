@@ -1,7 +1,8 @@
 """The one program runner: every external tool the bakery starts goes through here.
 
 An argv list (never a shell), a bounded wait, stderr captured, and any failure turned into a
-BakeryError that names the program, what it was doing and which package installs it.
+BakeryError that names the program, what it was doing and which package installs it. No child
+inherits a secret (settings.SECRETS) unless its caller passes that one by name (`secrets=`).
 """
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping
+from typing import IO, Iterator, Mapping
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.settings import SECRETS
 
 DEFAULT_TIMEOUT = 600.0     # seconds; packing a large image passes more
 PROGRESS_EVERY = 10.0       # seconds between "still packing" lines (run(progress=True))
@@ -62,16 +65,19 @@ def require(program: str) -> str:
 
 def run(argv: list[str], *, what: str, hint: str | None = None, input: bytes | None = None,
         env: Mapping[str, str] | None = None, timeout: float = DEFAULT_TIMEOUT,
-        check: bool = True, stdout: IO[bytes] | None = None, progress: bool = False) -> Done:
+        check: bool = True, stdout: IO[bytes] | None = None, progress: bool = False,
+        secrets: tuple[str, ...] = ()) -> Done:
     """Run `argv` to completion. `what` says what it was for ("packing build/images/x.raw");
     with `check`, a non-zero exit is a BakeryError carrying the tool's last words.
     `stdout` sends the output to a file instead of memory (large outputs). With `progress`
     (long jobs such as packing), `what` is announced on stderr when it starts, then every
     PROGRESS_EVERY seconds with the time so far (and when a long job ends); the output is
-    still captured for the error message."""
+    still captured for the error message. `env` (default: the process environment) reaches
+    the child without the secrets, but for those named in `secrets`."""
     program = Path(argv[0]).name
+    child = child_env(env, secrets)
     try:
-        proc = _run(argv, input, env, timeout, stdout, what if progress else None)
+        proc = _run(argv, input, child, timeout, stdout, what if progress else None)
     except FileNotFoundError:
         raise BakeryError(f"{what}: {program}: command not found", install_hint(program)) from None
     except subprocess.TimeoutExpired:
@@ -87,12 +93,12 @@ def run(argv: list[str], *, what: str, hint: str | None = None, input: bytes | N
     return done
 
 
-def _run(argv: list[str], input: bytes | None, env: Mapping[str, str] | None, timeout: float,
+def _run(argv: list[str], input: bytes | None, env: dict[str, str], timeout: float,
          stdout: IO[bytes] | None, announce: str | None) -> subprocess.CompletedProcess:
     """subprocess.run, announcing `announce` (if given) while it waits."""
     with subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else None,
                           stdout=stdout if stdout is not None else subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=None if env is None else dict(env)) as proc:
+                          stderr=subprocess.PIPE, env=env) as proc:
         start = time.monotonic()
         if announce:
             _say(f"{announce} …")
@@ -126,14 +132,16 @@ def _say(line: str) -> None:
 def spawn(argv: list[str], *, what: str, stdin: IO[bytes] | int | None = None,
           stdout: IO[bytes] | int | None = subprocess.PIPE,
           stderr: IO[bytes] | int | None = subprocess.PIPE,
-          text: bool = False, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+          text: bool = False, env: Mapping[str, str] | None = None,
+          secrets: tuple[str, ...] = ()) -> subprocess.Popen:
     """Start `argv` for streaming (a decompressor feeding the tar reader, unsquashfs -pf).
-    The caller reaps it; `kill` below is the safe way to stop it early."""
+    The caller reaps it; `kill` below is the safe way to stop it early. `env` and `secrets`
+    as for `run`."""
     program = Path(argv[0]).name
+    child = child_env(env, secrets)
     try:
         return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
-                                errors="surrogateescape" if text else None,
-                                env=None if env is None else dict(env))
+                                errors="surrogateescape" if text else None, env=child)
     except FileNotFoundError:
         raise BakeryError(f"{what}: {program}: command not found", install_hint(program)) from None
     except OSError as e:
@@ -156,5 +164,29 @@ def last_words(done: Done) -> str:
 
 
 def environ(**overrides: str) -> dict[str, str]:
-    """The process environment with `overrides`, for tools that need one more variable."""
+    """The process environment with `overrides`, for tools that need one more variable (the
+    secrets in it are still stripped when the child starts)."""
     return {**os.environ, **overrides}
+
+
+def child_env(env: Mapping[str, str] | None = None, secrets: tuple[str, ...] = ()) -> dict[str, str]:
+    """`env` (default: the process environment) without the secrets (settings.SECRETS), but
+    those named in `secrets`: the explicit opt-in for a child that truly needs one."""
+    unknown = [name for name in secrets if name not in SECRETS]
+    if unknown:   # a typo here would silently pass nothing, or read as if anything may pass
+        raise ValueError(f"not a secret the bakery knows: {', '.join(unknown)} "
+                         f"(settings.SECRETS: {', '.join(SECRETS)})")
+    base = os.environ if env is None else env
+    return {key: value for key, value in base.items() if key not in SECRETS or key in secrets}
+
+
+@contextmanager
+def secrets_withheld() -> Iterator[None]:
+    """For a library that starts programs itself, bypassing `run` (GitPython runs git, already
+    when first imported, with the whole process environment): the secrets leave os.environ
+    while it works and come back after."""
+    saved = {name: os.environ.pop(name) for name in SECRETS if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)

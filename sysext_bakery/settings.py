@@ -13,6 +13,11 @@ from sysext_bakery.model.image import COMPRESSIONS
 
 LOCK = "release/lock.toml"   # relative to the project root; also how messages name it
 
+# The environment variables holding credentials or key material. The bakery reads them itself
+# (the token into an Authorization header, the key and passphrase into gpg's stdin); run.py
+# strips them from every program it starts, so no tool, agent or hook of a tool ever sees one.
+SECRETS = ("GITHUB_TOKEN", "BAKERY_SIGNING_KEY", "BAKERY_SIGNING_PASSPHRASE")
+
 
 @dataclass(frozen=True)
 class Settings:

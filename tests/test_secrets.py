@@ -2,12 +2,19 @@
 and its passphrase never appear in logs, errors, index.json or any other file a full run
 writes: a build and a signed release to a directory and to GitHub (the loopback REST server
 of test_github) with distinctive secrets, then two runs that fail on a wrong token and a
-wrong passphrase, and every output searched for every secret."""
+wrong passphrase, and every output searched for every secret. Every program those runs start
+(mksquashfs, gpg, git, ...) is a wrapper on PATH that records its environment first: no child
+may see a secret variable or value either."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import tomli_w
+
+from sysext_bakery.run import PACKAGES
+from sysext_bakery.settings import SECRETS
 
 from sysupdate import make_gpg_key, stop_gpg_agent
 from test_github import TOKEN, assets_of, github  # noqa: F401  (github: the fixture)
@@ -28,6 +35,23 @@ def everything_written(*roots: Path) -> dict[str, bytes]:
             if p.is_file() and not p.is_symlink()}
 
 
+def recording_wrappers(bin_dir: Path, dumps: Path) -> list[str]:
+    """A script in `bin_dir` for every tool the bakery runs that is installed: it writes its
+    environment to `dumps`/<tool>.<pid>, then execs the real tool."""
+    bin_dir.mkdir()
+    dumps.mkdir()
+    wrapped = []
+    for tool in sorted(PACKAGES):
+        real = shutil.which(tool)
+        if real is None:
+            continue
+        script = bin_dir / tool
+        script.write_text(f'#!/bin/sh\nenv > "{dumps}/{tool}.$$"\nexec "{real}" "$@"\n')
+        script.chmod(0o755)
+        wrapped.append(tool)
+    return wrapped
+
+
 def test_no_secret_reaches_any_output(project, tmp_path, github):
     gh, api = github
     key = make_gpg_key(tmp_path, passphrase=PASSPHRASE)
@@ -36,8 +60,11 @@ def test_no_secret_reaches_any_output(project, tmp_path, github):
             "base_url": "https://example.invalid/sysext/", "instances_max": 3,
             "signing": {"fingerprint": key.fingerprint},
             "github": {"repo": "owner/bakery", "metadata_tag": "metadata"}}))
+        dumps = tmp_path / "environs"
+        assert {"mksquashfs", "gpg", "git"} <= set(recording_wrappers(tmp_path / "bin", dumps))
         env = {"BAKERY_ARCH": "x86-64", "GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": api,
-               "BAKERY_SIGNING_KEY": key.armored_secret, "BAKERY_SIGNING_PASSPHRASE": PASSPHRASE}
+               "BAKERY_SIGNING_KEY": key.armored_secret, "BAKERY_SIGNING_PASSPHRASE": PASSPHRASE,
+               "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
         dest = tmp_path / "pub"
         runs = [project.doit("build:wasmtime", env=env),
                 project.doit("release", "--dest", str(dest), "--github", env=env)]
@@ -64,3 +91,11 @@ def test_no_secret_reaches_any_output(project, tmp_path, github):
     leaks = [(where, secret[:12]) for where, data in outputs.items() for secret in secrets
              if secret in data]
     assert leaks == []
+
+    children = {p.name: p.read_bytes() for p in dumps.iterdir()}
+    assert {"mksquashfs", "gpg", "gpgconf", "git"} <= {n.split(".")[0] for n in children}
+    seen = [(child, secret[:12]) for child, data in children.items() for secret in secrets
+            if secret in data]
+    named = [(child, line.split(b"=")[0]) for child, data in children.items()
+             for line in data.splitlines() if line.split(b"=")[0].decode() in SECRETS]
+    assert (seen, named) == ([], [])

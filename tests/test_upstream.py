@@ -315,6 +315,18 @@ def test_tag_mapping() -> None:
 def test_headers_fold_and_ignore_case() -> None:
     reply = Reply(200, [("Link", "<a>; rel=\"next\""), ("link", "<b>; rel=\"last\"")], b"", "https://x/")
     assert reply.headers["LINK"] == '<a>; rel="next", <b>; rel="last"'
+    assert "lInK" in reply.headers and Reply(200, {"ETag": "x"}, b"", "u").headers["etag"] == "x"
+
+
+def test_discovery_answers_with_the_http_clients_reply(httpserver) -> None:
+    """One reply type and one headers type: the edge hands discovery http's own Reply, with
+    the URL that was asked for."""
+    from sysext_bakery import http
+    httpserver.expect_request("/example.org/x").respond_with_data("hi", headers={"Link": "<y>; rel=next"})
+    reply = make_get(httpserver.url_for("/"))("https://example.org/x", {})
+    assert Reply is http.Reply and type(reply) is Reply
+    assert (reply.status, reply.body, reply.url) == (200, b"hi", "https://example.org/x")
+    assert reply.headers["link"] == "<y>; rel=next"
 
 
 def test_json_path_syntax() -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from sysext_bakery import run
 from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
@@ -180,6 +181,11 @@ def _replace_asset(rel: dict, asset: dict, data: bytes) -> bool:
 
 def tag_locally(root: Path, tag: str, revision: str | None, message: str) -> bool:
     """An annotated git tag `tag` at `revision` (else HEAD) unless it exists; True if created."""
+    with run.secrets_withheld():   # git must not see GITHUB_TOKEN or the signing key
+        return _tag(root, tag, revision, message)
+
+
+def _tag(root: Path, tag: str, revision: str | None, message: str) -> bool:
     import git
     try:
         repo = git.Repo(root)

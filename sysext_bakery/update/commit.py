@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.settings import LOCK
 from sysext_bakery.update.run import Report, summary
@@ -48,6 +49,11 @@ def commit(root: Path, report: Report, author: str = "", branch: str = "") -> Co
     other changes are staged, so the commit holds exactly the update."""
     if not report.changed:
         return None
+    with run.secrets_withheld():   # git must not see GITHUB_TOKEN or the signing key
+        return _commit(root, report, author, branch)
+
+
+def _commit(root: Path, report: Report, author: str, branch: str) -> Committed:
     import git
     try:
         repo = git.Repo(root)

@@ -1,5 +1,6 @@
-"""What every discovery type shares: the reply of a GET, paging, JSON with clear errors, and
-turning upstream tags into our versions (or naming why a tag was refused)."""
+"""What every discovery type shares: `get` (a GET answered with the one `Reply`, from
+model/reply), paging, JSON with clear errors, and turning upstream tags into our versions (or
+naming why a tag was refused)."""
 from __future__ import annotations
 
 import email.utils
@@ -10,56 +11,17 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.reply import Headers, Reply, phrase
 from sysext_bakery.model.version import version_key, version_problem
 
 # A discovery never needs the whole history, only the newest releases: upstreams list newest
 # first, so stopping here loses old releases only (1000+ on GitHub, 400 on HashiCorp).
 MAX_PAGES = 20
 RECIPE_HINT = "check [upstream] in the recipe (docs/recipes.md: Upstream tracking)"
-
-
-class Headers(Mapping[str, str]):
-    """Response headers with case-insensitive lookup (HTTP header names are)."""
-
-    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()):
-        pairs = items.items() if isinstance(items, Mapping) else items
-        self._data: dict[str, str] = {}
-        for name, value in pairs:
-            key = name.lower()
-            # repeated headers (several Link lines) fold into one, as RFC 9110 allows
-            self._data[key] = f"{self._data[key]}, {value}" if key in self._data else value
-
-    def __getitem__(self, name: str) -> str:
-        return self._data[name.lower()]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __repr__(self) -> str:
-        return f"Headers({self._data!r})"
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One answer to a GET. `url` is the upstream URL that was asked for (never the mirror's,
-    which may carry credentials), so messages can name it."""
-    status: int
-    headers: Headers
-    body: bytes
-    url: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.headers, Headers):
-            object.__setattr__(self, "headers", Headers(self.headers))
-
 
 Get = Callable[[str, Mapping[str, str]], Reply]
 
@@ -139,13 +101,6 @@ def collect(results: Iterable[str | Skipped | None], source: str) -> Discovery:
 
 # --- replies --------------------------------------------------------------------------------
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
 def _reset_time(headers: Headers) -> str | None:
     """When a rate limit resets: GitHub's x-ratelimit-reset / GitLab's ratelimit-reset (epoch
     seconds), else Retry-After (seconds or an HTTP date)."""
@@ -188,7 +143,7 @@ def check_status(reply: Reply, *, rate_hint: str = "wait until the limit resets"
     detail = _upstream_message(reply.body)
     hint = (f"the repository or page does not exist (or is private); {RECIPE_HINT}"
             if reply.status == 404 else "retry later, or " + RECIPE_HINT)
-    raise BakeryError(f"{reply.url}: HTTP {reply.status} {_phrase(reply.status)}{detail}".rstrip(),
+    raise BakeryError(f"{reply.url}: HTTP {reply.status} {phrase(reply.status)}{detail}".rstrip(),
                       hint)
 
 

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 
 from sysext_bakery.http import Http, Limits
 from sysext_bakery.model.url import is_url
-from sysext_bakery.upstream.base import Get, Reply
+from sysext_bakery.model.reply import Reply
+from sysext_bakery.upstream.base import Get
 
 MAX_BODY = 16 << 20          # an API page or index is small; refuse to buffer more
 # An update run asks dozens of upstreams: a rate limit that says "come back in a minute" is
@@ -33,6 +34,6 @@ def make_get(mirror: str | None, client: Http | None = None) -> Get:
         if reply.status == 404 and not is_url(reply.url):
             http.check(reply, url)      # a recorded answer missing from a mirror directory
         # messages name the upstream URL that was asked for, never the mirror's
-        return Reply(reply.status, reply.headers.items(), reply.body, url)
+        return dataclasses.replace(reply, url=url)
 
     return get
