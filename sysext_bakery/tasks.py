@@ -151,6 +151,8 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
     earlier = (*(Problem(n, e) for n, e in broken.items()), *(Problem(n, e) for n, e in refused))
     the_plan = plan(recipes, pins, settings, earlier)
     if not report.runs_tasks(argv):   # a run names them at its end (report.Reporter)
+        for warning in dict.fromkeys(the_plan.warnings.values()):
+            print(f"bakery: {warning}", file=sys.stderr)
         for problem in the_plan.problems:
             print(f"bakery: problem: {problem}", file=sys.stderr)
     yield from image_tasks(the_plan, settings, recipes)
@@ -201,7 +203,10 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                "actions": [(_FETCH, [image, settings, paths])],
                "targets": [paths.fetch_record],
                "uptodate": [_fetch_current(image, cache, settings.locked)],
-               "doc": f"download {image.id}'s sources"}
+               "doc": f"download {image.id}'s sources",
+               # a stale pin (plan.stale_warning): every run that reaches the image says so
+               **({"meta": {report.WARNINGS: [the_plan.warnings[image.id]]}}
+                  if image.id in the_plan.warnings else {})}
         # The recipe file stands for everything the resolved image takes from it; URL and
         # sha256 changes arrive through the fetch record.
         yield {"basename": "stage", "name": image.id,
@@ -242,11 +247,17 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
                "task_dep": deps, "doc": build.doc, "meta": {report.META: problems}}
     unbuildable = dict(the_plan.unbuildable)
     for name, version in requested_unknown_builds(argv, the_plan, recipes):
+        if any(p.recipe == name and p.version == version for p in the_plan.problems):
+            continue
         unbuildable[f"{name}-{version}"] = unpinned_message(
             name, version, stream=stream_of(version, recipes[name].streams) == version)
     for name, why in sorted(unbuildable.items()):
         yield {"basename": f"build:{name}", "actions": [(_FAIL, [why])],
                "doc": "not pinned yet"}
+    # a withheld version asked for by name fails over its problem, not as "not pinned"
+    for problem in the_plan.problems:
+        if problem.version is not None:
+            withheld.setdefault(f"{problem.recipe}-{problem.version}", []).append(str(problem))
     for name, problems in sorted(withheld.items()):
         if name not in the_plan.builds and name not in unbuildable:
             yield {"basename": f"build:{name}", "actions": [(_CHECK, [problems])],
