@@ -26,7 +26,7 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from sysext_bakery import output, report
-from sysext_bakery.build import actions, formats, tidy
+from sysext_bakery.build import actions, formats, hostdirs, tidy
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import DISK_FULL, disk_error
 from sysext_bakery.model.image import Image
@@ -189,9 +189,11 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                           ("stage", "build and validate an image's tree"),
                           ("pack", "pack an image into build/images/")):
         yield {"basename": basename, "name": None, "doc": doc}
-    # one config_changed per recipe, shared by its stage tasks: the bakery's stage format
-    # and the recipe's files/
+    # one config_changed per recipe, shared by its stage tasks: the bakery's stage format,
+    # the base tree validation checks against, and the recipe's files/
+    base_tree = hostdirs.base_tree_signature()
     stage_changed = {name: [config_changed(f"stage format {formats.STAGE_FORMAT}\n"
+                                           + (f"{base_tree}\n" if base_tree else "")
                                            + files_signature(r.files_dir))]
                      for name, r in recipes.items()}
     cache = str(settings.download_cache)
