@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sysext_bakery.recipe.load import Recipe, resolve_image
+from sysext_bakery.recipe.load import Recipe, applicable_sources, source_url
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,11 @@ class Drift:
 
 
 def recipe_urls(recipe: Recipe, version: str, arch: str) -> tuple[str, ...]:
-    """Each source's URL for one image, as the recipe renders them today."""
-    return tuple(s.url for s in resolve_image(recipe, version, arch, None).sources)
+    """Each source's URL for one image, as the recipe renders them today (what
+    resolve_image takes when the lock pins no URL; only the URLs: a build runs this for
+    every pinned image on every graph load)."""
+    return tuple(source_url(recipe, tpl, version, arch)
+                 for tpl in applicable_sources(recipe, version, arch))
 
 
 def drift(recipe: Recipe, version: str, arch: str,
