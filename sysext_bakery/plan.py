@@ -10,6 +10,7 @@ from sysext_bakery.model import naming
 from sysext_bakery.model.image import Image
 from sysext_bakery.model.version import stream_of, version_key
 from sysext_bakery.recipe import lock
+from sysext_bakery.recipe.drift import Drift, drift
 from sysext_bakery.recipe.load import Recipe, resolve_image
 from sysext_bakery.settings import LOCK, Settings
 
@@ -27,6 +28,7 @@ class Problem:
     release` and the recipe's own groups fail over it (after building what they can)."""
     recipe: str        # the recipe whose images (some or all) it withholds
     error: BakeryError
+    version: str | None = None   # the one pinned version it withholds, when it is one
 
     def __str__(self) -> str:
         return str(self.error)
@@ -38,6 +40,8 @@ class Plan:
     builds: dict[str, Build]
     unbuildable: dict[str, str] = field(default_factory=dict)   # build name -> why it cannot run
     problems: tuple[Problem, ...] = ()
+    # image id -> why its pin is stale (recipe/drift.py); built from the pin, with a warning
+    warnings: dict[str, str] = field(default_factory=dict)
 
 
 def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: Settings,
@@ -47,6 +51,7 @@ def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: 
     images: list[Image] = []
     builds: dict[str, Build] = {}
     unbuildable: dict[str, str] = {}
+    warnings: dict[str, str] = {}
     problems: list[Problem] = list(earlier)
     withheld = {p.recipe for p in earlier}
     for name in sorted(pins):
@@ -75,8 +80,15 @@ def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: 
                                           fmt=settings.fmt, compression=settings.compression)
                             for arch in arches]
             except BakeryError as e:
-                problems.append(Problem(name, e))
+                problems.append(Problem(name, e, pin.version))
                 continue
+            stale = [d for arch in arches
+                     if (d := drift(recipe, pin.version, arch, pin.arches.get(arch)))]
+            if stale and settings.locked:   # CI and releases build what the lock says, or nothing
+                problems.append(Problem(name, stale_refused(recipe, pin.version, stale), pin.version))
+                continue
+            for d in stale:
+                warnings[f"{name}-{pin.version}-{d.arch}"] = stale_warning(recipe, pin.version, d)
             images += resolved
             builds[f"{name}-{pin.version}"] = Build(
                 tuple(i.id for i in resolved),
@@ -93,7 +105,31 @@ def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: 
         newest = versions[-1].version
         if f"{name}-{newest}" in builds:
             builds[name] = Build((), f"newest pinned {name}: {newest}", alias_of=f"{name}-{newest}")
-    return Plan(tuple(images), builds, unbuildable, tuple(problems))
+    return Plan(tuple(images), builds, unbuildable, tuple(problems), warnings)
+
+
+def _fix(name: str) -> str:
+    return (f"run `doit update:{name}` to pin the URLs the recipe renders (with their "
+            f"sha256) and commit {LOCK}")
+
+
+def stale_refused(recipe: Recipe, version: str, stale: list[Drift]) -> BakeryError:
+    """A locked build's problem: the pinned URLs of `version` are not the recipe's."""
+    # resolve_image refused a different number of sources already: each drift has changes
+    lines = "".join(f"\n  {d.arch}: pinned URL {old}\n  {' ' * len(d.arch)}  recipe URL {new}"
+                    for d in stale for old, new in d.changes)
+    return BakeryError(
+        f"{LOCK}: {recipe.name} {version} pins URLs {recipe.shown} no longer renders (its "
+        f"URL template or a companion version was edited); a locked build (BAKERY_LOCKED=1) "
+        f"does not build it from the stale pin:{lines}", _fix(recipe.name))
+
+
+def stale_warning(recipe: Recipe, version: str, d: Drift) -> str:
+    """An unlocked build's warning: it builds from the pin, not from the edited recipe."""
+    urls = "".join(f"\n  pinned URL: {old}\n  recipe URL: {new}"
+                   for old, new in d.changes)
+    return (f"WARNING: {recipe.name} {version} {d.arch}: building from the URL pinned in "
+            f"{LOCK}, not the one {recipe.shown} now renders:{urls}\n  fix: {_fix(recipe.name)}")
 
 
 def unpinned_message(name: str, wanted: str | None, stream: bool = False) -> str:

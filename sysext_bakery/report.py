@@ -9,6 +9,10 @@ stopped early at another failure or skipped the check (`-c` with a failed image)
 another `--reporter` the failing check's own message carries the same text.
 `doit list` and the other commands that run no task print the problems when the tasks
 are loaded, on stderr.
+
+Warnings (an image built from a pin its recipe no longer renders, plan.stale_warning) ride
+the same way, in the meta of the image's fetch task, and are printed at the end too, before
+the problems; they fail nothing.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from doit.exceptions import BaseFail, TaskFailed
 from doit.reporter import ConsoleReporter
 
 META = "bakery_problems"
+WARNINGS = "bakery_warnings"   # images built despite something the user should fix
 # doit's own commands besides `run` (doit_cmd.DoitMain.DOIT_CMDS): they load tasks, run none
 NOT_RUN = {"help", "list", "info", "clean", "forget", "ignore", "dumpdb", "strace",
            "tabcompletion", "reset-dep"}
@@ -49,8 +54,8 @@ def runs_tasks(argv: list[str]) -> bool:
     return True
 
 
-def task_problems(task: Any) -> tuple[str, ...]:
-    return tuple((task.meta or {}).get(META, ()))
+def task_problems(task: Any, key: str = META) -> tuple[str, ...]:
+    return tuple((task.meta or {}).get(key, ()))
 
 
 class Reporter(ConsoleReporter):
@@ -68,6 +73,8 @@ class Reporter(ConsoleReporter):
             reached[name] = None
             todo.extend(tasks[name].task_dep)
         self.problems = list(dict.fromkeys(p for n in sorted(reached) for p in task_problems(tasks[n])))
+        self.warnings = list(dict.fromkeys(w for n in sorted(reached)
+                                           for w in task_problems(tasks[n], WARNINGS)))
         every = {p for t in tasks.values() for p in task_problems(t)}
         self.elsewhere = len(every - set(self.problems))
 
@@ -79,6 +86,8 @@ class Reporter(ConsoleReporter):
     def complete_run(self) -> None:
         super().complete_run()
         sys.stdout.flush()
+        for warning in self.warnings:
+            print(f"bakery: {warning}", file=sys.stderr)
         if self.problems:
             print(render(self.problems), file=sys.stderr)
         elif self.elsewhere:

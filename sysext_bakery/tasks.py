@@ -26,7 +26,7 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from sysext_bakery import output, report
-from sysext_bakery.build import actions, formats, tidy
+from sysext_bakery.build import actions, formats, hostdirs, tidy
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import DISK_FULL, disk_error
 from sysext_bakery.model.image import Image
@@ -151,6 +151,8 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
     earlier = (*(Problem(n, e) for n, e in broken.items()), *(Problem(n, e) for n, e in refused))
     the_plan = plan(recipes, pins, settings, earlier)
     if not report.runs_tasks(argv):   # a run names them at its end (report.Reporter)
+        for warning in dict.fromkeys(the_plan.warnings.values()):
+            print(f"bakery: {warning}", file=sys.stderr)
         for problem in the_plan.problems:
             print(f"bakery: problem: {problem}", file=sys.stderr)
     yield from image_tasks(the_plan, settings, recipes)
@@ -187,9 +189,11 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                           ("stage", "build and validate an image's tree"),
                           ("pack", "pack an image into build/images/")):
         yield {"basename": basename, "name": None, "doc": doc}
-    # one config_changed per recipe, shared by its stage tasks: the bakery's stage format
-    # and the recipe's files/
+    # one config_changed per recipe, shared by its stage tasks: the bakery's stage format,
+    # the base tree validation checks against, and the recipe's files/
+    base_tree = hostdirs.base_tree_signature()
     stage_changed = {name: [config_changed(f"stage format {formats.STAGE_FORMAT}\n"
+                                           + (f"{base_tree}\n" if base_tree else "")
                                            + files_signature(r.files_dir))]
                      for name, r in recipes.items()}
     cache = str(settings.download_cache)
@@ -201,7 +205,10 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                "actions": [(_FETCH, [image, settings, paths])],
                "targets": [paths.fetch_record],
                "uptodate": [_fetch_current(image, cache, settings.locked)],
-               "doc": f"download {image.id}'s sources"}
+               "doc": f"download {image.id}'s sources",
+               # a stale pin (plan.stale_warning): every run that reaches the image says so
+               **({"meta": {report.WARNINGS: [the_plan.warnings[image.id]]}}
+                  if image.id in the_plan.warnings else {})}
         # The recipe file stands for everything the resolved image takes from it; URL and
         # sha256 changes arrive through the fetch record.
         yield {"basename": "stage", "name": image.id,
@@ -242,11 +249,17 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
                "task_dep": deps, "doc": build.doc, "meta": {report.META: problems}}
     unbuildable = dict(the_plan.unbuildable)
     for name, version in requested_unknown_builds(argv, the_plan, recipes):
+        if any(p.recipe == name and p.version == version for p in the_plan.problems):
+            continue
         unbuildable[f"{name}-{version}"] = unpinned_message(
             name, version, stream=stream_of(version, recipes[name].streams) == version)
     for name, why in sorted(unbuildable.items()):
         yield {"basename": f"build:{name}", "actions": [(_FAIL, [why])],
                "doc": "not pinned yet"}
+    # a withheld version asked for by name fails over its problem, not as "not pinned"
+    for problem in the_plan.problems:
+        if problem.version is not None:
+            withheld.setdefault(f"{problem.recipe}-{problem.version}", []).append(str(problem))
     for name, problems in sorted(withheld.items()):
         if name not in the_plan.builds and name not in unbuildable:
             yield {"basename": f"build:{name}", "actions": [(_CHECK, [problems])],

@@ -63,3 +63,22 @@ def test_repo_versions_toml_loads() -> None:
     wanted = load(Path(__file__).resolve().parent.parent / "release" / "versions.toml")
     assert wanted["docker"].streams == 2 and wanted["containerd"].streams == 2
     assert wanted["wasmtime"].versions == ("latest",)
+
+
+def test_exact_versions_systemd_orders_as_equal_are_refused() -> None:
+    with pytest.raises(BakeryError) as e:
+        entry(versions=["latest", "1.0+1", "1.0_1"])
+    assert str(e.value).startswith("versions.toml: docker.versions: '1.0+1' and '1.0_1' are the "
+                                   "same version to systemd")
+
+
+def test_update_refuses_pinning_a_second_spelling_of_a_pinned_version() -> None:
+    from sysext_bakery.recipe.load import load_recipe
+    from sysext_bakery.recipe.lock import Pin
+    from sysext_bakery.update.run import update_recipe
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "wasmtime.toml")
+    got = update_recipe(recipe, entry(versions=["29.0.01"]), [Pin("wasmtime", "29.0.1", {})],
+                        discover=lambda r: pytest.fail("exact versions discover nothing"),
+                        sha256=lambda s: pytest.fail("nothing is pinned"))
+    assert got.error is not None and not got.writes
+    assert str(got.error).startswith("wasmtime: '29.0.01' and '29.0.1' would both be pinned")

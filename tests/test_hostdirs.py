@@ -179,3 +179,29 @@ def test_a_file_at_a_host_directory_hides_it_in_a_real_merge(tmp_path: Path) -> 
         validate_tree(tree, "shadow", "x86-64")
     assert "  usr/lib/systemd: must be a directory (a file or link here would hide the host's " \
            "whole /usr/lib/systemd once merged)" in err.value.message.splitlines()
+
+
+def test_changing_the_base_tree_revalidates_through_doit(project, upstream, tmp_path: Path) -> None:
+    """BAKERY_BASE_TREE is part of stage's up-to-date check (no `doit forget` needed):
+    setting, changing or unsetting it re-runs validation; the same tree again runs nothing.
+    It shapes no tree, so nothing is repacked."""
+    from conftest import executed, lock_for
+    project.write_lock({"wasmtime": lock_for(upstream)["wasmtime"]})
+    stages = sorted(f"stage:wasmtime-29.0.1-{a}" for a in ("x86-64", "arm64"))
+    project.doit("build")
+    base = tmp_path / "base"
+    (base / "usr/lib").mkdir(parents=True)
+    (base / "usr/lib/os-release").write_text("ID=flatcar\nVERSION_ID=4152.2.0\n")
+    env = {hostdirs.BASE_TREE_ENV: str(base)}
+    assert sorted(executed(project.doit("build", env=env))) == stages
+    assert executed(project.doit("build", env=env)) == []
+    # another release at the same path
+    (base / "usr/lib/os-release").write_text("ID=flatcar\nVERSION_ID=4230.1.0\n")
+    assert sorted(executed(project.doit("build", env=env))) == stages
+    # a tree with a directory where wasmtime ships its binary: the staged image is refused
+    (base / "usr/bin/wasmtime").mkdir(parents=True)
+    (base / "usr/lib/os-release").write_text("ID=flatcar\nVERSION_ID=4231.0.0\n")
+    run = project.doit("build", env=env, check=False)
+    assert run.returncode != 0
+    assert "usr/bin/wasmtime: must be a directory" in run.stdout + run.stderr
+    assert sorted(executed(project.doit("build"))) == stages   # unset: validated without it

@@ -126,3 +126,54 @@ def test_a_bad_pinned_url_or_sha256_is_named(tmp_path: Path, entry: str, says: s
     with pytest.raises(BakeryError) as err:
         lock.load(path, "release/lock.toml")
     assert "release/lock.toml: docker.24.0.9.x86-64" in str(err.value) and says in str(err.value)
+
+
+def systemd_says(a: str, b: str) -> str:
+    """The oracle: `systemd-analyze compare-versions A B` prints `A == B`, `A < B` or `A > B`."""
+    import subprocess
+    out = subprocess.run(["systemd-analyze", "compare-versions", a, b], capture_output=True,
+                         text=True).stdout.split()
+    return out[1]
+
+
+@pytest.mark.parametrize("a, b", [("1.0+1", "1.0_1"), ("1.0_1", "1.0,1"), ("1.1", "1.01"),
+                                  ("24.0.9", "24.0.09")])
+def test_versions_systemd_orders_as_equal_are_refused(tmp_path: Path, a: str, b: str) -> None:
+    assert systemd_says(a, b) == "=="
+    path = tmp_path / "lock.toml"
+    path.write_text(f'[wasmtime."{a}"]\n[wasmtime."29.0.1"]\n[wasmtime."{b}"]\n[docker."24.0.9"]\n')
+    pins, refused = lock.load_checked(path, "release/lock.toml")
+    # neither spelling is built: which one sysupdate would pick is not defined
+    assert [p.version for p in pins["wasmtime"]] == ["29.0.1"] and len(pins["docker"]) == 1
+    assert len(refused) == 1 and refused[0][0] == "wasmtime"
+    first, second = sorted([a, b])
+    assert str(refused[0][1]) == (
+        f"release/lock.toml: wasmtime: versions {first!r} and {second!r} are the same version to "
+        "systemd (`systemd-analyze compare-versions` says ==), so systemd-sysupdate cannot order "
+        "their images; neither is built\n"
+        "  hint: keep one spelling: remove the other wasmtime table(s) from release/lock.toml "
+        "(and from release/versions.toml, if it names them)")
+    with pytest.raises(BakeryError):
+        lock.load(path)
+
+
+def test_versions_systemd_orders_apart_stay(tmp_path: Path) -> None:
+    versions = ["1.0+1", "1.0.1", "1.0", "1.0a", "1.0A", "1.0.0"]
+    for a, b in zip(versions, versions[1:]):
+        assert systemd_says(a, b) != "=="
+    path = tmp_path / "lock.toml"
+    path.write_text("".join(f'[tool."{v}"]\n' for v in versions))
+    pins, refused = lock.load_checked(path)
+    assert refused == [] and sorted(p.version for p in pins["tool"]) == sorted(versions)
+
+
+def test_equal_versions_through_doit(project) -> None:
+    """`doit list` names the problem once and exits 0; the recipe's build fails over it."""
+    project.lock_path.write_text('[wasmtime."29.0.1"]\n[wasmtime."29.0.01"]\n')
+    listed = project.doit("list")
+    assert listed.stderr.count("wasmtime: versions '29.0.01' and '29.0.1' are the same version") == 1
+    assert "build:wasmtime-29.0.1 " not in listed.stdout
+    run = project.doit("build:wasmtime", check=False)
+    assert run.returncode != 0
+    assert (run.stdout + run.stderr).count("are the same version to systemd") == 1
+    assert not list(project.images.glob("*.raw"))

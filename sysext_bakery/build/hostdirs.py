@@ -12,6 +12,7 @@ for) has a directory under usr/ or opt/. Files inside these directories are fine
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from functools import cache
@@ -91,3 +92,21 @@ def base_tree_dirs(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
                           hint="set it to the root of a base OS tree (a directory holding its "
                                "usr/, e.g. a mounted Flatcar image), or unset it")
     return _base_tree_dirs(str(Path(base).resolve()))
+
+
+def base_tree_signature(environ: Mapping[str, str] = os.environ) -> str:
+    """What stage's up-to-date check records of BAKERY_BASE_TREE, so that setting, changing
+    or unsetting it re-validates staged trees (and repacks nothing: it shapes no tree): ""
+    when unset, which leaves the records of builds without it as they were; else the tree's
+    resolved path and a digest of its usr/lib/os-release, so another release mounted at the
+    same path counts as a change too. Read on every graph load: one stat and one small file,
+    never a walk of the tree."""
+    base = environ.get(BASE_TREE_ENV)
+    if not base:
+        return ""
+    path = Path(base).resolve()
+    try:
+        release = hashlib.sha256((path / "usr/lib/os-release").read_bytes()).hexdigest()[:16]
+    except OSError:
+        release = "-"   # no os-release (or no tree at all: the stage says so)
+    return f"{BASE_TREE_ENV} {path} os-release {release}"

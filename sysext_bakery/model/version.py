@@ -167,3 +167,15 @@ def version_key(version: str):   # -> an object ordered by compare_versions (not
     """A sort key ordering versions as systemd-sysupdate does (see compare_versions), for
     `sorted(..., key=version_key)` and `max(..., key=version_key)`."""
     return _VersionKey(version)
+
+
+def same_version_groups(versions: list[str]) -> list[list[str]]:
+    """The groups of two or more distinct spellings that systemd orders as equal (`1.0+1`,
+    `1.0_1`, `1.0,1`; `1.1`, `1.01`), each sorted, in version order."""
+    groups: list[list[str]] = []
+    for v in sorted(set(versions), key=version_key):
+        if groups and compare_versions(groups[-1][0], v) == 0:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return [sorted(g) for g in groups if len(g) > 1]

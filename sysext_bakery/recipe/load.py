@@ -238,13 +238,23 @@ def render_url(template: str, recipe: Recipe, version: str, arch: str, url: str 
     return template.format(**values)
 
 
+def applicable_sources(recipe: Recipe, version: str, arch: str) -> list[SourceTemplate]:
+    """The recipe's sources one image has, in order (the lock pins them in this order)."""
+    return [s for s in recipe.sources if arch in s.arches and s.applies_to(version)]
+
+
+def source_url(recipe: Recipe, tpl: SourceTemplate, version: str, arch: str) -> str:
+    """One source's download URL as the recipe renders it (a companion's own version wins)."""
+    return render_url(tpl.url, recipe, tpl.version or version, arch, source=tpl)
+
+
 def resolve_image(recipe: Recipe, version: str, arch: str,
                   pinned: list[dict[str, str]] | None, *, fmt: str | None = None,
                   compression: str | None = None) -> Image:
     """The Image for one recipe + version + arch. `pinned` is the lock's source list for this
     arch (url + sha256 per source, in the order of the sources that apply to this version and
     arch), or None when the lock only names the version."""
-    templates = [s for s in recipe.sources if arch in s.arches and s.applies_to(version)]
+    templates = applicable_sources(recipe, version, arch)
     if pinned is not None and len(pinned) != len(templates):
         raise BakeryError(
             f"release/lock.toml: {recipe.name}.{version}.{arch}: pins {len(pinned)} sources, "
@@ -253,7 +263,7 @@ def resolve_image(recipe: Recipe, version: str, arch: str,
     sources = []
     for i, tpl in enumerate(templates):
         v = tpl.version or version
-        url = render_url(tpl.url, recipe, v, arch, source=tpl)
+        url = source_url(recipe, tpl, version, arch)
         sha256 = None
         if pinned is not None:
             url = pinned[i].get("url", url)

@@ -26,7 +26,7 @@ from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import write_atomic
 from sysext_bakery.inputs import brief, brief_key, read_toml
 from sysext_bakery.model.url import url_problem
-from sysext_bakery.model.version import version_problem
+from sysext_bakery.model.version import same_version_groups, version_problem
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 HEADER = ("# Pinned versions per recipe: per arch, each source's URL and sha256.\n"
@@ -70,7 +70,24 @@ def load_checked(path: Path, shown: str | None = None
                 pins.setdefault(name, []).append(Pin(name, version, _arches(shown, name, version, arches)))
             except BakeryError as e:
                 refused.append((name, e))
+    for name, listed in pins.items():
+        for same in same_version_groups([p.version for p in listed]):
+            refused.append((name, same_version_error(shown, name, same)))
+            pins[name] = [p for p in pins[name] if p.version not in same]
     return {n: p for n, p in pins.items() if p}, refused
+
+
+def same_version_error(shown: str, name: str, same: list[str]) -> BakeryError:
+    """Versions spelled differently that systemd orders as equal (1.0+1 and 1.0_1, 1.1 and
+    1.01): their images would be two files sysupdate cannot tell which is newer, so neither
+    is built."""
+    listed = " and ".join(repr(v) for v in same)
+    return BakeryError(
+        f"{shown}: {brief_key(name)}: versions {listed} are the same version to systemd "
+        f"(`systemd-analyze compare-versions` says ==), so systemd-sysupdate cannot order their "
+        f"images; neither is built",
+        f"keep one spelling: remove the other {brief_key(name)} table(s) from {shown} "
+        f"(and from release/versions.toml, if it names them)")
 
 
 def _arches(shown: str, name: str, version: str, arches: object) -> dict[str, list[dict[str, str]]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from sysext_bakery.model.image import Source
+from sysext_bakery.recipe.drift import drift
 from sysext_bakery.recipe.lock import Pin
 from sysext_bakery.recipe.load import Recipe, resolve_image
 
@@ -43,12 +44,6 @@ class Hasher:
         return got.sha256
 
 
-def expected(recipe: Recipe, version: str, arch: str) -> list[tuple[str, str | None]]:
-    """(url, checksum url) of each source of one image, as the recipe renders them today."""
-    image = resolve_image(recipe, version, arch, None)
-    return [(s.url, s.checksum_url) for s in image.sources]
-
-
 def pin_version(recipe: Recipe, version: str, sha256: Callable[[Source], str]
                 ) -> dict[str, Sources]:
     """arch -> sources with url and sha256, for every arch of the recipe."""
@@ -59,19 +54,16 @@ def pin_version(recipe: Recipe, version: str, sha256: Callable[[Source], str]
 
 def why_repin(recipe: Recipe, pin: Pin) -> str | None:
     """Why a pinned version must be pinned again, or None when it matches the recipe: an
-    arch without an entry or a sha256 (pinned by hand), or a URL the recipe no longer
-    renders (its companion version or URL template changed, which a build would otherwise
-    silently ignore: a pinned URL wins there)."""
+    arch without an entry, a URL or a sha256 (pinned by hand), or a URL the recipe no longer
+    renders (recipe/drift.py: the rule a build warns or, locked, refuses by)."""
     for arch in recipe.arches:
         pinned = pin.arches.get(arch)
-        want = [url for url, _ in expected(recipe, pin.version, arch)]
         if pinned is None:
             return f"{arch} has no sha256 pinned yet"
-        if [s.get("url") for s in pinned] != want:
-            changes = [f"{old} -> {new}" for old, new in
-                       zip([s.get("url", "?") for s in pinned], want) if old != new]
-            detail = "; ".join(changes) or f"{len(pinned)} sources pinned, {len(want)} in the recipe"
-            return f"{recipe.shown} changed ({arch}: {detail})"
+        if found := drift(recipe, pin.version, arch, pinned):
+            return f"{recipe.shown} changed ({arch}: {found.detail()})"
+        if any(not s.get("url") for s in pinned):
+            return f"{arch} has a source without a pinned URL"
         if any(not s.get("sha256") for s in pinned):
             return f"{arch} has no sha256 pinned yet"
     return None

@@ -15,7 +15,7 @@ from typing import Callable, TextIO
 from sysext_bakery import upstream
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Source
-from sysext_bakery.model.version import version_key
+from sysext_bakery.model.version import same_version_groups, version_key
 from sysext_bakery.recipe import lock
 from sysext_bakery.recipe.load import Recipe, load_recipes
 from sysext_bakery.settings import LOCK, Settings
@@ -76,6 +76,15 @@ def update_recipe(recipe: Recipe, want: Desired, pins: list[lock.Pin],
             result.skipped_tags = [str(s) for s in found.skipped]
         pinned = {p.version: p for p in pins}
         plan = desired_mod.resolve(want, offered, tuple(pinned), recipe.streams)
+        for same in same_version_groups([*plan.add, *plan.keep]):
+            # upstream (or versions.toml) spells a version twice: pinning both would make a
+            # lock that is refused on load
+            raise BakeryError(f"{recipe.name}: {' and '.join(repr(v) for v in same)} would "
+                              f"both be pinned in {LOCK}, but they are the same version to "
+                              "systemd (sysupdate could not order their images)",
+                              f"keep one spelling: remove the other from {LOCK} or "
+                              f"{VERSIONS}, or map upstream's tags to one spelling in "
+                              f"{recipe.shown} ([upstream])")
         for version in plan.add:
             result.writes[version] = pin_version(recipe, version, sha256)
             result.added.append(version)
