@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,6 +404,17 @@ def nightly_catalogue(up: Upstream, recipes: Path, lock_path: Path, versions_pat
         requests = discovery(up, recipes, name, offered, page_size)
         offers[name] = Offer(name, tuple(seen), tuple(expected), requests)
     return offers
+
+
+def make_signer(directory: Path) -> Signer:
+    """A fresh test signing key in directory/gnupg (stop its agent with
+    sysupdate.stop_gpg_agent(signer.gnupghome) when done)."""
+    from sysupdate import make_gpg_key
+    key = make_gpg_key(directory)
+    public = subprocess.run(["gpg", "--batch", "--armor", "--export", key.fingerprint],
+                            env={**os.environ, "GNUPGHOME": str(key.gnupghome)},
+                            capture_output=True, text=True, check=True).stdout
+    return Signer(key.gnupghome, public)
 
 
 def trust(recipes: Path, signer: Signer) -> None:

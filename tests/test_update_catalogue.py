@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import recorded
-from catalogue import Signer, load_toml
-from conftest import REPO, Project, armored_public
-from sysupdate import make_gpg_key, stop_gpg_agent
+from catalogue import load_toml
+from conftest import REPO, Project
+from sysupdate import stop_gpg_agent
 from upstream import MirrorServer, Upstream
 
 
@@ -31,9 +31,8 @@ class Nightly:
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("nightly")
-    key = make_gpg_key(tmp)
+    signer = recorded.make_signer(tmp)
     try:
-        signer = Signer(key.gnupghome, armored_public(key.gnupghome, key.fingerprint))
         up = Upstream(tmp / "upstream")
         server = MirrorServer(up.root)
         (tmp / "bakery").mkdir()
@@ -49,7 +48,7 @@ def nightly(tmp_path_factory: pytest.TempPathFactory):
         yield Nightly(project, up, server, offers, first.stdout, project.lock_path.read_text())
         server.close()
     finally:
-        stop_gpg_agent(key.gnupghome)
+        stop_gpg_agent(signer.gnupghome)
 
 
 def declares_checksum(source: dict) -> bool:
