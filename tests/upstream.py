@@ -117,6 +117,13 @@ def populate(root: Path) -> Upstream:
     return up
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: more concurrent connects than that (doit
+    # update discovers 8 at a time) get their SYN dropped and retried after a second
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class MirrorServer:
     """Serves a directory on 127.0.0.1 and records each requested path. `failures` maps a
     path (without the query) to the HTTP status it answers instead, for an upstream that fails.
@@ -163,7 +170,7 @@ class MirrorServer:
 
         self.requests = requests
         self.failures = failures
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
