@@ -165,7 +165,7 @@ def _future(versions: list[str], step: int) -> str:
 
 # --- one recipe's discovery answer, per type ------------------------------------------------
 
-def _repo_id(repo: str) -> int:
+def repo_id(repo: str) -> int:
     return int(hashlib.sha256(repo.encode()).hexdigest()[:6], 16)
 
 
@@ -176,7 +176,7 @@ def _release(up: Upstream, repo: str, tag: str, i: int, draft: bool = False,
     url = f"{GITHUB_API}/repos/{repo}/releases/tags/{quote(tag, safe='')}"
     path = answer_path(up.root, url)
     base = json.loads(path.read_bytes()) if path.is_file() else {"tag_name": tag, "assets": []}
-    rid = _repo_id(repo) * 1000 + i
+    rid = repo_id(repo) * 1000 + i
     release = {"url": f"{GITHUB_API}/repos/{repo}/releases/{rid}", "id": rid,
                "html_url": f"https://github.com/{repo}/releases/tag/{tag}", "name": tag,
                "target_commitish": "main", "published_at": STAMP.format(month=12 - i % 12, day=1),
@@ -197,7 +197,7 @@ def _github_pages(up: Upstream, repo: str, what: str, items: list, size: int) ->
     pages = _pages(items, size)
 
     def page_url(n: int) -> str:
-        return first if n == 1 else f"{GITHUB_API}/repositories/{_repo_id(repo)}/{what}?per_page=100&page={n}"
+        return first if n == 1 else f"{GITHUB_API}/repositories/{repo_id(repo)}/{what}?per_page=100&page={n}"
     for n, page in enumerate(pages, 1):
         links = []
         if n < len(pages):

@@ -123,3 +123,29 @@ def test_plan_builds_nothing_published_and_exactly_what_is_missing(nightly: Nigh
     missing = f"kubernetes-{nightly.offers['kubernetes'].expected[-1]}-arm64"
     recorded.publish_index(tmp_path / "some", project.lock_path, recipes, leave_out=missing)
     assert plan(project, tmp_path / "some") == [missing]
+
+
+def test_release_lists_and_digest_answers_agree(nightly: Nightly) -> None:
+    """Where a recipe takes GitHub's asset digests, the release in the discovery list is the
+    object `releases/tags/<tag>` answers: same id, same assets and digests."""
+    recipes = nightly.project.root / "recipes"
+    checked = 0
+    for name, offer in nightly.offers.items():
+        data = load_toml(recipes, name)
+        if not any(s.get("checksum") == "github-digest" for s in data["sources"]):
+            continue
+        repo = data["upstream"]["repo"]
+        listed = {}
+        page = recorded.answer_path(nightly.up.root,
+                                    f"https://api.github.com/repos/{repo}/releases?per_page=100")
+        later = nightly.up.root / "api.github.com/repositories" / str(recorded.repo_id(repo))
+        for path in [page, *sorted(later.glob("releases?*"))]:
+            if not path.name.endswith(".headers.json"):
+                listed.update({r["tag_name"]: r for r in json.loads(path.read_text())})
+        tag = recorded.tag_for(offer.expected[0], data["upstream"])
+        by_tag = recorded.answer_path(nightly.up.root,
+                                      f"https://api.github.com/repos/{repo}/releases/tags/{tag}")
+        assert listed[tag] == json.loads(by_tag.read_text()), name
+        assert any(a.get("digest", "").startswith("sha256:") for a in listed[tag]["assets"])
+        checked += 1
+    assert checked >= 8
