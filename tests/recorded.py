@@ -123,15 +123,17 @@ def by_newest(versions) -> list[str]:
     return sorted(set(versions), key=version_key, reverse=True)
 
 
-def expected_pins(visible: list[str], want: dict, index: int) -> list[str]:
+def expected_pins(listed: list[str], want: dict, index: int) -> list[str]:
     """What release/versions.toml asks for, from what discovery sees: the exact versions,
-    the newest for "latest", the newest of each of the newest N streams."""
+    the newest for "latest", the newest of each of the newest N streams; nothing held."""
     exact = [v for v in want.get("versions", []) if v != "latest"]
+    held = set(want.get("hold", []))
+    usable = [v for v in listed if v not in held and stream_key(v, index) not in held]
     targets = list(exact)
-    if "latest" in want.get("versions", []) and visible:
-        targets.append(newest(visible))
+    if "latest" in want.get("versions", []) and usable:
+        targets.append(newest(usable))
     seen: list[str] = []
-    for v in by_newest(visible):
+    for v in by_newest(usable):
         key = stream_key(v, index)
         if key not in seen and len(seen) < want.get("streams", 0):
             seen.append(key)
