@@ -166,9 +166,11 @@ class Upstream:
     sha256: dict[str, str]      # url -> sha256 of the file served for it
 
 
-def mirror_tree(workdir: Path, scale_recipes: int, log=print) -> Upstream:
-    """The mirror tree under `workdir`, generated once per GENERATOR_VERSION and reused."""
-    root = workdir / f"upstream-v{GENERATOR_VERSION}"
+def mirror_tree(workdir: Path, scale_recipes: int, log=print, docker: bool = True) -> Upstream:
+    """The mirror tree under `workdir`, generated once per GENERATOR_VERSION and reused.
+    Without `docker`, only the scale releases (a separate, small tree: `--only scale nightly`
+    need no 70 MB tarballs)."""
+    root = workdir / f"upstream-v{GENERATOR_VERSION}{'' if docker else '-small'}"
     index = root / "sha256.json"
     if index.exists():
         sums = json.loads(index.read_text())
@@ -182,7 +184,7 @@ def mirror_tree(workdir: Path, scale_recipes: int, log=print) -> Upstream:
         path.write_bytes(data)
         sums[url] = hashlib.sha256(data).hexdigest()
 
-    for arch in ("x86-64", "arm64"):
+    for arch in ("x86-64", "arm64") if docker else ():
         path = mirror_path(root, docker_url(arch))
         path.parent.mkdir(parents=True, exist_ok=True)
         log(f"generating {path.name} for {arch} (~70 MB .tgz, once)")
@@ -307,52 +309,49 @@ def _index_page(title: str, files: list[str]) -> bytes:
             "</pre><hr></body>\n</html>\n").encode()
 
 
-def _github_releases(tags: list[str], repo: str) -> bytes:
-    return json.dumps([{"id": 1000 + i, "tag_name": t, "name": t, "draft": False,
-                        "prerelease": False, "html_url": f"https://github.com/{repo}/releases/tag/{t}",
-                        "published_at": "2025-03-01T12:00:00Z", "assets": []}
-                       for i, t in enumerate(tags)]).encode()
+@dataclass
+class Nightly:
+    project: Path
+    upstream: Path          # the recorded tree to serve (BAKERY_MIRROR)
+    requests: int           # discovery requests a run with nothing new makes
+    images: int             # images the lock pins once updated
 
 
-def _published(dest: Path, project: Path) -> None:
-    """An index.json at `dest` that lists every image the project pins: all published."""
-    sys.path.insert(0, str(REPO))
-    from sysext_bakery.publish.sysupdate import PublishedImage, index_json
-    from sysext_bakery.recipe import lock
-    images = [PublishedImage(pin.name, pin.version, arch, "0" * 64, 1)
-              for pins in lock.load(project / "release" / "lock.toml").values()
-              for pin in pins for arch in ("x86-64", "arm64")]
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "index.json").write_text(index_json(images))
+def nightly_catalogue(root: Path, log=print) -> Nightly:
+    """The repo's whole catalogue (recipes/, release/versions.toml and lock.toml) and, from
+    tests/recorded.py, upstream answers in each discovery type's shape offering several
+    streams per recipe, with the downloads, checksum files, signatures and GitHub digests of
+    the versions to pin. Regenerated each run (a few seconds): recipes change."""
+    import recorded
+    from sysupdate import stop_gpg_agent
+    from upstream import Upstream as TreeUpstream
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    project = new_project(root / "project", (REPO / "release" / "lock.toml").read_text())
+    up = TreeUpstream(root / "upstream")
+    signer = recorded.make_signer(root)
+    try:
+        offers = recorded.nightly_catalogue(up, project / "recipes", project / "release/lock.toml",
+                                            project / "release/versions.toml", signer)
+        recorded.trust(project / "recipes", signer)
+    finally:
+        stop_gpg_agent(signer.gnupghome)
+    log(f"nightly: {len(offers)} recipes, {sum(len(o.offered) for o in offers.values())} "
+        f"versions offered, {sum(len(o.expected) for o in offers.values())} to pin")
+    return Nightly(project, up.root, sum(o.requests for o in offers.values()),
+                   2 * sum(len(o.expected) for o in offers.values()))
 
 
-def nightly_catalogue(root: Path, up: Upstream) -> tuple[Path, Path]:
-    """The catalogue project with the repo's release/versions.toml, upstream answers that
-    offer exactly what is pinned, and a published directory holding every pinned image."""
-    project = catalogue_project(root, up)
-    answers = {
-        "https://download.docker.com/linux/static/stable/x86_64/index.html":
-            _index_page("linux/static/stable/x86_64/", ["docker-17.03.0-ce.tgz", "docker-24.0.8.tgz",
-                                                         f"docker-{DOCKER_VERSION}.tgz",
-                                                         f"docker-rootless-extras-{DOCKER_VERSION}.tgz"]),
-        "https://api.github.com/repos/containerd/containerd/releases":
-            _github_releases([f"v{CONTAINERD_VERSION}", "v1.7.26", "api/v1.8.0"], "containerd/containerd"),
-        "https://api.github.com/repos/bytecodealliance/wasmtime/releases":
-            _github_releases([f"v{WASMTIME_VERSION}", "v29.0.0"], "bytecodealliance/wasmtime"),
-    }
-    for url, data in answers.items():
-        path = mirror_path(up.root, url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    (project / "release" / "versions.toml").write_text(
-        "[docker]\nstreams = 2\n\n[containerd]\nstreams = 2\n\n[wasmtime]\nversions = [\"latest\"]\n")
-    _published(root / "published", project)
-    return project, root / "published"
+def publish_all(dest: Path, project: Path) -> int:
+    """An index.json at `dest` that lists every image the project's lock pins; their number."""
+    import recorded
+    return len(recorded.publish_index(dest, project / "release/lock.toml", project / "recipes"))
 
 
-def nightly_scale(root: Path, up: Upstream, recipes: int) -> tuple[Path, Path]:
+def nightly_scale(root: Path, up: Upstream, recipes: int) -> Path:
     """`recipes` synthetic recipes x 5 versions x 2 arches, each tracked by an html-index
-    that lists exactly the pinned versions, all published."""
+    that lists exactly the pinned versions."""
     project = scale_project(root, up, recipes)
     tracked = []
     for r in range(recipes):
@@ -364,5 +363,4 @@ def nightly_scale(root: Path, up: Upstream, recipes: int) -> tuple[Path, Path]:
         path.write_bytes(_index_page(f"/{name}/", [f"{name}-{v}.tar" for v in scale_versions()]))
         tracked.append(f"[{name}]\nstreams = 1\nkeep-per-stream = 5\n")
     (project / "release" / "versions.toml").write_text("\n".join(tracked))
-    _published(root / "published", project)
-    return project, root / "published"
+    return project

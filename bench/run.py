@@ -8,6 +8,7 @@ when a target is missed: benchmarks are not tests. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -51,12 +52,12 @@ class Run:
 
 
 class Bench:
-    def __init__(self, workdir: Path, quick: bool, profile: Path | None):
+    def __init__(self, workdir: Path, quick: bool, profile: Path | None, docker: bool = True):
         self.workdir = workdir
         self.quick = quick
         self.profile = profile
         self.rows: list[Row] = []
-        self.up = fixtures.mirror_tree(workdir, 100, log=self.log)
+        self.up = fixtures.mirror_tree(workdir, 100, log=self.log, docker=docker)
         self.server = fixtures.MirrorServer(self.up.root)
         self.projects = workdir / "projects"
 
@@ -72,11 +73,11 @@ class Bench:
     # --- running things -----------------------------------------------------------------------
 
     def doit(self, project: Path, *args: str, env: dict[str, str] | None = None,
-             profile_as: str | None = None) -> Run:
+             profile_as: str | None = None, mirror: str | None = None) -> Run:
         probe = project / "build" / ".bench-probe.json"
         probe.parent.mkdir(parents=True, exist_ok=True)
-        full_env = {**os.environ, "BAKERY_MIRROR": self.server.url, "BENCH_PROBE": str(probe),
-                    **(env or {})}
+        full_env = {**os.environ, "BAKERY_MIRROR": mirror or self.server.url,
+                    "BENCH_PROBE": str(probe), **(env or {})}
         if profile_as and self.profile:
             full_env["BENCH_PROFILE"] = str(self.profile / f"{profile_as}.prof")
         start = time.perf_counter()
@@ -248,36 +249,61 @@ class Bench:
 
     def nightly(self) -> None:
         """`doit update` + `doit plan` with nothing new upstream (recorded answers on loopback)
-        and everything published: the lock stays as it is and the matrix is empty."""
-        for label, (project, published) in (
-                ("the catalogue (3 recipes, 6 images)",
-                 fixtures.nightly_catalogue(self.projects / "nightly", self.up)),
-                ("100 recipes, 1,000 images",
-                 fixtures.nightly_scale(self.projects / "nightly-scale", self.up, 100))):
-            lock = (project / "release/lock.toml").read_text()
-            totals, updates, plans, cpu, builds, asked = [], [], [], [], 0, 0
-            for _ in range(self.reps(5)):
-                before = len(self.server.requests)
-                used = resource.getrusage(resource.RUSAGE_CHILDREN)
-                update = self.doit(project, "update")
-                asked = len(self.server.requests) - before
-                plan = self.doit(project, "--reporter=zero", "plan", "--from", str(published))
-                now = resource.getrusage(resource.RUSAGE_CHILDREN)
-                # CPU time of the two doit processes: what a loaded machine does not inflate
-                cpu.append(now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime)
-                builds = max(builds, len(json.loads(plan.stdout)["include"]))
-                updates.append(update.seconds)
-                plans.append(plan.seconds)
-                totals.append(update.seconds + plan.seconds)
-            unchanged = (project / "release/lock.toml").read_text() == lock
-            t = statistics.median(totals)
-            self.add(Row(f"7 nightly `doit update` + `doit plan`, nothing new, {label}", t, None, None,
-                         "<= 3 s, 0 images to build", t <= 3 and builds == 0 and unchanged,
-                         note=f"CPU {statistics.median(cpu):.2f} s; "
-                              f"update {statistics.median(updates):.2f} s ({asked} upstream "
-                              f"requests), plan {statistics.median(plans):.2f} s, {builds} images "
-                              f"to build, lock {'unchanged' if unchanged else 'CHANGED'}"))
-            shutil.rmtree(project)
+        and everything published: the lock stays as it is and the matrix is empty. The
+        catalogue first pins what its recorded upstreams offer in one unmeasured run (the
+        previous night), which downloads what has no upstream checksum."""
+        night = fixtures.nightly_catalogue(self.projects / "nightly", log=self.log)
+        server = fixtures.MirrorServer(night.upstream)
+        try:
+            self.doit(night.project, "update", mirror=server.url)
+            recipes = len(list((night.project / "recipes").glob("*.toml")))
+            self.nightly_case(f"the catalogue ({recipes} recipes, {night.images} images)",
+                              night.project, server, night.requests, "nightly")
+        finally:
+            server.close()
+        shutil.rmtree(night.project.parent)
+        project = fixtures.nightly_scale(self.projects / "nightly-scale", self.up, 100)
+        self.doit(project, "update")
+        self.nightly_case("100 recipes, 1,000 images", project, self.server, 100, "nightly-scale")
+        shutil.rmtree(project)
+
+    def nightly_case(self, label: str, project: Path, server: fixtures.MirrorServer,
+                     expected_requests: int, profile: str) -> None:
+        published = project.with_name(project.name + ".published")
+        images = fixtures.publish_all(published, project)
+        lock = (project / "release/lock.toml").read_text()
+        load = os.getloadavg()
+        totals, updates, plans, cpu, builds, asked = [], [], [], [], 0, set()
+        for i in range(self.reps(5)):
+            before = len(server.requests)
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
+            update = self.doit(project, "update", mirror=server.url,
+                               profile_as=f"{profile}-update" if i == 0 else None)
+            asked.add(len(server.requests) - before)
+            plan = self.doit(project, "--reporter=zero", "plan", "--from", str(published),
+                             mirror=server.url, profile_as=f"{profile}-plan" if i == 0 else None)
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # CPU time of the two doit processes: what a loaded machine does not inflate
+            cpu.append(now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime)
+            builds = max(builds, len(json.loads(plan.stdout)["include"]))
+            updates.append(update.seconds)
+            plans.append(plan.seconds)
+            totals.append(update.seconds + plan.seconds)
+            self.log(f"nightly {label} {i + 1}: update {update.seconds:.2f} s + plan "
+                     f"{plan.seconds:.2f} s, {len(server.requests) - before} requests")
+        unchanged = (project / "release/lock.toml").read_text() == lock
+        requests = asked.pop() if len(asked) == 1 else -1
+        shutil.rmtree(published)
+        t = statistics.median(totals)
+        self.add(Row(f"7 nightly `doit update` + `doit plan`, nothing new, {label}", t, None, None,
+                     "<= 3 s, 0 images to build", t <= 3 and builds == 0 and unchanged
+                     and requests == expected_requests,
+                     note=f"CPU {statistics.median(cpu):.2f} s; "
+                          f"update {statistics.median(updates):.2f} s ({requests} upstream "
+                          f"requests, {expected_requests} expected), plan "
+                          f"{statistics.median(plans):.2f} s, {builds} of {images} images "
+                          f"to build, lock {'unchanged' if unchanged else 'CHANGED'}; "
+                          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"))
 
     # --- output --------------------------------------------------------------------------------
 
@@ -339,13 +365,17 @@ def main() -> int:
                         help="fixtures (kept between runs) and scratch projects")
     parser.add_argument("--markdown", type=Path, help="also write the tables there")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the first cold, "
-                        "edit and no-op runs into this directory")
+                        "edit, no-op and nightly runs into this directory")
     args = parser.parse_args()
     cases = set(args.only or CASES)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    bench = Bench(args.workdir, args.quick, args.profile)
+    # Byte-compile the bakery once, as an installed package is: with PYTHONDONTWRITEBYTECODE
+    # set (as on this machine), every doit run would otherwise compile ~90 modules again.
+    compileall.compile_dir(REPO / "sysext_bakery", quiet=1)
+    bench = Bench(args.workdir, args.quick, args.profile,
+                  docker=bool(cases & {"noop", "cold", "edit", "size", "memory"}))
     try:
         if cases & {"noop", "cold", "edit", "size", "memory"}:
             project = bench.catalogue()

@@ -366,8 +366,12 @@ class _Retry(Retry):
 
 
 def _read_file(url: str, path: str, max_bytes: int) -> Reply:
-    """A recorded reply in a mirror directory: 200 with the file, 404 if it is missing."""
+    """A recorded reply in a mirror directory: 200 with the file, 404 if it is missing. A
+    directory answers with its index.html, as a web server does: html-index pages are often
+    directory URLs (download.docker.com/linux/static/stable/x86_64/)."""
     headers = Headers()
+    if path.endswith("/") or os.path.isdir(path):
+        path = os.path.join(path, "index.html")
     try:
         with open(path, "rb") as f:
             body = f.read(max_bytes + 1)

@@ -54,6 +54,34 @@ def runs_tasks(argv: list[str]) -> bool:
     return True
 
 
+# options that take the next argument as their value: doit's `run` options, and the string
+# parameters of the tasks `selected_tasks` is asked about (plan, update)
+RUN_VALUES = LOADER_VALUES | {"-n", "--process", "-P", "--parallel-type", "-r", "--reporter",
+                              "-o", "--output-file", "-v", "--verbosity", "--backend",
+                              "--dep-file", "--check_file_uptodate", "--codec-cls",
+                              "--from", "--repo", "--output", "--branch", "--author"}
+
+
+def selected_tasks(argv: list[str]) -> list[str] | None:
+    """The task names a `run` command line selects, or None when it runs none or names none
+    (the default tasks). Reads like doit does: options and their values are skipped, and
+    `key=value` is a task's positional argument. A command line it cannot read for sure only
+    costs the shortcut taken on the answer (tasks.generate builds the whole graph)."""
+    if not runs_tasks(argv):
+        return None
+    names: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg.startswith("-"):
+            if arg in RUN_VALUES:
+                next(args, None)
+        elif not names and arg == "run":
+            continue
+        elif "=" not in arg:
+            names.append(arg)
+    return names or None
+
+
 def task_problems(task: Any, key: str = META) -> tuple[str, ...]:
     return tuple((task.meta or {}).get(key, ()))
 

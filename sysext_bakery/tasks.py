@@ -155,12 +155,25 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
             print(f"bakery: {warning}", file=sys.stderr)
         for problem in the_plan.problems:
             print(f"bakery: problem: {problem}", file=sys.stderr)
+    if pipeline_only(argv):
+        # the nightly job's `doit update` and `doit plan` need neither the image tasks nor
+        # the build groups: doit would build and check a thousand task objects for nothing
+        yield from update_tasks(root, (recipes, list(broken.values()), pins))
+        yield plan_task(root, the_plan)
+        return
     yield from image_tasks(the_plan, settings, recipes)
     yield from build_tasks(the_plan, settings, recipes, argv)
     yield release_task(root, [str(p) for p in the_plan.problems])
     yield overlaps_task(root)
     yield from update_tasks(root, (recipes, list(broken.values()), pins))
     yield plan_task(root, the_plan)
+
+
+def pipeline_only(argv: list[str]) -> bool:
+    """Whether the command line runs only `update`, `update:<name>` and `plan` tasks."""
+    names = report.selected_tasks(argv)
+    return bool(names) and all(n in ("update", "plan") or n.startswith("update:")
+                               for n in names)
 
 
 def broken_tasks(argv: list[str], why: str) -> Iterator[dict[str, Any]]:

@@ -190,7 +190,7 @@ def unit_text(name: str, replace: dict[str, str]) -> bytes:
     return "\n".join(lines).encode()
 
 
-def member_content(member: str, source: dict, arch: str) -> bytes:
+def member_content(member: str, source: dict, arch: str, version: str = "") -> bytes:
     for pattern, entry in source["install"].items():
         _, opts = install_target(entry)
         if member.endswith(UNIT_SUFFIXES) and (fnmatch.fnmatchcase(member, pattern.replace("**", "*"))
@@ -198,16 +198,18 @@ def member_content(member: str, source: dict, arch: str) -> bytes:
             return unit_text(posixpath.basename(member), opts.get("replace", {}))
     if member.endswith(UNIT_SUFFIXES):
         return unit_text(posixpath.basename(member), {})
-    return make_elf(arch, f"{member}\n".encode() * 8)
+    return make_elf(arch, f"{member} {version}\n".encode() * 8)
 
 
 # --- artifacts ----------------------------------------------------------------------------
 
-def pack(kind: str, filename: str, members: dict[str, bytes], arch: str) -> bytes:
+def pack(kind: str, filename: str, members: dict[str, bytes], arch: str, version: str = "") -> bytes:
+    """The download: every version's bytes differ, so a sha256 pinned for the wrong version
+    (or arch) shows."""
     if kind == "file":
-        return make_elf(arch, f"{filename}\n".encode() * 8)
+        return make_elf(arch, f"{filename} {version}\n".encode() * 8)
     if kind.endswith("-file"):
-        raw = make_elf(arch, f"{filename}\n".encode() * 8)
+        raw = make_elf(arch, f"{filename} {version}\n".encode() * 8)
         return {"gz-file": lambda b: gzip.compress(b, mtime=0), "xz-file": lzma.compress,
                 "bz2-file": bz2.compress,
                 "zst-file": zstandard.ZstdCompressor().compress}[kind](raw)
@@ -248,7 +250,9 @@ def synthesize(recipes: Path, name: str, versions: list[str], up: Upstream,
                 filename = url.rsplit("/", 1)[1]
                 kind = kind_of(source, filename)
                 members = members_of(source, wanted) if kind not in ("file",) and not kind.endswith("-file") else []
-                content = pack(kind, filename, {m: member_content(m, source, arch) for m in members}, arch)
+                own = source.get("version") or version     # a companion has its own
+                content = pack(kind, filename, {m: member_content(m, source, arch, own)
+                                                for m in members}, arch, own)
                 if url not in up.sha256:
                     up.add(url, content)
                 result.artifacts.append(Artifact(name, version, arch, url, kind, tuple(members)))

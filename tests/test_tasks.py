@@ -4,7 +4,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+from sysext_bakery import report, tasks
 
 HEAVY = ("requests", "urllib3", "tomlkit", "PySquashfsImage", "git", "zstandard", "yaml")
 
@@ -19,3 +22,37 @@ def test_graph_loads_without_the_heavy_modules() -> None:
                           timeout=60, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("argv, selected", [
+    (["plan", "--from", "build/release"], ["plan"]),
+    (["--reporter=zero", "plan", "--from=pub", "--output", "m.json"], ["plan"]),
+    (["-r", "zero", "run", "update", "--commit", "--branch", "bump"], ["update"]),
+    (["-n", "2", "update:docker", "update:kubernetes"], ["update:docker", "update:kubernetes"]),
+    (["build", "plan"], ["build", "plan"]),
+    (["inspect", "docker-24.0.9-x86-64"], ["inspect", "docker-24.0.9-x86-64"]),
+    (["-c"], None),                       # the default tasks
+    (["list", "--all"], None),            # runs no task
+    (["help", "plan"], None),
+])
+def test_selected_tasks_reads_the_command_line_like_doit(argv, selected) -> None:
+    assert report.selected_tasks(argv) == selected
+
+
+def task_names(argv: list[str]) -> set[str]:
+    return {t["basename"] + (f":{t['name']}" if t.get("name") else "")
+            for t in tasks.generate(REPO, argv)}
+
+
+def test_update_and_plan_runs_skip_the_image_tasks() -> None:
+    """The nightly job's `doit update` and `doit plan` load recipes, lock and plan but no
+    per-image task: at a thousand images that was most of their time."""
+    full = task_names(["build"])
+    assert any(n.startswith("fetch:docker-") for n in full) and "build" in full
+    for argv in (["update"], ["plan", "--from", "x"], ["update:docker"], ["update", "plan"]):
+        names = task_names(argv)
+        assert "update" in names and "plan" in names and "update:docker" in names
+        assert not any(n.split(":")[0] in ("fetch", "stage", "pack", "build") for n in names), argv
+    # anything else still gets the whole graph
+    assert task_names(["plan", "build:docker"]) == full
+    assert task_names(["list"]) == full

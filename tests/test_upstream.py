@@ -289,6 +289,20 @@ def test_directory_mirror_serves_recorded_answers(tmp_path: Path) -> None:
                                       "not found in the mirror directory")
 
 
+def test_directory_mirror_answers_a_directory_url_with_its_index_page(tmp_path: Path) -> None:
+    # docker's html-index is a directory URL; a recorded tree holds the page as index.html
+    page = tmp_path / "download.docker.com/linux/static/stable/x86_64/index.html"
+    page.parent.mkdir(parents=True)
+    shutil.copy(DATA / "docker-static-x86_64.html", page)
+    docker = Upstream(type="html-index", url="https://download.docker.com/linux/static/stable/x86_64/",
+                      pattern=r"docker-(\d+\.\d+\.\d+)\.tgz")
+    found = discover(docker, make_get(str(tmp_path)), NO_TOKEN)
+    assert "24.0.9" in found.versions and found.source == docker.url
+    page.unlink()
+    with pytest.raises(BakeryError, match="x86_64/: not found in the mirror directory"):
+        discover(docker, make_get(str(tmp_path)), NO_TOKEN)
+
+
 def test_without_a_mirror_only_https_is_asked() -> None:
     with pytest.raises(BakeryError, match="only https:// upstream URLs"):
         make_get(None)("http://example.org/index.html", {})

@@ -5,12 +5,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import lzma
 import tarfile
 import threading
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 from elf import make_elf
 
@@ -115,9 +117,18 @@ def populate(root: Path) -> Upstream:
     return up
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: more concurrent connects than that (doit
+    # update discovers 8 at a time) get their SYN dropped and retried after a second
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class MirrorServer:
     """Serves a directory on 127.0.0.1 and records each requested path. `failures` maps a
-    path (without the query) to the HTTP status it answers instead, for an upstream that fails."""
+    path (without the query) to the HTTP status it answers instead, for an upstream that fails.
+    A request with a query is answered from the file named by path and query, if there is one
+    (recorded API answers, tests/recorded.py)."""
 
     def __init__(self, directory: Path):
         requests: list[str] = []
@@ -132,14 +143,34 @@ class MirrorServer:
                 if (status := failures.get(self.path.split("?", 1)[0])) is not None:
                     self.send_error(status)
                     return
-                super().do_GET()
+                if not self.recorded():
+                    super().do_GET()
+
+            def recorded(self) -> bool:
+                """A recorded answer (tests/recorded.py): the file named by the unquoted
+                path and query, sent with the headers of its .headers.json."""
+                target = unquote(self.path).lstrip("/")
+                path = (directory / target).resolve()
+                sidecar = path.with_name(path.name + ".headers.json")
+                if (not path.is_relative_to(directory.resolve()) or not path.is_file()
+                        or ("?" not in target and not sidecar.is_file())):
+                    return False
+                body = path.read_bytes()
+                headers = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+                self.send_response(200)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return True
 
             def log_message(self, *args):
                 pass
 
         self.requests = requests
         self.failures = failures
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
