@@ -40,6 +40,7 @@ DOWNLOAD_LOCKS = ".locks"                 # cache/.locks/<sha256 of the URL>
 _POLL_FIRST, _POLL_MAX = 0.02, 0.5        # seconds between tries for a held download lock
 
 _held: dict[Path, int] = {}               # lock path -> fd, kept open until the process ends
+_run: str | None = None                   # this run's id once it holds its tree's lock
 
 
 def needs_tree_lock(argv: list[str]) -> bool:
@@ -66,6 +67,14 @@ def lock_tree(build: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[path] = fd
+    global _run
+    _run = f"{os.getpid()}.{time.time_ns()}"
+
+
+def run_id() -> str | None:
+    """An id of the doit run holding its tree's lock, shared with its doit -n N children
+    (forked after the lock was taken), unique per run; None in any other process."""
+    return _run
 
 
 def exit_on_sigterm() -> None:
