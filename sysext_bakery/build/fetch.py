@@ -90,7 +90,8 @@ def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None
             return Fetched(cache / known, known, first_use=False)
         # Another image of this run (doit -n N) or another run sharing the cache may be
         # downloading the same URL: wait for it, then take its file from the cache.
-        with tidy.download_lock(cache, url, http.limits.deadline + LOCK_SLACK):
+        with disk_errors(cache, "downloading " + url), \
+                tidy.download_lock(cache, url, http.limits.deadline + LOCK_SLACK):
             if known and cached(cache, known, url):
                 return Fetched(cache / known, known, first_use=False)
             actual, size = _fetch_into_cache(http, url, source, expected, cache)
