@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fixtures
+import parallel
 from fixtures import REPO
 
 PYTHON = sys.executable
 PROBE = Path(__file__).resolve().parent / "doit_probe.py"
 DOCKER_IMG = f"docker-{fixtures.DOCKER_VERSION}-x86-64"
-CASES = ("noop", "cold", "edit", "size", "scale", "memory", "nightly")
+CASES = ("noop", "cold", "edit", "size", "scale", "memory", "nightly", "parallel")
 sys.path.insert(0, str(REPO))
 from sysext_bakery.build.pack import pack_command  # noqa: E402  (the exact flags the bakery uses)
 
@@ -394,6 +395,8 @@ def main() -> int:
             bench.scale()
         if "nightly" in cases:
             bench.nightly()
+        if "parallel" in cases:
+            parallel.run_case(bench, Row)
     finally:
         bench.server.close()
     elapsed = time.perf_counter() - started

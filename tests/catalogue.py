@@ -32,6 +32,7 @@ import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import zstandard
 
@@ -55,6 +56,7 @@ CHECKSUM_SHAPES = {
     "coder": "star",
 }
 DECOY = "decoy-other-asset.tar.gz"
+ElfMaker = Callable[[str, str, str], bytes]      # (download URL, member or file name, arch)
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,15 @@ def unit_text(name: str, replace: dict[str, str]) -> bytes:
     return "\n".join(lines).encode()
 
 
-def member_content(member: str, source: dict, arch: str, version: str = "") -> bytes:
+def small_elf(url: str, member: str, arch: str) -> bytes:
+    """The default ELF payload: a valid header and a few bytes naming the member and its
+    download, whose URL holds the (companion's own) version: every version's bytes differ, so
+    a sha256 pinned for the wrong version (or arch) shows."""
+    return make_elf(arch, f"{member} {url}\n".encode() * 8)
+
+
+def member_content(member: str, source: dict, arch: str, url: str = "",
+                   elf: ElfMaker = small_elf) -> bytes:
     for pattern, entry in source["install"].items():
         _, opts = install_target(entry)
         if member.endswith(UNIT_SUFFIXES) and (fnmatch.fnmatchcase(member, pattern.replace("**", "*"))
@@ -198,18 +208,17 @@ def member_content(member: str, source: dict, arch: str, version: str = "") -> b
             return unit_text(posixpath.basename(member), opts.get("replace", {}))
     if member.endswith(UNIT_SUFFIXES):
         return unit_text(posixpath.basename(member), {})
-    return make_elf(arch, f"{member} {version}\n".encode() * 8)
+    return elf(url, member, arch)
 
 
 # --- artifacts ----------------------------------------------------------------------------
 
-def pack(kind: str, filename: str, members: dict[str, bytes], arch: str, version: str = "") -> bytes:
-    """The download: every version's bytes differ, so a sha256 pinned for the wrong version
-    (or arch) shows."""
+def pack(kind: str, filename: str, members: dict[str, bytes], arch: str, url: str = "",
+         elf: ElfMaker = small_elf) -> bytes:
     if kind == "file":
-        return make_elf(arch, f"{filename} {version}\n".encode() * 8)
+        return elf(url, filename, arch)
     if kind.endswith("-file"):
-        raw = make_elf(arch, f"{filename} {version}\n".encode() * 8)
+        raw = elf(url, filename, arch)
         return {"gz-file": lambda b: gzip.compress(b, mtime=0), "xz-file": lzma.compress,
                 "bz2-file": bz2.compress,
                 "zst-file": zstandard.ZstdCompressor().compress}[kind](raw)
@@ -234,7 +243,10 @@ def _github_release(url: str) -> tuple[str, str, str, str] | None:
 
 
 def synthesize(recipes: Path, name: str, versions: list[str], up: Upstream,
-               signer: Signer | None = None, arches: list[str] | None = None) -> Synthesized:
+               signer: Signer | None = None, arches: list[str] | None = None,
+               elf: ElfMaker = small_elf) -> Synthesized:
+    """`elf(url, member, arch)` makes each ELF file (a raw download or an archive member):
+    tiny by default; the benchmarks give them real binaries' sizes."""
     data = load_toml(recipes, name)
     files_dir = recipes / name / "files"
     result = Synthesized()
@@ -250,10 +262,11 @@ def synthesize(recipes: Path, name: str, versions: list[str], up: Upstream,
                 filename = url.rsplit("/", 1)[1]
                 kind = kind_of(source, filename)
                 members = members_of(source, wanted) if kind not in ("file",) and not kind.endswith("-file") else []
-                own = source.get("version") or version     # a companion has its own
-                content = pack(kind, filename, {m: member_content(m, source, arch, own)
-                                                for m in members}, arch, own)
-                if url not in up.sha256:
+                if url in up.sha256:       # shared by several versions: made once
+                    content = (up.root / url.removeprefix("https://")).read_bytes()
+                else:
+                    content = pack(kind, filename, {m: member_content(m, source, arch, url, elf)
+                                                    for m in members}, arch, url, elf)
                     up.add(url, content)
                 result.artifacts.append(Artifact(name, version, arch, url, kind, tuple(members)))
                 check = source.get("checksum", "sha256")

@@ -9,6 +9,7 @@ import json
 import lzma
 import tarfile
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -128,11 +129,15 @@ class MirrorServer:
     """Serves a directory on 127.0.0.1 and records each requested path. `failures` maps a
     path (without the query) to the HTTP status it answers instead, for an upstream that fails.
     A request with a query is answered from the file named by path and query, if there is one
-    (recorded API answers, tests/recorded.py)."""
+    (recorded API answers, tests/recorded.py). `delay` holds every answer that many seconds (a
+    slow link, so concurrent builds overlap); while `gate` is cleared, answers wait for it (at
+    most 60 s)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, delay: float = 0.0):
         requests: list[str] = []
         failures: dict[str, int] = {}
+        gate = threading.Event()
+        gate.set()
 
         class Handler(SimpleHTTPRequestHandler):
             def __init__(self, *args, **kwargs):
@@ -140,6 +145,9 @@ class MirrorServer:
 
             def do_GET(self):
                 requests.append(self.path)
+                gate.wait(60)
+                if delay:
+                    time.sleep(delay)
                 if (status := failures.get(self.path.split("?", 1)[0])) is not None:
                     self.send_error(status)
                     return
@@ -170,6 +178,7 @@ class MirrorServer:
 
         self.requests = requests
         self.failures = failures
+        self.gate = gate
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sysext_bakery.build import formats, provenance, sums
+from sysext_bakery.build import formats, provenance, sums, tidy
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import file_digest, write_atomic
 from sysext_bakery.model.image import Image
@@ -47,7 +47,7 @@ def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str
             f"{lock_name(settings)}: {', '.join(unpinned)}",
             f"pin them with `doit update:{image.name}` (review and commit the lock), then build "
             "again; locked builds never trust a download on first use")
-    fetched, first_use = [], []
+    fetched, first_use, seen = [], [], {}
     for source in image.sources:
         got = fetch(source.url, source.sha256, settings.download_cache,
                     checksum_url=source.checksum_url, checksum=source.checksum,
@@ -56,13 +56,15 @@ def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str
         if got.first_use:
             first_use.append(source.url)
         fetched.append({"url": source.url, "sha256": got.sha256})
+        seen[got.sha256] = file_signature(got.path)
     pending = any(s.sha256 is None for s in image.sources)
     staged = _read_json(Path(paths.stage_record))
     if pending and isinstance(staged, dict) and staged.get("sources") == fetched:
         _pin(image, settings, fetched, first_use)
         pending, first_use = False, []
     _write_json(Path(paths.fetch_record),
-                {"sources": fetched, "pending": pending, "first_use": first_use})
+                {"sources": fetched, "pending": pending, "first_use": first_use,
+                 "verified": {"run": tidy.run_id(), "files": seen}})
     return {"sources": fetched, "pending": pending}
 
 
@@ -75,6 +77,15 @@ def _pin(image: Image, settings: Settings, fetched: list[dict[str, str]],
                   f"recorded in {settings.lock_path}. Review it (git diff) before you commit.",
                   file=sys.stderr)
     lock.record_sha256(settings.lock_path, image.name, image.version, image.arch, fetched)
+
+
+def file_signature(path: Path) -> list[int] | None:
+    """What changes when a file is rewritten, replaced or touched (ctime cannot be set)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def lock_name(settings: Settings) -> str:
@@ -119,8 +130,18 @@ def stage_image(image: Image, settings: Settings, paths: ImagePaths) -> None:
     fetched = record["sources"]
     # The fetch task may be up to date while a download rotted (or was swapped) in the
     # shared cache since: each one is hashed again here, and fetched again if it changed.
-    downloads = [fetch(s["url"], s["sha256"], settings.download_cache, mirror=settings.mirror).path
-                 for s in fetched]
+    # Unless this very run's fetch hashed it and the file is untouched since (same inode,
+    # size, mtime and ctime: a rewrite, rename or chmod changes one of them).
+    verified = record.get("verified") or {}
+    fresh = verified.get("run") is not None and verified.get("run") == tidy.run_id()
+    downloads = []
+    for s in fetched:
+        path = settings.download_cache / s["sha256"]
+        if fresh and file_signature(path) == verified.get("files", {}).get(s["sha256"]):
+            downloads.append(path)
+        else:
+            downloads.append(fetch(s["url"], s["sha256"], settings.download_cache,
+                                   mirror=settings.mirror).path)
     stage.stage_image(image, downloads, Path(paths.tree), unpacked=settings.build / "stage" / ".unpacked")
     _write_json(Path(paths.stage_record), {"config": stage_config(image), "sources": fetched,
                                            "files": files_digest(image.files_dir)})

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["Fetched", "cached", "fetch", "fetch_text", "mirror_url", "parse_checksum"]
 
 MAX_RESUMES = 5                    # body breaks tolerated per download
+# A download under its lock ends within its deadline (every attempt included); the slack
+# covers hashing and renaming it. A waiter gives up after that.
+LOCK_SLACK = 60.0
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 LOCK = "release/lock.toml"
@@ -60,6 +63,9 @@ def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None
     streams in, beside the sha256 that names it in the cache.
     `limits` default to `Limits.from_env()` (BAKERY_DEADLINE, BAKERY_LOW_SPEED_TIME, …).
     `locked` (BAKERY_LOCKED=1) refuses any download without a pinned sha256, checksum file or not.
+    A URL is downloaded by one caller at a time (`tidy.download_lock`, across processes and
+    threads sharing `cache`); the others then find it cached. A file trusted on first use has
+    no digest to look up, so each of its waiters downloads it again.
     """
     if checksum not in CHECKSUMS:
         raise BakeryError(f"{url}: unknown checksum kind {checksum!r}",
@@ -79,9 +85,16 @@ def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None
         elif expected is None and checksum_url:
             expected = checksums.from_checksum_file(http, url, checksum_url, checksum,
                                                     signature_url, signature_key)
-        if expected and expected.algorithm == "sha256" and cached(cache, expected.digest, url):
-            return Fetched(cache / expected.digest, expected.digest, first_use=False)
-        actual, size = _fetch_into_cache(http, url, source, expected, cache)
+        known = expected.digest if expected and expected.algorithm == "sha256" else None
+        if known and cached(cache, known, url):
+            return Fetched(cache / known, known, first_use=False)
+        # Another image of this run (doit -n N) or another run sharing the cache may be
+        # downloading the same URL: wait for it, then take its file from the cache.
+        with disk_errors(cache, "downloading " + url), \
+                tidy.download_lock(cache, url, http.limits.deadline + LOCK_SLACK):
+            if known and cached(cache, known, url):
+                return Fetched(cache / known, known, first_use=False)
+            actual, size = _fetch_into_cache(http, url, source, expected, cache)
     print(f"fetched {url_filename(url)} {decimal(size)} sha256 {actual[:12]}…", file=sys.stderr)
     return Fetched(cache / actual, actual, first_use=expected is None)
 

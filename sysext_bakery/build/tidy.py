@@ -9,16 +9,26 @@ that is gone, and is removed.
 The download cache may be shared by several trees (BAKERY_CACHE), so the tree lock says
 nothing about it: each download holds an flock on its own temporary file, and only a file
 nobody holds is removed (`clean_cache`).
+
+A download shared by several images (a companion such as runc or the CNI plugins, an
+arch-independent file) must be fetched once even when `doit -n N`, `-P thread` or two runs
+sharing BAKERY_CACHE want it at the same time: each download of a URL holds an flock on
+`cache/.locks/<sha256 of the URL>` (`download_lock`), and whoever gets it second finds the
+file in the cache. The kernel drops an flock when its holder dies, so a killed download
+never blocks the next one; a live holder that hangs is waited for only so long.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 from sysext_bakery.errors import BakeryError
 
@@ -26,7 +36,11 @@ TREE_LOCK = ".lock"                       # build/.lock
 # doit commands that only read: they neither wait for nor block a build
 READ_ONLY = frozenset({"list", "info", "help", "dumpdb", "tabcompletion"})
 
+DOWNLOAD_LOCKS = ".locks"                 # cache/.locks/<sha256 of the URL>
+_POLL_FIRST, _POLL_MAX = 0.02, 0.5        # seconds between tries for a held download lock
+
 _held: dict[Path, int] = {}               # lock path -> fd, kept open until the process ends
+_run: str | None = None                   # this run's id once it holds its tree's lock
 
 
 def needs_tree_lock(argv: list[str]) -> bool:
@@ -53,6 +67,14 @@ def lock_tree(build: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[path] = fd
+    global _run
+    _run = f"{os.getpid()}.{time.time_ns()}"
+
+
+def run_id() -> str | None:
+    """An id of the doit run holding its tree's lock, shared with its doit -n N children
+    (forked after the lock was taken), unique per run; None in any other process."""
+    return _run
 
 
 def exit_on_sigterm() -> None:
@@ -110,6 +132,48 @@ def clean_cache(cache: Path) -> list[Path]:
             os.close(fd)
     _announce(removed)
     return removed
+
+
+@contextlib.contextmanager
+def download_lock(cache: Path, url: str, wait: float) -> Iterator[None]:
+    """Hold the download lock of `url` in `cache` (across processes and threads: each call
+    opens its own file description). Waits at most `wait` seconds for another holder, then
+    raises BakeryError naming the URL and the holder's pid. The lock file is removed on
+    release; a waiter that locked a file removed meanwhile opens the new one."""
+    directory = cache / DOWNLOAD_LOCKS
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / hashlib.sha256(url.encode()).hexdigest()
+    deadline, delay, told = time.monotonic() + wait, _POLL_FIRST, False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise BakeryError(
+                    f"{url}: another download of it (pid {owner}, lock {path}) did not finish "
+                    f"within {wait:.0f} s", "if that process hangs, stop it (its lock goes with "
+                    "it) and build again; for a slow link raise BAKERY_DEADLINE") from None
+            if not told:
+                print(f"waiting for another download of {url} (pid {owner})", file=sys.stderr)
+                told = True
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, _POLL_MAX)
+            continue
+        if os.fstat(fd).st_nlink == 0:
+            os.close(fd)      # its holder removed it as we waited: lock the current one
+            continue
+        break
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()     # while still held, so nobody locks a file about to vanish
+        os.close(fd)
 
 
 def claim(fd: int) -> bool:
