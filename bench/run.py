@@ -376,7 +376,7 @@ def main() -> int:
     # set (as on this machine), every doit run would otherwise compile ~90 modules again.
     compileall.compile_dir(REPO / "sysext_bakery", quiet=1)
     bench = Bench(args.workdir, args.quick, args.profile,
-                  docker=bool(cases & {"noop", "cold", "edit", "size", "memory"}))
+                  docker=bool(cases & {"noop", "cold", "edit", "size", "memory", "parallel"}))
     try:
         if cases & {"noop", "cold", "edit", "size", "memory"}:
             project = bench.catalogue()

@@ -17,6 +17,8 @@ from urllib.parse import unquote
 
 from elf import make_elf
 
+RATE_CHUNK = 64 * 1024   # bytes a rate-limited answer sends between pauses
+
 DOCKER_BINARIES = ("docker", "dockerd", "containerd", "containerd-shim-runc-v2", "ctr", "runc",
                    "docker-init", "docker-proxy")
 DOCKER_ARCH = {"x86-64": "x86_64", "arm64": "aarch64"}
@@ -131,9 +133,10 @@ class MirrorServer:
     A request with a query is answered from the file named by path and query, if there is one
     (recorded API answers, tests/recorded.py). `delay` holds every answer that many seconds (a
     slow link, so concurrent builds overlap); while `gate` is cleared, answers wait for it (at
-    most 60 s)."""
+    most 60 s). `rate` (bytes/s, per connection) sends file bodies no faster, the way an
+    upstream CDN serves one download."""
 
-    def __init__(self, directory: Path, delay: float = 0.0):
+    def __init__(self, directory: Path, delay: float = 0.0, rate: float | None = None):
         requests: list[str] = []
         failures: dict[str, int] = {}
         gate = threading.Event()
@@ -172,6 +175,17 @@ class MirrorServer:
                 self.end_headers()
                 self.wfile.write(body)
                 return True
+
+            def copyfile(self, source, outputfile):
+                if rate is None:
+                    return super().copyfile(source, outputfile)
+                start, sent = time.monotonic(), 0
+                while chunk := source.read(RATE_CHUNK):
+                    outputfile.write(chunk)
+                    sent += len(chunk)
+                    ahead = sent / rate - (time.monotonic() - start)
+                    if ahead > 0:
+                        time.sleep(ahead)
 
             def log_message(self, *args):
                 pass
