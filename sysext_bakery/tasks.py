@@ -394,6 +394,9 @@ def _update_task(root: Path, basename: str, names: list[str] | None, loaded: Any
         if (branch or author) and not commit:
             raise BakeryError("--branch and --author only apply with --commit",
                               "add --commit, or leave them out")
+        if commit:
+            from sysext_bakery.update.commit import preflight
+            preflight(root, author, branch)
         report = update_run.run(settings_from_env(root), names, loaded=loaded)
         outcome["report"] = report
         if commit:
