@@ -149,8 +149,7 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Exp
                       cache: Path) -> tuple[str, int]:
     """Write to a temp file under cache/.tmp and rename it to its hash once verified;
     on any failure nothing is left behind."""
-    tmpdir = cache / ".tmp"
-    tmpdir.mkdir(parents=True, exist_ok=True)
+    tmpdir = tidy.cache_dir(cache, ".tmp")
     tidy.clean_cache(cache)   # what killed downloads left; live ones hold their file's flock
     while True:
         fd, tmp_name = tempfile.mkstemp(dir=tmpdir, prefix=f"{url_filename(url)}.")
