@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.url import url_problem
 from sysext_bakery.model.reply import Headers, Reply, phrase
 from sysext_bakery.model.version import version_key, version_problem
 
@@ -217,8 +218,14 @@ def pages(get: Get, url: str, headers: Callable[[str], Mapping[str, str]],
         nxt = next_of(reply, items)
         if nxt is None or nxt in seen:
             return
+        if problem := url_problem(nxt, schemes=("https", "http")):
+            # a Link header is upstream's text: it must not reach a terminal unchecked
+            raise BakeryError(f"{reply.url}: the next page link is unusable: {problem}",
+                              "the upstream answer is not what the bakery expects; " + RECIPE_HINT)
         if urlsplit(nxt)[:2] != origin:
-            raise BakeryError(f"{reply.url}: the next page is on another host ({urlsplit(nxt).netloc})",
+            netloc = urlsplit(nxt).netloc   # without its userinfo: it may hold credentials
+            host = f"***@{netloc.rsplit('@', 1)[1]}" if "@" in netloc else netloc
+            raise BakeryError(f"{reply.url}: the next page is on another host ({host})",
                               "the upstream answer is not what the bakery expects; " + RECIPE_HINT)
         url = nxt
 
