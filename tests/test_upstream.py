@@ -421,3 +421,16 @@ def test_a_hostile_next_page_link_is_refused_by_name(target: str, said: str) -> 
     text = err.value.message
     assert said in text and text.startswith(f"{first}: the next page ")
     assert "\x1b" not in text and "\n" not in text and "hunter2" not in text and len(text) < 400
+
+
+def test_an_answer_nested_past_the_recursion_limit_is_a_clear_error() -> None:
+    from sysext_bakery.upstream.base import check_status, json_of
+    url = "https://api.github.com/repos/example/tool/releases?per_page=100"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(BakeryError) as err:
+        json_of(Reply(200, upstream.base.Headers({"Content-Type": JSON}), deep, url))
+    assert err.value.message == f"{url}: not valid JSON: nested too deeply"
+    # a rate-limit answer whose explanation nests that deep still names the status
+    with pytest.raises(BakeryError) as err:
+        check_status(Reply(403, upstream.base.Headers({}), b'{"message": ' + deep + b"}", url))
+    assert err.value.message.startswith(f"{url}: HTTP 403")

@@ -152,7 +152,7 @@ def _upstream_message(body: bytes) -> str:
     """GitHub and GitLab explain errors in {"message": ...}; show it, short and printable."""
     try:
         message = json.loads(body).get("message")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
     if not isinstance(message, str):
         return ""
@@ -173,6 +173,8 @@ def json_of(reply: Reply) -> Any:
                           "the API; check upstream.url / upstream.repo and BAKERY_MIRROR")
     try:
         return json.loads(reply.body)
+    except RecursionError:
+        raise BakeryError(f"{reply.url}: not valid JSON: nested too deeply", RECIPE_HINT) from None
     except ValueError as e:
         raise BakeryError(f"{reply.url}: not valid JSON: {e}", RECIPE_HINT) from None
 
