@@ -205,6 +205,9 @@ class Http:
         text = self.get_text(url, headers=headers, max_bytes=max_bytes, hint=hint)
         try:
             return json.loads(text)
+        except RecursionError:
+            raise BakeryError(f"{self.redact(url)}: not JSON (nested too deeply)",
+                              hint or self.hint) from None
         except ValueError as e:
             raise BakeryError(f"{self.redact(url)}: not JSON ({e})", hint or self.hint) from None
 

@@ -16,7 +16,9 @@ LOCK = "release/lock.toml"   # relative to the project root; also how messages n
 # The environment variables holding credentials or key material. The bakery reads them itself
 # (the token into an Authorization header, the key and passphrase into gpg's stdin); run.py
 # strips them from every program it starts, so no tool, agent or hook of a tool ever sees one.
-SECRETS = ("GITHUB_TOKEN", "BAKERY_SIGNING_KEY", "BAKERY_SIGNING_PASSPHRASE")
+# GH_TOKEN is gh's: the release workflow's update job sets it for `gh pr create`, so doit
+# runs with it; the bakery never reads it, and no child of it gets it
+SECRETS = ("GITHUB_TOKEN", "BAKERY_SIGNING_KEY", "BAKERY_SIGNING_PASSPHRASE", "GH_TOKEN")
 
 
 @dataclass(frozen=True)

@@ -394,6 +394,9 @@ def _update_task(root: Path, basename: str, names: list[str] | None, loaded: Any
         if (branch or author) and not commit:
             raise BakeryError("--branch and --author only apply with --commit",
                               "add --commit, or leave them out")
+        if commit:
+            from sysext_bakery.update.commit import preflight
+            preflight(root, author, branch)
         report = update_run.run(settings_from_env(root), names, loaded=loaded)
         outcome["report"] = report
         if commit:
@@ -412,6 +415,19 @@ def _update_task(root: Path, basename: str, names: list[str] | None, loaded: Any
 
     return {"basename": basename, "doc": doc, "actions": [_edge(update), partial],
             "params": _UPDATE_PARAMS, "uptodate": [False], "verbosity": 2}
+
+
+def _said_on_stderr(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`doit --reporter=zero plan` (how CI runs it, to keep stdout JSON) shows no task
+    failure: the error goes to stderr here, and the reporter gets only a pointer to it."""
+    @functools.wraps(fn)
+    def action(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BakeryError as e:
+            print(f"bakery: error: {e}", file=sys.stderr)
+            raise BakeryError("doit plan failed: the error is above (bakery: error: …)") from None
+    return action
 
 
 def plan_task(root: Path, the_plan: Plan | None) -> dict[str, Any]:
@@ -442,7 +458,7 @@ def plan_task(root: Path, the_plan: Plan | None) -> dict[str, Any]:
         "basename": "plan",
         "doc": "print the pinned images not yet published as a CI matrix JSON "
                "(--from DIR|URL, --github [--repo owner/name], --output FILE)",
-        "actions": [_edge(plan_action)],
+        "actions": [_edge(_said_on_stderr(plan_action))],
         "params": [
             {"name": "from_", "long": "from", "type": str, "default": "",
              "help": "published directory or URL holding index.json (default build/release)"},

@@ -87,3 +87,19 @@ def test_an_unchanged_or_hand_pinned_recipe_has_no_drift(project: Project, upstr
     edited = load_recipe(project.root / "recipes" / "containerd.toml")
     found = drift(edited, "1.7.27", "x86-64", pinned)
     assert found is not None and found.changes == [(runc_url("x86-64"), runc_url("x86-64", "1.2.6"))]
+
+
+def test_credentials_in_a_stale_pin_never_reach_a_message(project: Project, upstream: Upstream) -> None:
+    """A pin of a private mirror's URL with userinfo or a token: the warning, the locked
+    refusal and update's re-pin line name the URL with them redacted."""
+    from sysext_bakery.model.url import url_problem
+    from sysext_bakery.plan import stale_refused, stale_warning
+    recipe = load_recipe(project.root / "recipes" / "containerd.toml")
+    pinned = [dict(s) for s in lock_for(upstream)["containerd"]["1.7.27"]["x86-64"]["sources"]]
+    pinned[1]["url"] = pinned[1]["url"].replace("https://", "https://bot:hunter2@") + "?token=s3cret"
+    found = drift(recipe, "1.7.27", "x86-64", pinned)
+    assert found is not None
+    for text in (stale_warning(recipe, "1.7.27", found), str(stale_refused(recipe, "1.7.27", [found])),
+                 found.detail()):
+        assert "hunter2" not in text and "s3cret" not in text and "https://***@" in text, text
+    assert "hunter2" not in url_problem("https://bot:hunter2@example.com/a b")

@@ -70,11 +70,19 @@ def test_plan_from_a_url_and_from_the_github_metadata_release(project: Project, 
     assert [e["image"] for e in got["include"]] == ALL[6:]
 
 
-def test_plan_with_a_broken_index_names_it(project: Project, tmp_path: Path) -> None:
-    (tmp_path / "index.json").write_text("{\"images\": 1}")
-    proc = project.doit("plan", "--from", str(tmp_path), check=False)
+@pytest.mark.parametrize("text", ["{\"images\": 1}", "[" * 100_000 + "]" * 100_000])
+@pytest.mark.parametrize("reporter", [[], ["--reporter=zero"]])
+def test_plan_with_a_broken_index_names_it(project: Project, tmp_path: Path, text: str,
+                                           reporter: list[str]) -> None:
+    """Also as CI runs it, with --reporter=zero (which shows no task failure), and for an
+    index nested past Python's recursion limit."""
+    (tmp_path / "index.json").write_text(text)
+    proc = project.doit(*reporter, "plan", "--from", str(tmp_path), check=False)
     assert proc.returncode != 0
-    assert f"{tmp_path / 'index.json'}: not a bakery index.json" in proc.stdout + proc.stderr
+    if reporter:
+        assert proc.stdout == ""     # no half matrix for the workflow to read
+    assert f"{tmp_path / 'index.json'}: not a bakery index.json" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_locked_build_refuses_an_unpinned_download(project: Project, upstream) -> None:

@@ -172,3 +172,42 @@ def test_doit_n2_build_of_two_kubernetes_minors_fetches_the_cni_plugins_once(tmp
         assert len(records) == 2 and all(r["verified"]["run"] for r in records)
     finally:
         mirror.close()
+
+
+def _plant(cache: Path, what: str) -> Path:
+    """Something not a bakery lock or temp directory where fetch puts one."""
+    lock = cache / tidy.DOWNLOAD_LOCKS / hashlib.sha256(URL.encode()).hexdigest()
+    lock.parent.mkdir(parents=True)
+    elsewhere = cache.parent / "elsewhere"
+    elsewhere.mkdir()
+    if what == "lock is a symlink":
+        lock.symlink_to(elsewhere / "target")
+        return lock
+    if what == "lock is a directory":
+        lock.mkdir()
+        return lock
+    lock.parent.rmdir()
+    planted = cache / (tidy.DOWNLOAD_LOCKS if what.startswith("locks") else ".tmp")
+    if what.endswith("is a file"):
+        planted.write_text("")
+    else:
+        planted.symlink_to(elsewhere)
+    return planted
+
+
+@pytest.mark.parametrize("what", ["lock is a symlink", "lock is a directory", "locks is a file",
+                                  "locks is a symlink", "tmp is a file", "tmp is a symlink"])
+def test_a_planted_lock_or_cache_directory_is_a_clear_error(server, tmp_path: Path,
+                                                            what: str) -> None:
+    cache = tmp_path / "cache"
+    planted = _plant(cache, what)
+    with pytest.raises(BakeryError) as err:
+        fetch(URL, DIGEST, cache, mirror=server.url)
+    assert str(planted) in err.value.message and f"remove {planted}" in err.value.hint
+    assert not (cache / DIGEST).exists() and not list((tmp_path / "elsewhere").iterdir())
+    # once it is removed, the download goes through
+    if planted.is_dir() and not planted.is_symlink():
+        planted.rmdir()
+    else:
+        planted.unlink()
+    assert fetch(URL, DIGEST, cache, mirror=server.url).sha256 == DIGEST

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from sysext_bakery.build import actions, tidy
-from sysext_bakery.build.fetch import cached
 from sysext_bakery.model.image import Image
 from sysext_bakery.plan import plan
 from sysext_bakery.recipe import lock
@@ -20,14 +19,15 @@ from sysext_bakery.settings import ImagePaths, settings_from_env
 
 
 def hashed_files(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the cache entries `fetch.cached` hashes from now on."""
+    """Names of the cache entries fetch hashes again from now on."""
     calls: list[str] = []
     from sysext_bakery.build import fetch as fetch_module
+    verify = fetch_module._verify_cached
 
-    def counting(cache: Path, sha256: str, url: str) -> bool:
+    def counting(cache: Path, sha256: str, url: str):
         calls.append(sha256)
-        return cached(cache, sha256, url)
-    monkeypatch.setattr(fetch_module, "cached", counting)
+        return verify(cache, sha256, url)
+    monkeypatch.setattr(fetch_module, "_verify_cached", counting)
     return calls
 
 

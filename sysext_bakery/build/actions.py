@@ -56,7 +56,7 @@ def fetch_image(image: Image, settings: Settings, paths: ImagePaths) -> dict[str
         if got.first_use:
             first_use.append(source.url)
         fetched.append({"url": source.url, "sha256": got.sha256})
-        seen[got.sha256] = file_signature(got.path)
+        seen[got.sha256] = list(got.signature) if got.signature else None
     pending = any(s.sha256 is None for s in image.sources)
     staged = _read_json(Path(paths.stage_record))
     if pending and isinstance(staged, dict) and staged.get("sources") == fetched:

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -37,6 +37,7 @@ MAX_RESUMES = 5                    # body breaks tolerated per download
 # covers hashing and renaming it. A waiter gives up after that.
 LOCK_SLACK = 60.0
 HEX64 = re.compile(r"[0-9a-f]{64}")
+Signature = tuple[int, int, int, int]   # inode, size, mtime_ns, ctime_ns
 
 LOCK = "release/lock.toml"
 LOCK_HINT = "check the version and URL pinned in release/lock.toml"
@@ -48,6 +49,9 @@ class Fetched:
     path: Path        # == cache / sha256
     sha256: str
     first_use: bool   # no sha256 was known (neither pinned nor from a checksum file)
+    # of the very file this call hashed (or wrote), from its open descriptor: looked up by
+    # name afterwards it could be another file renamed over the entry meanwhile
+    signature: Signature | None = field(default=None, compare=False)
 
 
 def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None = None,
@@ -75,8 +79,8 @@ def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None
         raise BakeryError(f"{url}: no sha256 pinned in release/lock.toml, and BAKERY_LOCKED=1 "
                           "refuses to download without one (no trust on first use)",
                           "pin it with `doit update:<recipe>` and commit release/lock.toml")
-    if pinned and cached(cache, pinned, url):
-        return Fetched(cache / pinned, pinned, first_use=False)
+    if pinned and (sig := _verify_cached(cache, pinned, url)) is not False:
+        return Fetched(cache / pinned, pinned, first_use=False, signature=sig)
     expected = checksums.Expected("sha256", pinned, LOCK) if pinned else None
     with Http(mirror, limits=limits) as http:
         source = http.locate(url)
@@ -86,33 +90,41 @@ def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None
             expected = checksums.from_checksum_file(http, url, checksum_url, checksum,
                                                     signature_url, signature_key)
         known = expected.digest if expected and expected.algorithm == "sha256" else None
-        if known and cached(cache, known, url):
-            return Fetched(cache / known, known, first_use=False)
+        if known and (sig := _verify_cached(cache, known, url)) is not False:
+            return Fetched(cache / known, known, first_use=False, signature=sig)
         # Another image of this run (doit -n N) or another run sharing the cache may be
         # downloading the same URL: wait for it, then take its file from the cache.
         with disk_errors(cache, "downloading " + url), \
                 tidy.download_lock(cache, url, http.limits.deadline + LOCK_SLACK):
-            if known and cached(cache, known, url):
-                return Fetched(cache / known, known, first_use=False)
-            actual, size = _fetch_into_cache(http, url, source, expected, cache)
+            if known and (sig := _verify_cached(cache, known, url)) is not False:
+                return Fetched(cache / known, known, first_use=False, signature=sig)
+            actual, size, sig = _fetch_into_cache(http, url, source, expected, cache)
     print(f"fetched {url_filename(url)} {decimal(size)} sha256 {actual[:12]}…", file=sys.stderr)
-    return Fetched(cache / actual, actual, first_use=expected is None)
+    return Fetched(cache / actual, actual, first_use=expected is None, signature=sig)
 
 
 def cached(cache: Path, sha256: str, url: str) -> bool:
     """Whether `cache/<sha256>` holds that file, hashed again: an entry that bit-rotted or
     was tampered with (the cache may be shared) is removed, so that it is fetched again
     instead of being packed. Hashing costs little: an up-to-date build never gets here."""
+    return _verify_cached(cache, sha256, url) is not False
+
+
+def _verify_cached(cache: Path, sha256: str, url: str) -> Signature | None | bool:
+    """False when `cache/<sha256>` is missing or bad (and removed); else the signature of the
+    file that hashed right, None if it changed while being hashed (nothing proves it since)."""
     path = cache / sha256
     if not path.is_file():
         return False
     hasher = hashlib.sha256()
     try:
         with open(path, "rb") as f:
+            before = signature(os.fstat(f.fileno()))
             while chunk := f.read(CHUNK):
                 hasher.update(chunk)
+            after = signature(os.fstat(f.fileno()))
         if hasher.hexdigest() == sha256:
-            return True
+            return after if after == before else None
         what = f"holds a file with sha256 {hasher.hexdigest()}"
     except OSError as e:
         what = f"cannot be read ({e.strerror})"
@@ -127,6 +139,11 @@ def cached(cache: Path, sha256: str, url: str) -> bool:
     print(f"WARNING: {path}: the download cache entry for {url} {what}: removed it, "
           "fetching again", file=sys.stderr)
     return False
+
+
+def signature(st: os.stat_result) -> Signature:
+    """What changes when a file is rewritten, replaced or touched (ctime cannot be set)."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def fetch_text(url: str, *, mirror: str | None = None, limits: Limits | None = None) -> str:
@@ -146,11 +163,10 @@ def _pinned(url: str, sha256: str | None) -> str | None:
 
 
 def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Expected | None,
-                      cache: Path) -> tuple[str, int]:
+                      cache: Path) -> tuple[str, int, Signature]:
     """Write to a temp file under cache/.tmp and rename it to its hash once verified;
     on any failure nothing is left behind."""
-    tmpdir = cache / ".tmp"
-    tmpdir.mkdir(parents=True, exist_ok=True)
+    tmpdir = tidy.cache_dir(cache, ".tmp")
     tidy.clean_cache(cache)   # what killed downloads left; live ones hold their file's flock
     while True:
         fd, tmp_name = tempfile.mkstemp(dir=tmpdir, prefix=f"{url_filename(url)}.")
@@ -178,12 +194,15 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Exp
                 "release/lock.toml; otherwise treat the download as compromised")
         tmp.chmod(0o644)  # mkstemp's 0600 would hide the cache from other users
         os.replace(tmp, cache / actual)
+        # the inode written and hashed (the rename moved its ctime), not whatever the name
+        # holds by the time the caller looks
+        sig = signature(os.fstat(guard))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     finally:
         os.close(guard)
-    return actual, size
+    return actual, size, sig
 
 
 def _copy(url: str, path: str, out: BinaryIO, meter: _Meter,

@@ -25,6 +25,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -140,12 +141,18 @@ def download_lock(cache: Path, url: str, wait: float) -> Iterator[None]:
     opens its own file description). Waits at most `wait` seconds for another holder, then
     raises BakeryError naming the URL and the holder's pid. The lock file is removed on
     release; a waiter that locked a file removed meanwhile opens the new one."""
-    directory = cache / DOWNLOAD_LOCKS
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = cache_dir(cache, DOWNLOAD_LOCKS)
     path = directory / hashlib.sha256(url.encode()).hexdigest()
     deadline, delay, told = time.monotonic() + wait, _POLL_FIRST, False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            # a symlink (ELOOP) or a directory planted where the lock goes, or no permission
+            raise BakeryError(f"{url}: cannot open its download lock {path}: {e.strerror}",
+                              f"only bakery lock files belong in {directory}: remove {path} "
+                              "(with no build running; the cache is safe to delete) and "
+                              "build again") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -174,6 +181,26 @@ def download_lock(cache: Path, url: str, wait: float) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()     # while still held, so nobody locks a file about to vanish
         os.close(fd)
+
+
+def cache_dir(cache: Path, name: str) -> Path:
+    """`cache/name` (.tmp, .locks) made if missing; refused unless it is a real directory: a
+    symlink would move the temporary downloads or the locks somewhere else (another file
+    system, where the rename into the cache fails), a file would fail every download."""
+    path = cache / name
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(parents=True)
+    try:
+        info = os.lstat(path)
+    except OSError as e:
+        info, why = None, e.strerror
+    else:
+        why = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a directory"
+    if info is None or not stat.S_ISDIR(info.st_mode):
+        raise BakeryError(f"{path}: the download cache's own directory is {why}",
+                          f"remove {path} (with no build running; the cache is safe to "
+                          "delete) and build again")
+    return path
 
 
 def claim(fd: int) -> bool:

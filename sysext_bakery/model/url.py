@@ -19,7 +19,13 @@ SECRET_PARAM = re.compile(r"(?i)([?&][^=&#\s]*(?:token|key|secret|password|passw
 
 
 def url_problem(value: object, *, schemes: tuple[str, ...] = ("https",)) -> str | None:
-    """What makes `value` unusable as a URL with one of `schemes`, or None."""
+    """What makes `value` unusable as a URL with one of `schemes`, or None (credentials in
+    it redacted: the message may name it)."""
+    problem = _url_problem(value, schemes)
+    return redact(problem) if problem else None
+
+
+def _url_problem(value: object, schemes: tuple[str, ...]) -> str | None:
     if not isinstance(value, str) or not value:
         return f"must be a URL, got {brief(value)}"
     if len(value) > URL_MAX:

@@ -134,7 +134,7 @@ def parse_provenance(text: str, origin: str) -> PublishedImage:
             sources=tuple((s["url"], s.get("sha256")) for s in data.get("sources", ())),
             revision=data.get("revision"), built=data.get("built"),
             replaces=_names(data.get("replaces", [])), conflicts=_names(data.get("conflicts", [])))
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise BakeryError(f"{origin}: not a valid image provenance file ({type(e).__name__}: {e})",
                           repack_hint(PurePath(origin).stem)) from None
     if not _SHA256.fullmatch(image.sha256) or image.arch not in ARCHES:
@@ -212,7 +212,7 @@ def parse_index(text: str, origin: str) -> list[PublishedImage]:
             revision=e.get("revision"), built=e.get("built"),
             replaces=_names(e.get("replaces", [])), conflicts=_names(e.get("conflicts", [])))
             for e in json.loads(text)["images"]]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise BakeryError(f"{origin}: not a bakery index.json ({type(e).__name__}: {e})",
                           f"remove {origin}; the next publish rewrites it from the images") from None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sysext_bakery.model.url import redact
 from sysext_bakery.recipe.load import Recipe, applicable_sources, source_url
 
 
@@ -18,8 +19,10 @@ class Drift:
 
     @property
     def changes(self) -> list[tuple[str, str]]:
-        """(pinned, recipe) of each source whose URL differs."""
-        return [(old, new) for old, new in zip(self.pinned, self.recipe) if old != new]
+        """(pinned, recipe) of each source whose URL differs, for messages: credentials in a
+        pinned URL (a private mirror's) are redacted like in every other message."""
+        return [(redact(old), redact(new)) for old, new in zip(self.pinned, self.recipe)
+                if old != new]
 
     def detail(self) -> str:
         return ("; ".join(f"{old} -> {new}" for old, new in self.changes)

@@ -44,6 +44,35 @@ def message(report: Report) -> str:
     return "\n".join([title[:200], "", *body]) + "\n"
 
 
+def preflight(root: Path, author: str = "", branch: str = "") -> None:
+    """What would refuse the commit, checked before the update writes the lock: a refusal
+    after it would leave the new lock uncommitted, and the next run, finding nothing new,
+    would say `nothing to commit`."""
+    parse_author(author or DEFAULT_AUTHOR)
+    with run.secrets_withheld():
+        _check(_repo(root), branch)
+
+
+def _repo(root: Path):
+    import git
+    try:
+        return git.Repo(root)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise BakeryError(f"{root}: not a git repository, cannot --commit",
+                          "run doit update without --commit, or in a git checkout") from None
+
+
+def _check(repo, branch: str) -> None:
+    staged = [d.a_path for d in repo.index.diff("HEAD")] if repo.head.is_valid() else []
+    others = [p for p in staged if p != LOCK]
+    if others:
+        raise BakeryError(f"--commit: other changes are staged ({', '.join(others[:5])})",
+                          "commit or unstage them first: the update commit holds only the lock")
+    if branch and branch in repo.heads:
+        raise BakeryError(f"--branch {branch}: the branch exists already",
+                          "name a new branch, or delete the old one")
+
+
 def commit(root: Path, report: Report, author: str = "", branch: str = "") -> Committed | None:
     """Commit the lock (only the lock); None when the update changed nothing. Refuses when
     other changes are staged, so the commit holds exactly the update."""
@@ -55,20 +84,9 @@ def commit(root: Path, report: Report, author: str = "", branch: str = "") -> Co
 
 def _commit(root: Path, report: Report, author: str, branch: str) -> Committed:
     import git
-    try:
-        repo = git.Repo(root)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise BakeryError(f"{root}: not a git repository, cannot --commit",
-                          "run doit update without --commit, or in a git checkout") from None
-    staged = [d.a_path for d in repo.index.diff("HEAD")] if repo.head.is_valid() else []
-    others = [p for p in staged if p != LOCK]
-    if others:
-        raise BakeryError(f"--commit: other changes are staged ({', '.join(others[:5])})",
-                          "commit or unstage them first: the update commit holds only the lock")
+    repo = _repo(root)
+    _check(repo, branch)
     if branch:
-        if branch in repo.heads:
-            raise BakeryError(f"--branch {branch}: the branch exists already",
-                              "name a new branch, or delete the old one")
         repo.create_head(branch).checkout()
     name, mail = parse_author(author or DEFAULT_AUTHOR)
     actor = git.Actor(name, mail)

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.url import url_problem
 from sysext_bakery.model.reply import Headers, Reply, phrase
 from sysext_bakery.model.version import version_key, version_problem
 
@@ -151,7 +152,7 @@ def _upstream_message(body: bytes) -> str:
     """GitHub and GitLab explain errors in {"message": ...}; show it, short and printable."""
     try:
         message = json.loads(body).get("message")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
     if not isinstance(message, str):
         return ""
@@ -172,6 +173,8 @@ def json_of(reply: Reply) -> Any:
                           "the API; check upstream.url / upstream.repo and BAKERY_MIRROR")
     try:
         return json.loads(reply.body)
+    except RecursionError:
+        raise BakeryError(f"{reply.url}: not valid JSON: nested too deeply", RECIPE_HINT) from None
     except ValueError as e:
         raise BakeryError(f"{reply.url}: not valid JSON: {e}", RECIPE_HINT) from None
 
@@ -217,8 +220,14 @@ def pages(get: Get, url: str, headers: Callable[[str], Mapping[str, str]],
         nxt = next_of(reply, items)
         if nxt is None or nxt in seen:
             return
+        if problem := url_problem(nxt, schemes=("https", "http")):
+            # a Link header is upstream's text: it must not reach a terminal unchecked
+            raise BakeryError(f"{reply.url}: the next page link is unusable: {problem}",
+                              "the upstream answer is not what the bakery expects; " + RECIPE_HINT)
         if urlsplit(nxt)[:2] != origin:
-            raise BakeryError(f"{reply.url}: the next page is on another host ({urlsplit(nxt).netloc})",
+            netloc = urlsplit(nxt).netloc   # without its userinfo: it may hold credentials
+            host = f"***@{netloc.rsplit('@', 1)[1]}" if "@" in netloc else netloc
+            raise BakeryError(f"{reply.url}: the next page is on another host ({host})",
                               "the upstream answer is not what the bakery expects; " + RECIPE_HINT)
         url = nxt
 
