@@ -172,3 +172,24 @@ def test_doit_n2_build_of_two_kubernetes_minors_fetches_the_cni_plugins_once(tmp
         assert len(records) == 2 and all(r["verified"]["run"] for r in records)
     finally:
         mirror.close()
+
+
+def test_a_lock_that_cannot_be_made_is_a_clear_error(server, tmp_path: Path) -> None:
+    """cache/.locks in the way (a file, or a lock path that is a symlink: O_NOFOLLOW) is a
+    BakeryError naming the path, not a traceback."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / tidy.DOWNLOAD_LOCKS).write_text("not a directory")
+    with pytest.raises(BakeryError) as err:
+        fetch(URL, DIGEST, cache, mirror=server.url)
+    assert str(cache / tidy.DOWNLOAD_LOCKS) in err.value.message and URL in err.value.message
+    assert "BAKERY_CACHE" in err.value.hint
+    (cache / tidy.DOWNLOAD_LOCKS).unlink()
+    (cache / tidy.DOWNLOAD_LOCKS).mkdir()
+    lock = cache / tidy.DOWNLOAD_LOCKS / hashlib.sha256(URL.encode()).hexdigest()
+    lock.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(BakeryError) as err:
+        fetch(URL, DIGEST, cache, mirror=server.url)
+    assert str(lock) in err.value.message
+    assert not (tmp_path / "elsewhere").exists()
+    assert gets(server) == 0

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import DISK_FULL
 
 TREE_LOCK = ".lock"                       # build/.lock
 # doit commands that only read: they neither wait for nor block a build
@@ -141,11 +142,10 @@ def download_lock(cache: Path, url: str, wait: float) -> Iterator[None]:
     raises BakeryError naming the URL and the holder's pid. The lock file is removed on
     release; a waiter that locked a file removed meanwhile opens the new one."""
     directory = cache / DOWNLOAD_LOCKS
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / hashlib.sha256(url.encode()).hexdigest()
     deadline, delay, told = time.monotonic() + wait, _POLL_FIRST, False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = _open_lock(directory, path, url)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -174,6 +174,23 @@ def download_lock(cache: Path, url: str, wait: float) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()     # while still held, so nobody locks a file about to vanish
         os.close(fd)
+
+
+def _open_lock(directory: Path, path: Path, url: str) -> int:
+    """The lock file's fd. A shared cache another user owns, or a lock path that is not a
+    plain file (a symlink planted there: O_NOFOLLOW), is named; a full disk passes, for
+    the caller's `files.disk_errors`."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise
+        raise BakeryError(f"{path}: cannot open the download lock of {url}: "
+                          f"{e.strerror or e}",
+                          f"check that {directory} is a directory of plain files this user "
+                          "can write (set BAKERY_CACHE to another directory, or delete this "
+                          "one: the cache is safe to delete)") from None
 
 
 def claim(fd: int) -> bool:
