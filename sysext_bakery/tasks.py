@@ -160,6 +160,8 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
         # the build groups: doit would build and check a thousand task objects for nothing
         yield from update_tasks(root, (recipes, list(broken.values()), pins))
         yield plan_task(root, the_plan)
+        # not run, but it carries the problems: the run's end still notes them
+        yield release_task(root, [str(p) for p in the_plan.problems])
         return
     yield from image_tasks(the_plan, settings, recipes)
     yield from build_tasks(the_plan, settings, recipes, argv)
