@@ -26,7 +26,7 @@ from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import write_atomic
 from sysext_bakery.inputs import brief, brief_key, read_toml
 from sysext_bakery.model.url import url_problem
-from sysext_bakery.model.version import same_version_groups, version_problem
+from sysext_bakery.model.version import same_version_groups, same_version_phrase, version_problem
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 HEADER = ("# Pinned versions per recipe: per arch, each source's URL and sha256.\n"
@@ -81,11 +81,9 @@ def same_version_error(shown: str, name: str, same: list[str]) -> BakeryError:
     """Versions spelled differently that systemd orders as equal (1.0+1 and 1.0_1, 1.1 and
     1.01): their images would be two files sysupdate cannot tell which is newer, so neither
     is built."""
-    listed = " and ".join(repr(v) for v in same)
     return BakeryError(
-        f"{shown}: {brief_key(name)}: versions {listed} are the same version to systemd "
-        f"(`systemd-analyze compare-versions` says ==), so systemd-sysupdate cannot order their "
-        f"images; neither is built",
+        f"{shown}: {brief_key(name)}: versions {same_version_phrase(same)}, so "
+        f"systemd-sysupdate cannot order their images; neither is built",
         f"keep one spelling: remove the other {brief_key(name)} table(s) from {shown} "
         f"(and from release/versions.toml, if it names them)")
 
