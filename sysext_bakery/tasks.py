@@ -129,7 +129,7 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
                      plan_task(root, None)):
             yield {**task, "actions": [(_FAIL, [why])]}
         return
-    earlier = (*(Problem(n, e) for n, e in broken.items()), *(Problem(n, e) for n, e in refused))
+    earlier = (*(Problem(n, e) for n, e in broken.items()), *(Problem(*r) for r in refused))
     the_plan = plan(recipes, pins, settings, earlier)
     if not report.runs_tasks(argv):   # a run names them at its end (report.Reporter)
         for warning in dict.fromkeys(the_plan.warnings.values()):
@@ -245,7 +245,7 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
                "task_dep": deps, "doc": build.doc, "meta": {report.META: problems}}
     unbuildable = dict(the_plan.unbuildable)
     for name, version in requested_unknown_builds(argv, the_plan, recipes):
-        if any(p.recipe == name and p.version == version for p in the_plan.problems):
+        if any(p.recipe == name and version in p.versions for p in the_plan.problems):
             continue
         unbuildable[f"{name}-{version}"] = unpinned_message(
             name, version, stream=stream_of(version, recipes[name].streams) == version)
@@ -254,8 +254,8 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
                "doc": "not pinned yet"}
     # a withheld version asked for by name fails over its problem, not as "not pinned"
     for problem in the_plan.problems:
-        if problem.version is not None:
-            withheld.setdefault(f"{problem.recipe}-{problem.version}", []).append(str(problem))
+        for version in problem.versions:
+            withheld.setdefault(f"{problem.recipe}-{version}", []).append(str(problem))
     for name, problems in sorted(withheld.items()):
         if name not in the_plan.builds and name not in unbuildable:
             yield {"basename": f"build:{name}", "actions": [(_CHECK, [problems])],
