@@ -28,7 +28,7 @@ class Problem:
     release` and the recipe's own groups fail over it (after building what they can)."""
     recipe: str        # the recipe whose images (some or all) it withholds
     error: BakeryError
-    version: str | None = None   # the one pinned version it withholds, when it is one
+    versions: tuple[str, ...] = ()   # the pinned versions it withholds, when it names them
 
     def __str__(self) -> str:
         return str(self.error)
@@ -80,12 +80,12 @@ def plan(recipes: dict[str, Recipe], pins: dict[str, list[lock.Pin]], settings: 
                                           fmt=settings.fmt, compression=settings.compression)
                             for arch in arches]
             except BakeryError as e:
-                problems.append(Problem(name, e, pin.version))
+                problems.append(Problem(name, e, (pin.version,)))
                 continue
             stale = [d for arch in arches
                      if (d := drift(recipe, pin.version, arch, pin.arches.get(arch)))]
             if stale and settings.locked:   # CI and releases build what the lock says, or nothing
-                problems.append(Problem(name, stale_refused(recipe, pin.version, stale), pin.version))
+                problems.append(Problem(name, stale_refused(recipe, pin.version, stale), (pin.version,)))
                 continue
             for d in stale:
                 warnings[f"{name}-{pin.version}-{d.arch}"] = stale_warning(recipe, pin.version, d)

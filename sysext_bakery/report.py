@@ -28,7 +28,8 @@ WARNINGS = "bakery_warnings"   # images built despite something the user should 
 NOT_RUN = {"help", "list", "info", "clean", "forget", "ignore", "dumpdb", "strace",
            "tabcompletion", "reset-dep"}
 # options of doit's task loader that take a value and may come before the command
-LOADER_VALUES = {"-f", "--file", "-d", "--dir", "--seek-file"}
+# (-k/--seek-file is a flag: taking `list` for its value made `doit --seek-file list` a run)
+LOADER_VALUES = {"-f", "--file", "-d", "--dir"}
 
 
 def render(problems: Iterable[str]) -> str:
@@ -58,7 +59,7 @@ def runs_tasks(argv: list[str]) -> bool:
 # parameters of the tasks `selected_tasks` is asked about (plan, update)
 RUN_VALUES = LOADER_VALUES | {"-n", "--process", "-P", "--parallel-type", "-r", "--reporter",
                               "-o", "--output-file", "-v", "--verbosity", "--backend",
-                              "--dep-file", "--check_file_uptodate", "--codec-cls",
+                              "--db-file", "--check_file_uptodate", "--failure-verbosity",
                               "--from", "--repo", "--output", "--branch", "--author"}
 
 

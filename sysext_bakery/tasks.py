@@ -7,53 +7,34 @@ Per image `<img>` = `<name>-<version>-<arch>`:
   pack:<img>   packs build/images/<img>.raw, writes build/state/images/<img>.json (provenance)
                and sets the image's line in build/images/SHA256SUMS
 Groups: build:<name>-<version>, build:<name>-<stream>, build:<name>, build; plus sums,
-inspect and release.
+inspect, update and update:<name>; release, overlaps and plan are in command_tasks.
 
 Up-to-date checks are stat calls, doit's saved values and mtime checks: a no-op run hashes
 no download and no image.
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from sysext_bakery import output, report
 from sysext_bakery.build import actions, formats, hostdirs, tidy
+from sysext_bakery.command_tasks import overlaps_task, plan_task, release_task
+from sysext_bakery.edge import edge
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import DISK_FULL, disk_error
 from sysext_bakery.model.image import Image
 from sysext_bakery.model.version import stream_of
 from sysext_bakery.plan import Plan, Problem, plan, unpinned_message
 from sysext_bakery.recipe import lock
-from sysext_bakery.recipe.load import Recipe, load_recipes, load_recipes_named
+from sysext_bakery.recipe.load import Recipe, load_recipes_named
 from sysext_bakery.settings import LOCK, ImagePaths, Settings, settings_from_env
-
-
-def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """doit action wrapper: a BakeryError becomes a clean task failure (no traceback).
-    functools.wraps keeps fn's signature visible, so doit still passes task params by name."""
-    @functools.wraps(fn)
-    def action(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BakeryError as e:
-            return TaskFailed(f"error: {e}")
-        except BrokenPipeError:   # `doit inspect X | head`: see output.py
-            output.closed()
-        except OSError as e:
-            if e.errno not in DISK_FULL:
-                raise
-            # a write no narrower edge (files.disk_errors) named: still no traceback
-            return TaskFailed(f"error: {disk_error(e, e.filename or 'build/', 'writing')}")
-    return action
 
 
 def _fetch_current(image: Image, cache: str, locked: bool = False) -> Callable[..., bool]:
@@ -96,9 +77,9 @@ def files_signature(files_dir: Path | None) -> str:
 
 # --- doit tasks ------------------------------------------------------------------------------
 
-_FETCH, _STAGE, _PACK = (_edge(actions.fetch_image), _edge(actions.stage_image),
-                         _edge(actions.pack_image))
-_INSPECT, _SUMS, _FAIL = _edge(actions.print_images), _edge(actions.write_sums), _edge(actions.fail_with)
+_FETCH, _STAGE, _PACK = (edge(actions.fetch_image), edge(actions.stage_image),
+                         edge(actions.pack_image))
+_INSPECT, _SUMS, _FAIL = edge(actions.print_images), edge(actions.write_sums), edge(actions.fail_with)
 _CHECK = report.check
 
 
@@ -148,7 +129,7 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
                      plan_task(root, None)):
             yield {**task, "actions": [(_FAIL, [why])]}
         return
-    earlier = (*(Problem(n, e) for n, e in broken.items()), *(Problem(n, e) for n, e in refused))
+    earlier = (*(Problem(n, e) for n, e in broken.items()), *(Problem(*r) for r in refused))
     the_plan = plan(recipes, pins, settings, earlier)
     if not report.runs_tasks(argv):   # a run names them at its end (report.Reporter)
         for warning in dict.fromkeys(the_plan.warnings.values()):
@@ -160,6 +141,8 @@ def generate(root: Path, argv: list[str] | None = None) -> Iterator[dict[str, An
         # the build groups: doit would build and check a thousand task objects for nothing
         yield from update_tasks(root, (recipes, list(broken.values()), pins))
         yield plan_task(root, the_plan)
+        # not run, but it carries the problems: the run's end still notes them
+        yield release_task(root, [str(p) for p in the_plan.problems])
         return
     yield from image_tasks(the_plan, settings, recipes)
     yield from build_tasks(the_plan, settings, recipes, argv)
@@ -262,7 +245,7 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
                "task_dep": deps, "doc": build.doc, "meta": {report.META: problems}}
     unbuildable = dict(the_plan.unbuildable)
     for name, version in requested_unknown_builds(argv, the_plan, recipes):
-        if any(p.recipe == name and p.version == version for p in the_plan.problems):
+        if any(p.recipe == name and version in p.versions for p in the_plan.problems):
             continue
         unbuildable[f"{name}-{version}"] = unpinned_message(
             name, version, stream=stream_of(version, recipes[name].streams) == version)
@@ -271,8 +254,8 @@ def build_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe],
                "doc": "not pinned yet"}
     # a withheld version asked for by name fails over its problem, not as "not pinned"
     for problem in the_plan.problems:
-        if problem.version is not None:
-            withheld.setdefault(f"{problem.recipe}-{problem.version}", []).append(str(problem))
+        for version in problem.versions:
+            withheld.setdefault(f"{problem.recipe}-{version}", []).append(str(problem))
     for name, problems in sorted(withheld.items()):
         if name not in the_plan.builds and name not in unbuildable:
             yield {"basename": f"build:{name}", "actions": [(_CHECK, [problems])],
@@ -300,66 +283,6 @@ def requested_unknown_builds(argv: list[str], the_plan: Plan,
                 wanted.append((name, m.group(1)[len(name) + 1:]))
                 break
     return wanted
-
-
-def release_task(root: Path, problems: Sequence[str] = (), broken: str | None = None) -> dict[str, Any]:
-    """`doit release`: publishes whatever is built; always runs (publishing is idempotent
-    and says when there is nothing to do). With a problem in the plan it publishes nothing:
-    the catalogue it would publish lacks the withheld images, and the scheduled job
-    publishes into a fresh directory, so hosts would lose them (docs/release.md).
-    `broken`: fail with that instead (the task keeps its parameters, so the command line
-    still parses)."""
-    def release(dest: str, base_url: str, github: bool, repo: str, allow_unsigned: bool,
-                rotate_key: bool) -> TaskFailed | None:
-        if problems:
-            print(f"bakery: release: nothing published, {dest} is unchanged: fix the "
-                  "problems named below, then run `doit build` and `doit release` again",
-                  file=sys.stderr)
-            return report.check(list(problems))
-        from sysext_bakery.publish.directory import run_release
-        run_release(root, dest, base_url, github, repo, allow_unsigned, rotate_key)
-        return None
-
-    return {
-        "basename": "release",
-        "doc": "publish built images with SHA256SUMS(.gpg), sysupdate transfers, Butane "
-               "snippets and index.json (--dest DIR, --base-url URL, --github)",
-        "actions": [(_FAIL, [broken])] if broken else [_edge(release)],
-        "params": [
-            {"name": "dest", "long": "dest", "type": str, "default": "build/release",
-             "help": "directory to publish into (default build/release)"},
-            {"name": "base_url", "long": "base-url", "type": str, "default": "",
-             "help": "public URL of that directory (default: base_url of release/release.toml)"},
-            {"name": "github", "long": "github", "type": bool, "default": False,
-             "help": "also publish to GitHub Releases (token from GITHUB_TOKEN)"},
-            {"name": "repo", "long": "repo", "type": str, "default": "",
-             "help": "owner/name for --github (default: github.repo of release/release.toml)"},
-            {"name": "allow_unsigned", "long": "allow-unsigned", "type": bool, "default": False,
-             "help": "publish unsigned although release.toml or the directory say signed"},
-            {"name": "rotate_key", "long": "rotate-key", "type": bool, "default": False,
-             "help": "sign with [signing] next of release.toml (docs/release.md: key rotation)"},
-        ],
-        "uptodate": [False],
-        "verbosity": 2,
-        "meta": {report.META: list(problems)},
-    }
-
-
-def overlaps_task(root: Path) -> dict[str, Any]:
-    """`doit overlaps`: the catalogue check (recipe/overlaps.py). It reads the recipes when it
-    runs, so a broken recipe elsewhere does not hide the check of the others."""
-    def overlaps() -> None:
-        from sysext_bakery.recipe import overlaps as catalogue_check
-        recipes, errors = load_recipes(root / "recipes")
-        cat = catalogue_check.catalogue(recipes, root / "build" / "stage")
-        print(catalogue_check.report(cat))
-        catalogue_check.check(cat)
-        if errors:
-            raise BakeryError("\n".join(str(e) for e in errors), "fix these recipes, then rerun")
-
-    return {"basename": "overlaps", "actions": [_edge(overlaps)], "uptodate": [False],
-            "verbosity": 2,
-            "doc": "list every path two recipes ship; fail on one their conflicts do not declare"}
 
 
 _UPDATE_PARAMS = [
@@ -413,62 +336,5 @@ def _update_task(root: Path, basename: str, names: list[str] | None, loaded: Any
             return TaskFailed(f"error: {partial_message(report)}")
         return None
 
-    return {"basename": basename, "doc": doc, "actions": [_edge(update), partial],
+    return {"basename": basename, "doc": doc, "actions": [edge(update), partial],
             "params": _UPDATE_PARAMS, "uptodate": [False], "verbosity": 2}
-
-
-def _said_on_stderr(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`doit --reporter=zero plan` (how CI runs it, to keep stdout JSON) shows no task
-    failure: the error goes to stderr here, and the reporter gets only a pointer to it."""
-    @functools.wraps(fn)
-    def action(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BakeryError as e:
-            print(f"bakery: error: {e}", file=sys.stderr)
-            raise BakeryError("doit plan failed: the error is above (bakery: error: …)") from None
-    return action
-
-
-def plan_task(root: Path, the_plan: Plan | None) -> dict[str, Any]:
-    """`doit plan`: the pinned images not yet published, as a GitHub Actions matrix. The
-    images are those of the graph (its problems were reported while loading it)."""
-    def plan_action(from_: str, github: bool, repo: str, output: str) -> None:
-        from sysext_bakery.files import write_atomic
-        from sysext_bakery.publish import pending
-
-        settings = settings_from_env(root)
-        gh_repo = None
-        tag = "metadata"
-        if github:
-            from sysext_bakery.publish.directory import release_config
-            config = release_config(root / "release" / "release.toml")
-            gh_repo, tag = repo or config.github_repo, config.github_metadata_tag
-            if not gh_repo:
-                raise BakeryError("doit plan --github: no repository",
-                                  "pass --repo owner/name or set [github] repo in release/release.toml")
-        done = pending.published(from_ or "build/release", gh_repo, tag, settings.mirror, root)
-        text = pending.render(pending.matrix(the_plan.images, done))
-        if output:
-            write_atomic(Path(output) if Path(output).is_absolute() else root / output, text)
-        else:
-            sys.stdout.write(text)
-
-    return {
-        "basename": "plan",
-        "doc": "print the pinned images not yet published as a CI matrix JSON "
-               "(--from DIR|URL, --github [--repo owner/name], --output FILE)",
-        "actions": [_edge(_said_on_stderr(plan_action))],
-        "params": [
-            {"name": "from_", "long": "from", "type": str, "default": "",
-             "help": "published directory or URL holding index.json (default build/release)"},
-            {"name": "github", "long": "github", "type": bool, "default": False,
-             "help": "read index.json from the GitHub metadata release instead"},
-            {"name": "repo", "long": "repo", "type": str, "default": "",
-             "help": "owner/name for --github (default: github.repo of release/release.toml)"},
-            {"name": "output", "long": "output", "type": str, "default": "",
-             "help": "write the JSON to this file instead of stdout"},
-        ],
-        "uptodate": [False],
-        "verbosity": 2,
-    }

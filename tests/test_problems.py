@@ -130,3 +130,12 @@ def test_release_with_a_problem_publishes_nothing(project: Project, upstream: Up
 ])
 def test_which_commands_run_tasks(argv: list[str], runs: bool) -> None:
     assert report.runs_tasks(argv) is runs
+
+
+def test_a_plan_run_still_notes_the_problems(project: Project, upstream: Upstream) -> None:
+    """`doit plan` loads no image tasks (tasks.pipeline_only); the matrix lacks the withheld
+    images, so its run still ends with the note that there are problems."""
+    with_broken_recipe(project, upstream)
+    run = project.doit("plan")
+    assert "wasmtime" in run.stdout
+    assert "bakery: note: 1 problem(s) in other recipes or the lock (not part of this run)" in run.stderr

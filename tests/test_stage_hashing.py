@@ -78,3 +78,19 @@ def test_an_entry_changed_in_place_after_the_fetch_is_caught(project, monkeypatc
     assert "removed it, fetching again" in capsys.readouterr().err
     entry = project.root / "build/cache" / calls[0]
     assert hashlib.sha256(entry.read_bytes()).hexdigest() == calls[0]
+
+
+def test_an_entry_gone_since_the_fetch_is_fetched_again(project, monkeypatch) -> None:
+    """The fetch saw no file to sign (it vanished before the stat) and the stage finds none
+    either: two missing signatures are no proof of an untouched download."""
+    image, settings, paths = image_of(project)
+    monkeypatch.setattr(tidy, "_run", "run-1")
+    actions.fetch_image(image, settings, paths)
+    record = json.loads(Path(paths.fetch_record).read_text())
+    sha = record["sources"][0]["sha256"]
+    record["verified"]["files"][sha] = None
+    Path(paths.fetch_record).write_text(json.dumps(record))
+    (settings.download_cache / sha).unlink()
+    actions.stage_image(image, settings, paths)
+    assert Path(paths.tree, "usr/bin/wasmtime").is_file()
+    assert (settings.download_cache / sha).is_file()

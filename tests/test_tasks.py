@@ -31,6 +31,10 @@ def test_graph_loads_without_the_heavy_modules() -> None:
     (["-n", "2", "update:docker", "update:kubernetes"], ["update:docker", "update:kubernetes"]),
     (["build", "plan"], ["build", "plan"]),
     (["inspect", "docker-24.0.9-x86-64"], ["inspect", "docker-24.0.9-x86-64"]),
+    # doit's own spellings: --seek-file (-k) takes no value, --db-file and
+    # --failure-verbosity take one
+    (["--seek-file", "plan"], ["plan"]),
+    (["--db-file", "x.db", "--failure-verbosity", "2", "update"], ["update"]),
     (["-c"], None),                       # the default tasks
     (["list", "--all"], None),            # runs no task
     (["help", "plan"], None),
@@ -56,3 +60,9 @@ def test_update_and_plan_runs_skip_the_image_tasks() -> None:
     # anything else still gets the whole graph
     assert task_names(["plan", "build:docker"]) == full
     assert task_names(["list"]) == full
+
+
+def test_seek_file_is_a_flag_so_list_stays_a_command_that_runs_no_task() -> None:
+    from sysext_bakery.output import doit_command
+    assert not report.runs_tasks(["--seek-file", "list"])
+    assert doit_command(["--seek-file", "list"]) == "list"

@@ -134,10 +134,12 @@ def stage_image(image: Image, settings: Settings, paths: ImagePaths) -> None:
     # size, mtime and ctime: a rewrite, rename or chmod changes one of them).
     verified = record.get("verified") or {}
     fresh = verified.get("run") is not None and verified.get("run") == tidy.run_id()
+    signed = verified.get("files") or {}
     downloads = []
     for s in fetched:
         path = settings.download_cache / s["sha256"]
-        if fresh and file_signature(path) == verified.get("files", {}).get(s["sha256"]):
+        signature = file_signature(path)   # None (no file) proves nothing untouched
+        if fresh and signature is not None and signature == signed.get(s["sha256"]):
             downloads.append(path)
         else:
             downloads.append(fetch(s["url"], s["sha256"], settings.download_cache,

@@ -68,8 +68,9 @@ def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None
     `limits` default to `Limits.from_env()` (BAKERY_DEADLINE, BAKERY_LOW_SPEED_TIME, …).
     `locked` (BAKERY_LOCKED=1) refuses any download without a pinned sha256, checksum file or not.
     A URL is downloaded by one caller at a time (`tidy.download_lock`, across processes and
-    threads sharing `cache`); the others then find it cached. A file trusted on first use has
-    no digest to look up, so each of its waiters downloads it again.
+    threads sharing `cache`); the others then find it cached. A file with no sha256 known
+    beforehand (trusted on first use, or checked against a sha512 checksum file: the cache
+    is named by sha256) has nothing to look up, so each of its waiters downloads it again.
     """
     if checksum not in CHECKSUMS:
         raise BakeryError(f"{url}: unknown checksum kind {checksum!r}",

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import DISK_FULL
 
 TREE_LOCK = ".lock"                       # build/.lock
 # doit commands that only read: they neither wait for nor block a build
@@ -148,6 +149,8 @@ def download_lock(cache: Path, url: str, wait: float) -> Iterator[None]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
+            if e.errno in DISK_FULL:   # for the caller's files.disk_errors
+                raise
             # a symlink (ELOOP) or a directory planted where the lock goes, or no permission
             raise BakeryError(f"{url}: cannot open its download lock {path}: {e.strerror}",
                               f"only bakery lock files belong in {directory}: remove {path} "

@@ -179,3 +179,10 @@ def same_version_groups(versions: list[str]) -> list[list[str]]:
         else:
             groups.append([v])
     return [sorted(g) for g in groups if len(g) > 1]
+
+
+def same_version_phrase(same: list[str]) -> str:
+    """How every refusal of a `same_version_groups` group words it (lock, versions.toml,
+    update), so the three read alike."""
+    return (f"{' and '.join(repr(v) for v in same)} are the same version to systemd "
+            "(`systemd-analyze compare-versions` says ==)")

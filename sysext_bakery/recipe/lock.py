@@ -19,14 +19,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import write_atomic
 from sysext_bakery.inputs import brief, brief_key, read_toml
 from sysext_bakery.model.url import url_problem
-from sysext_bakery.model.version import same_version_groups, version_problem
+from sysext_bakery.model.version import same_version_groups, same_version_phrase, version_problem
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 HEADER = ("# Pinned versions per recipe: per arch, each source's URL and sha256.\n"
@@ -46,13 +46,22 @@ def load(path: Path, shown: str | None = None) -> dict[str, list[Pin]]:
     """recipe name -> its pins; raises BakeryError naming the lock (as `shown`) and the key."""
     pins, refused = load_checked(path, shown)
     if refused:
-        raise refused[0][1]
+        raise refused[0].error
     return pins
 
 
+class Refused(NamedTuple):
+    """A lock entry withheld: its recipe, why, and the versions it names (none when the
+    recipe's entry is no table of versions), so `doit build:<name>-<version>` fails over it
+    instead of calling the version unpinned."""
+    recipe: str
+    error: BakeryError
+    versions: tuple[str, ...] = ()
+
+
 def load_checked(path: Path, shown: str | None = None
-                 ) -> tuple[dict[str, list[Pin]], list[tuple[str, BakeryError]]]:
-    """The pins that are valid, plus (recipe name, error) for each version refused: one bad
+                 ) -> tuple[dict[str, list[Pin]], list[Refused]]:
+    """The pins that are valid, plus a `Refused` for each entry refused: one bad
     entry withholds only its recipe's version, not the whole catalogue. A file that is not
     TOML at all still raises."""
     shown = shown or str(path)
@@ -60,19 +69,19 @@ def load_checked(path: Path, shown: str | None = None
         return {}, []
     data = read_toml(path, shown, "fix the syntax by hand")
     pins: dict[str, list[Pin]] = {}
-    refused: list[tuple[str, BakeryError]] = []
+    refused: list[Refused] = []
     for name, versions in data.items():
         if not isinstance(versions, dict):
-            refused.append((name, BakeryError(f"{shown}: {brief_key(name)}: expected a table of versions")))
+            refused.append(Refused(name, BakeryError(f"{shown}: {brief_key(name)}: expected a table of versions")))
             continue
         for version, arches in versions.items():
             try:
                 pins.setdefault(name, []).append(Pin(name, version, _arches(shown, name, version, arches)))
             except BakeryError as e:
-                refused.append((name, e))
+                refused.append(Refused(name, e, (version,)))
     for name, listed in pins.items():
         for same in same_version_groups([p.version for p in listed]):
-            refused.append((name, same_version_error(shown, name, same)))
+            refused.append(Refused(name, same_version_error(shown, name, same), tuple(same)))
             pins[name] = [p for p in pins[name] if p.version not in same]
     return {n: p for n, p in pins.items() if p}, refused
 
@@ -81,11 +90,9 @@ def same_version_error(shown: str, name: str, same: list[str]) -> BakeryError:
     """Versions spelled differently that systemd orders as equal (1.0+1 and 1.0_1, 1.1 and
     1.01): their images would be two files sysupdate cannot tell which is newer, so neither
     is built."""
-    listed = " and ".join(repr(v) for v in same)
     return BakeryError(
-        f"{shown}: {brief_key(name)}: versions {listed} are the same version to systemd "
-        f"(`systemd-analyze compare-versions` says ==), so systemd-sysupdate cannot order their "
-        f"images; neither is built",
+        f"{shown}: {brief_key(name)}: versions {same_version_phrase(same)}, so "
+        f"systemd-sysupdate cannot order their images; neither is built",
         f"keep one spelling: remove the other {brief_key(name)} table(s) from {shown} "
         f"(and from release/versions.toml, if it names them)")
 

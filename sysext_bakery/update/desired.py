@@ -20,8 +20,8 @@ from typing import Any
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.inputs import brief, brief_key, read_toml
-from sysext_bakery.model.version import (same_version_groups, stream_of, version_key,
-                                         version_problem)
+from sysext_bakery.model.version import (same_version_groups, same_version_phrase, stream_of,
+                                         version_key, version_problem)
 
 VERSIONS = "release/versions.toml"    # relative to the project root; how messages name it
 LATEST = "latest"
@@ -85,8 +85,7 @@ def parse_entry(name: str, entry: Any, shown: str) -> Desired:
             if v != LATEST and (problem := version_problem(v)):
                 raise BakeryError(f"{where}.{key}: {problem}", HINT)
         for same in same_version_groups([v for v in value if v != LATEST]):
-            raise BakeryError(f"{where}.{key}: {' and '.join(repr(v) for v in same)} are the same "
-                              "version to systemd (`systemd-analyze compare-versions` says ==)",
+            raise BakeryError(f"{where}.{key}: {same_version_phrase(same)}",
                               "list one spelling: systemd-sysupdate could not order the two images")
         lists[key] = tuple(value)
     if LATEST in lists["hold"]:
