@@ -80,3 +80,12 @@ def file_digest(path: Path, algorithm: str = "sha256", *, fsync: bool = False) -
         if fsync:
             os.fsync(f.fileno())
     return digest
+
+
+Signature = tuple[int, int, int, int]   # inode, size, mtime_ns, ctime_ns
+
+
+def file_signature(st: os.stat_result) -> Signature:
+    """What changes when a file is rewritten, replaced or touched (ctime cannot be set):
+    how fetch and stage tell that a download nobody touched since it was hashed."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -12,7 +12,7 @@ from typing import Any
 
 from sysext_bakery.build import formats, provenance, sums, tidy
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import file_digest, write_atomic
+from sysext_bakery.files import file_digest, file_signature, write_atomic
 from sysext_bakery.model.image import Image
 from sysext_bakery.recipe import lock
 from sysext_bakery.settings import ImagePaths, Settings
@@ -79,13 +79,13 @@ def _pin(image: Image, settings: Settings, fetched: list[dict[str, str]],
     lock.record_sha256(settings.lock_path, image.name, image.version, image.arch, fetched)
 
 
-def file_signature(path: Path) -> list[int] | None:
-    """What changes when a file is rewritten, replaced or touched (ctime cannot be set)."""
+def _signature(path: Path) -> list[int] | None:
+    """files.file_signature of `path` as the fetch record holds it (a JSON list); None when
+    there is no file."""
     try:
-        st = path.stat()
+        return list(file_signature(path.stat()))
     except OSError:
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def lock_name(settings: Settings) -> str:
@@ -138,7 +138,7 @@ def stage_image(image: Image, settings: Settings, paths: ImagePaths) -> None:
     downloads = []
     for s in fetched:
         path = settings.download_cache / s["sha256"]
-        signature = file_signature(path)   # None (no file) proves nothing untouched
+        signature = _signature(path)   # None (no file) proves nothing untouched
         if fresh and signature is not None and signature == signed.get(s["sha256"]):
             downloads.append(path)
         else:

@@ -22,7 +22,7 @@ from sysext_bakery.build import checksums
 from sysext_bakery.build.checksums import MAX_TEXT, parse_checksum
 from sysext_bakery.build import tidy
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import DISK_FULL, disk_errors
+from sysext_bakery.files import DISK_FULL, Signature, disk_errors, file_signature
 from sysext_bakery.http import CHUNK, BodyBroken, Deadline, Http, Limits, Stream
 from sysext_bakery.model.image import CHECKSUMS
 from sysext_bakery.model.url import is_url, mirror_url, url_filename
@@ -30,14 +30,13 @@ from sysext_bakery.model.url import is_url, mirror_url, url_filename
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-__all__ = ["Fetched", "cached", "fetch", "fetch_text", "mirror_url", "parse_checksum"]
+__all__ = ["Fetched", "fetch", "fetch_text", "mirror_url", "parse_checksum"]
 
 MAX_RESUMES = 5                    # body breaks tolerated per download
 # A download under its lock ends within its deadline (every attempt included); the slack
 # covers hashing and renaming it. A waiter gives up after that.
 LOCK_SLACK = 60.0
 HEX64 = re.compile(r"[0-9a-f]{64}")
-Signature = tuple[int, int, int, int]   # inode, size, mtime_ns, ctime_ns
 
 LOCK = "release/lock.toml"
 LOCK_HINT = "check the version and URL pinned in release/lock.toml"
@@ -104,26 +103,21 @@ def fetch(url: str, sha256: str | None, cache: Path, *, checksum_url: str | None
     return Fetched(cache / actual, actual, first_use=expected is None, signature=sig)
 
 
-def cached(cache: Path, sha256: str, url: str) -> bool:
-    """Whether `cache/<sha256>` holds that file, hashed again: an entry that bit-rotted or
-    was tampered with (the cache may be shared) is removed, so that it is fetched again
-    instead of being packed. Hashing costs little: an up-to-date build never gets here."""
-    return _verify_cached(cache, sha256, url) is not False
-
-
 def _verify_cached(cache: Path, sha256: str, url: str) -> Signature | None | bool:
     """False when `cache/<sha256>` is missing or bad (and removed); else the signature of the
-    file that hashed right, None if it changed while being hashed (nothing proves it since)."""
+    file that hashed right, None if it changed while being hashed (nothing proves it since).
+    Hashed again because the cache may be shared: an entry that bit-rotted or was tampered
+    with is removed and fetched again instead of packed. An up-to-date build never gets here."""
     path = cache / sha256
     if not path.is_file():
         return False
     hasher = hashlib.sha256()
     try:
         with open(path, "rb") as f:
-            before = signature(os.fstat(f.fileno()))
+            before = file_signature(os.fstat(f.fileno()))
             while chunk := f.read(CHUNK):
                 hasher.update(chunk)
-            after = signature(os.fstat(f.fileno()))
+            after = file_signature(os.fstat(f.fileno()))
         if hasher.hexdigest() == sha256:
             return after if after == before else None
         what = f"holds a file with sha256 {hasher.hexdigest()}"
@@ -140,11 +134,6 @@ def _verify_cached(cache: Path, sha256: str, url: str) -> Signature | None | boo
     print(f"WARNING: {path}: the download cache entry for {url} {what}: removed it, "
           "fetching again", file=sys.stderr)
     return False
-
-
-def signature(st: os.stat_result) -> Signature:
-    """What changes when a file is rewritten, replaced or touched (ctime cannot be set)."""
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def fetch_text(url: str, *, mirror: str | None = None, limits: Limits | None = None) -> str:
@@ -197,7 +186,7 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Exp
         os.replace(tmp, cache / actual)
         # the inode written and hashed (the rename moved its ctime), not whatever the name
         # holds by the time the caller looks
-        sig = signature(os.fstat(guard))
+        sig = file_signature(os.fstat(guard))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
