@@ -461,15 +461,7 @@ def test_companion_source_recorded_per_version_in_the_lock(httpserver, tmp_path:
                                                                  runc_entry["sha256"])
 
 
-SIGNED_RECIPE = """\
-description = "A HashiCorp-shaped tool"
-homepage = "https://example.org/"
-arches = ["x86-64", "arm64"]
-
-[arch-names]
-x86-64 = "amd64"
-arm64 = "arm64"
-
+SIGNED_RECIPE = RECIPE + """
 [[sources]]
 url = "https://releases.example.org/tool/{version}/tool_{version}_linux_{arch}.zip"
 checksum-url = "https://releases.example.org/tool/{version}/tool_{version}_SHA256SUMS"

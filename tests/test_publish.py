@@ -280,13 +280,19 @@ def test_signed_release(tmp_path, gpg_key):
                    check=True, capture_output=True, env={**os.environ, "GNUPGHOME": str(tmp_path)})
 
 
+def signed_then_new_image(work: Path, key) -> tuple[Path, dict[str, tuple[int, bytes]]]:
+    """docker 24.0.9 published signed with `key` into work/pub, then 24.0.10 built; the
+    directory and its listing before anything else runs."""
+    fake_image(work, "docker", "24.0.9", b"one")
+    dest = work / "pub"
+    with sign.signer_from_env({"BAKERY_SIGNING_KEY": key.armored_secret}) as signer:
+        run(work, dest, signer)
+    fake_image(work, "docker", "24.0.10", b"two")
+    return dest, listing(dest)
+
+
 def test_signed_directory_is_not_silently_downgraded(tmp_path, gpg_key):
-    fake_image(tmp_path, "docker", "24.0.9", b"one")
-    dest = tmp_path / "pub"
-    with sign.signer_from_env({"BAKERY_SIGNING_KEY": gpg_key.armored_secret}) as signer:
-        run(tmp_path, dest, signer)
-    fake_image(tmp_path, "docker", "24.0.10", b"two")
-    before = listing(dest)
+    dest, before = signed_then_new_image(tmp_path, gpg_key)
     with pytest.raises(BakeryError) as err:
         run(tmp_path, dest)
     assert str(dest) in str(err.value) and "BAKERY_SIGNING_KEY_ID" in str(err.value)
@@ -406,12 +412,7 @@ def signed_by(dest: Path, key) -> bool:
 
 
 def test_another_key_than_the_configured_one_is_refused(tmp_path, gpg_key, new_gpg_key):
-    fake_image(tmp_path, "docker", "24.0.9", b"one")
-    dest = tmp_path / "pub"
-    with sign.signer_from_env({"BAKERY_SIGNING_KEY": gpg_key.armored_secret}) as signer:
-        run(tmp_path, dest, signer)
-    fake_image(tmp_path, "docker", "24.0.10", b"two")
-    before = listing(dest)
+    dest, before = signed_then_new_image(tmp_path, gpg_key)
     # the same directory published fresh (as CI does) and in place: both refused
     for target in (dest, tmp_path / "fresh"):
         with sign.signer_from_env({"BAKERY_SIGNING_KEY": new_gpg_key.armored_secret}) as signer:
