@@ -42,7 +42,7 @@ from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NewConnectio
 from urllib3.util.retry import Retry
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.model.reply import Headers, Reply, phrase
+from sysext_bakery.model.reply import Headers, Reply, phrase, rate_limited
 from sysext_bakery.model.url import check_upstream, is_url, mirror_url, redact, redirect_allowed
 
 CHUNK = 1 << 20
@@ -299,12 +299,6 @@ def retry_after_seconds(value: str, default: float) -> float:
     if when.tzinfo is None:   # "-0000": UTC by RFC 5322
         when = when.replace(tzinfo=datetime.timezone.utc)
     return when.timestamp() - time.time()
-
-
-def rate_limited(status: int, headers: Mapping[str, str]) -> bool:
-    """429, or GitHub's 403 for an exhausted (primary) or secondary rate limit."""
-    return status == 429 or (status == 403 and (headers.get("x-ratelimit-remaining") == "0"
-                                                or "retry-after" in headers))
 
 
 class _Retry(Retry):

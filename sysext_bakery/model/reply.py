@@ -66,3 +66,11 @@ def phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
+
+
+def rate_limited(status: int, headers: Mapping[str, str]) -> bool:
+    """429, or a 403 for an exhausted (primary) or secondary rate limit: GitHub's
+    x-ratelimit-remaining, GitLab's ratelimit-remaining, or a Retry-After. `headers` must
+    look names up case-insensitively (Headers, urllib3's)."""
+    remaining = headers.get("x-ratelimit-remaining", headers.get("ratelimit-remaining"))
+    return status == 429 or (status == 403 and (remaining == "0" or "retry-after" in headers))

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.url import url_problem
-from sysext_bakery.model.reply import Headers, Reply, phrase
+from sysext_bakery.model.reply import Headers, Reply, phrase, rate_limited
 from sysext_bakery.model.version import version_key, version_problem
 
 # A discovery never needs the whole history, only the newest releases: upstreams list newest
@@ -125,9 +125,7 @@ def _utc(epoch: float) -> str:
 
 
 def is_rate_limited(reply: Reply) -> bool:
-    h = reply.headers
-    remaining = h.get("x-ratelimit-remaining", h.get("ratelimit-remaining"))
-    return reply.status == 429 or (reply.status == 403 and (remaining == "0" or "retry-after" in h))
+    return rate_limited(reply.status, reply.headers)
 
 
 def rate_limit_error(reply: Reply, hint: str) -> BakeryError:
