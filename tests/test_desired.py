@@ -81,4 +81,5 @@ def test_update_refuses_pinning_a_second_spelling_of_a_pinned_version() -> None:
                         discover=lambda r: pytest.fail("exact versions discover nothing"),
                         sha256=lambda s: pytest.fail("nothing is pinned"))
     assert got.error is not None and not got.writes
-    assert str(got.error).startswith("wasmtime: '29.0.01' and '29.0.1' would both be pinned")
+    assert str(got.error).startswith("wasmtime: '29.0.01' and '29.0.1' are the same version to "
+                                     "systemd") and "cannot both be pinned" in str(got.error)

@@ -15,7 +15,7 @@ from typing import Callable, TextIO
 from sysext_bakery import upstream
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Source
-from sysext_bakery.model.version import same_version_groups, version_key
+from sysext_bakery.model.version import same_version_groups, same_version_phrase, version_key
 from sysext_bakery.recipe import lock
 from sysext_bakery.recipe.load import Recipe, load_recipes
 from sysext_bakery.settings import LOCK, Settings
@@ -79,9 +79,8 @@ def update_recipe(recipe: Recipe, want: Desired, pins: list[lock.Pin],
         for same in same_version_groups([*plan.add, *plan.keep]):
             # upstream (or versions.toml) spells a version twice: pinning both would make a
             # lock that is refused on load
-            raise BakeryError(f"{recipe.name}: {' and '.join(repr(v) for v in same)} would "
-                              f"both be pinned in {LOCK}, but they are the same version to "
-                              "systemd (sysupdate could not order their images)",
+            raise BakeryError(f"{recipe.name}: {same_version_phrase(same)}, so they cannot "
+                              f"both be pinned in {LOCK} (sysupdate could not order their images)",
                               f"keep one spelling: remove the other from {LOCK} or "
                               f"{VERSIONS}, or map upstream's tags to one spelling in "
                               f"{recipe.shown} ([upstream])")
