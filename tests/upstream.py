@@ -133,7 +133,7 @@ class MirrorServer:
     A request with a query is answered from the file named by path and query, if there is one
     (recorded API answers, tests/recorded.py). `delay` holds every answer that many seconds (a
     slow link, so concurrent builds overlap); while `gate` is cleared, answers wait for it (at
-    most 60 s). `rate` (bytes/s, per connection) sends file bodies no faster, the way an
+    most 60 s), and a path in `holds` waits for its own event the same way. `rate` (bytes/s, per connection) sends file bodies no faster, the way an
     upstream CDN serves one download."""
 
     def __init__(self, directory: Path, delay: float = 0.0, rate: float | None = None):
@@ -141,6 +141,7 @@ class MirrorServer:
         failures: dict[str, int] = {}
         gate = threading.Event()
         gate.set()
+        holds: dict[str, threading.Event] = {}
 
         class Handler(SimpleHTTPRequestHandler):
             def __init__(self, *args, **kwargs):
@@ -149,6 +150,8 @@ class MirrorServer:
             def do_GET(self):
                 requests.append(self.path)
                 gate.wait(60)
+                if (hold := holds.get(self.path.split("?", 1)[0])) is not None:
+                    hold.wait(60)
                 if delay:
                     time.sleep(delay)
                 if (status := failures.get(self.path.split("?", 1)[0])) is not None:
@@ -193,6 +196,7 @@ class MirrorServer:
         self.requests = requests
         self.failures = failures
         self.gate = gate
+        self.holds = holds
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
