@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from sysext_bakery import output, report
+from sysext_bakery import output, report, schedule
 from sysext_bakery.build import actions, formats, hostdirs, tidy
 from sysext_bakery.command_tasks import overlaps_task, plan_task, release_task
 from sysext_bakery.edge import edge
@@ -88,6 +88,7 @@ def doit_config(root: Path, argv: list[str] | None = None) -> dict[str, Any]:
     build/.lock (a second run on the tree is refused, before doit opens its database) and
     removes what killed runs left behind (build/tidy.py)."""
     output.setup_doit()
+    schedule.install()   # `-n N`: the next image downloads while another packs
     state = root / "build" / "state"
     try:
         state.mkdir(parents=True, exist_ok=True)
@@ -203,8 +204,9 @@ def image_tasks(the_plan: Plan, settings: Settings, recipes: dict[str, Recipe]) 
                "uptodate": [_fetch_current(image, cache, settings.locked)],
                "doc": f"download {image.id}'s sources",
                # a stale pin (plan.stale_warning): every run that reaches the image says so
-               **({"meta": {report.WARNINGS: [the_plan.warnings[image.id]]}}
-                  if image.id in the_plan.warnings else {})}
+               "meta": {**schedule.network_meta(),
+                        **({report.WARNINGS: [the_plan.warnings[image.id]]}
+                           if image.id in the_plan.warnings else {})}}
         # The recipe file stands for everything the resolved image takes from it; URL and
         # sha256 changes arrive through the fetch record.
         yield {"basename": "stage", "name": image.id,
