@@ -1,4 +1,5 @@
-"""The one HTTP client of the bakery: the only module that imports requests and urllib3.
+"""The one HTTP client of the bakery: with its policy (`http_policy`), the only module that
+imports requests and urllib3. Everything else speaks HTTP through `Http`.
 
     http = Http(mirror)                          # mirror: BAKERY_MIRROR or None
     reply = http.get(url, headers=None, max_bytes=MAX_BODY)
@@ -12,96 +13,41 @@ segments, and are mapped through `BAKERY_MIRROR` (`mirror_url`): an http(s) base
 local directory of recorded files `<dir>/HOST/PATH[?QUERY]`, which `get` reads as a 200
 reply (404 if missing). Every message names the URL with credentials redacted (`redact`).
 
-Retries live in urllib3 (`_Retry`): connect errors for every method; 429 and GitHub-style
-rate-limit 403s for every method (the server refused the request); 500/502/503/504 and read
-errors only for idempotent methods, so a POST is never sent twice blindly. Waits follow
-Retry-After (seconds or HTTP date) or x-ratelimit-reset, else exponential backoff; a wait
-longer than `Limits.max_wait` or past the deadline gives up instead. Each retry is announced
-on stderr. Redirects may not leave http(s) nor downgrade https to http. Bodies are read with
-a deadline and a low-speed limit (curl's --speed-limit/--speed-time). Not thread-safe: one
-`Http` per thread.
+Retries, waits, timeouts and the wording of a failed request are the client's policy, in
+`http_policy` (the one other module that imports requests and urllib3, and that only this one
+imports): connect errors are retried for every method, and so are 429 and GitHub-style
+rate-limit 403s; 500/502/503/504 and read errors only for idempotent methods, so a POST is
+never sent twice blindly. Redirects may not leave http(s) nor downgrade https to http. Bodies
+are read with a deadline and a low-speed limit (curl's --speed-limit/--speed-time). Not
+thread-safe: one `Http` per thread.
 """
 from __future__ import annotations
 
-import datetime
-import email.utils
 import json
 import os
-import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from typing import Any, Iterator, Mapping
 from urllib.parse import urljoin
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NewConnectionError,
-                                ProtocolError, ReadTimeoutError)
-from urllib3.util.retry import Retry
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.model.reply import Headers, Reply, phrase, rate_limited
+from sysext_bakery.http_policy import (Deadline, Limits, RetryPolicy, failure, failure_detail,
+                                       retry_after_seconds, secs)
+from sysext_bakery.model.reply import Headers, Reply, phrase
 from sysext_bakery.model.url import check_upstream, is_url, mirror_url, redact, redirect_allowed
+
+# Limits, Deadline and retry_after_seconds are the client's, wherever they are defined
+__all__ = ["CHUNK", "MAX_BODY", "NETWORK_HINT", "BodyBroken", "Deadline", "Headers", "Http",
+           "Limits", "Reply", "Stream", "retry_after_seconds"]
 
 CHUNK = 1 << 20
 MAX_BODY = 32 << 20             # an API reply or index page; downloads use open()
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
-IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 NETWORK_HINT = ("check the network or proxy; for offline builds set BAKERY_MIRROR to a mirror "
                 "URL or directory (README: Offline and mirrored builds)")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Timeouts, retries and speed limits; `from_env` lets tests and slow links change them."""
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0      # silence on an open connection
-    retries: int = 5
-    backoff: float = 1.0            # first retry after `backoff` s, then doubling
-    max_wait: float = 120.0         # a longer Retry-After gives up rather than sleeps
-    deadline: float = 3600.0        # one download or request, retries and resumes included
-    low_speed_limit: float = 1000.0  # bytes/s averaged over low_speed_time aborts a body
-    low_speed_time: float = 30.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: float) -> Limits:
-        names = {"connect_timeout": "BAKERY_CONNECT_TIMEOUT", "read_timeout": "BAKERY_READ_TIMEOUT",
-                 "retries": "BAKERY_HTTP_RETRIES", "backoff": "BAKERY_FETCH_BACKOFF",
-                 "max_wait": "BAKERY_RETRY_MAX_WAIT", "deadline": "BAKERY_DEADLINE",
-                 "low_speed_limit": "BAKERY_LOW_SPEED_LIMIT",
-                 "low_speed_time": "BAKERY_LOW_SPEED_TIME"}
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            var = names[f.name]
-            if var not in env:
-                continue
-            try:
-                value = float(env[var])
-                if value < 0 or value != value:
-                    raise ValueError
-            except ValueError:
-                raise BakeryError(f"{var}={env[var]!r} is not a number", "set it to a "
-                                  "non-negative number (seconds, bytes/s or a count), or unset it"
-                                  ) from None
-            values[f.name] = int(value) if f.name == "retries" else value
-        return cls(**{**values, **overrides})
-
-
-class Deadline:
-    """A point in time after which a download or request gives up."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.end = seconds, time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    def check(self, label: str) -> None:
-        if self.left() <= 0:
-            raise BakeryError(f"{label}: not done within the {_secs(self.seconds)} s deadline",
-                              "retry later, or raise BAKERY_DEADLINE for a slow link")
 
 
 class BodyBroken(Exception):
@@ -133,8 +79,8 @@ class Stream:
             if now - start >= lim.low_speed_time:
                 if got < lim.low_speed_limit * (now - start):
                     raise BakeryError(
-                        f"{self._label}: too slow: {got} bytes in {_secs(now - start)} s "
-                        f"(below {lim.low_speed_limit:g} bytes/s for {_secs(lim.low_speed_time)} s)",
+                        f"{self._label}: too slow: {got} bytes in {secs(now - start)} s "
+                        f"(below {lim.low_speed_limit:g} bytes/s for {secs(lim.low_speed_time)} s)",
                         "retry later or use a closer mirror (BAKERY_MIRROR); "
                         "BAKERY_LOW_SPEED_LIMIT / BAKERY_LOW_SPEED_TIME tune the limit")
                 start, got = now, 0
@@ -258,14 +204,14 @@ class Http:
     def _send(self, method: str, url: str, label: str, deadline: Deadline,
               **kwargs: Any) -> Iterator[Stream]:
         lim = self.limits
-        self._adapter.max_retries = _Retry.make(lim, deadline, self.redact)
+        self._adapter.max_retries = RetryPolicy.make(lim, deadline, self.redact)
         read = max(0.001, min(lim.read_timeout, deadline.left()))
         try:
             resp = self._session.request(method, url, stream=True,
                                          timeout=(lim.connect_timeout, read), **kwargs)
         except requests.RequestException as e:
-            raise BakeryError(f"{self.redact(label)}: {_failure(e, lim)}"
-                              f"{self._from(label, url)}{_detail(e, self.redact)}",
+            raise BakeryError(f"{self.redact(label)}: {failure(e, lim)}"
+                              f"{self._from(label, url)}{failure_detail(e, self.redact)}",
                               self.hint) from None
         with resp:
             yield Stream(resp, self.redact(label), lim, deadline)
@@ -283,83 +229,6 @@ class Http:
 
     def _from(self, label: str, source: str) -> str:
         return "" if source == label else f" (from {self.redact(source)})"
-
-
-def retry_after_seconds(value: str, default: float) -> float:
-    """A Retry-After header: delay seconds or an HTTP date (RFC 9110); `default` if neither.
-    A date in the past gives a negative number."""
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return default
-    if when.tzinfo is None:   # "-0000": UTC by RFC 5322
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.timestamp() - time.time()
-
-
-class _Retry(Retry):
-    """urllib3's Retry with the bakery's policy (module docstring): waits from Retry-After or
-    x-ratelimit-reset, capped, bounded by the deadline, announced on stderr."""
-
-    def __init__(self, *args: Any, limits: Limits | None = None, deadline: Deadline | None = None,
-                 redactor: Any = redact, wait: float = 0.0, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.limits, self.deadline, self.redactor, self.wait = limits, deadline, redactor, wait
-
-    @classmethod
-    def make(cls, limits: Limits, deadline: Deadline, redactor: Any) -> _Retry:
-        n = limits.retries
-        return cls(total=n, connect=n, read=n, status=n, other=0, redirect=False,
-                   allowed_methods=IDEMPOTENT, raise_on_status=False, limits=limits,
-                   deadline=deadline, redactor=redactor)
-
-    def new(self, **kw: Any) -> _Retry:
-        kw = {"limits": self.limits, "deadline": self.deadline, "redactor": self.redactor, **kw}
-        return super().new(**kw)
-
-    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
-        if status_code in (403, 429):   # 403: increment() looks at the headers
-            return True
-        return self._is_method_retryable(method) and status_code in RETRY_STATUSES
-
-    def increment(self, method: str | None = None, url: str | None = None,
-                  response: Any = None, error: Exception | None = None, _pool: Any = None,
-                  _stacktrace: Any = None) -> _Retry:
-        if response is not None and response.status == 403 and not rate_limited(
-                403, response.headers):
-            raise MaxRetryError(_pool, url or "", None)   # a plain 403: returned as it is
-        new = super().increment(method, url, response, error, _pool, _stacktrace)
-        assert new.limits is not None and new.deadline is not None
-        k = len(new.history)
-        wait = new.limits.backoff * 2 ** (k - 1)
-        if response is not None:
-            for name in ("retry-after", "x-ratelimit-reset"):
-                value = response.headers.get(name)
-                if value and (name == "retry-after" or response.headers.get(
-                        "x-ratelimit-remaining") == "0"):
-                    wait = (retry_after_seconds(value, wait) if name == "retry-after"
-                            else _float(value, time.time() + wait) - time.time())
-                    break
-        wait = max(wait, 0.0)
-        where = self.redactor(_full_url(_pool, url))
-        why = f"HTTP {response.status}" if response is not None else _reason(error)
-        if wait > new.limits.max_wait or wait >= new.deadline.left():
-            bound = (f"the {_secs(new.limits.max_wait)} s cap" if wait > new.limits.max_wait
-                     else f"the {_secs(new.deadline.seconds)} s deadline")
-            print(f"not retrying {where} ({why}): waiting {_secs(wait)} s would pass {bound}",
-                  file=sys.stderr)
-            raise MaxRetryError(_pool, url or "", error)
-        print(f"retrying {where} in {_secs(wait)} s ({why}), attempt {k}/{new.limits.retries}",
-              file=sys.stderr)
-        new.wait = wait
-        return new
-
-    def sleep(self, response: Any = None) -> None:
-        time.sleep(self.wait)
 
 
 def _read_file(url: str, path: str, max_bytes: int) -> Reply:
@@ -381,62 +250,3 @@ def _read_file(url: str, path: str, max_bytes: int) -> Reply:
         raise BakeryError(f"{redact(url)}: {path} is larger than {max_bytes} bytes",
                           "check the mirror directory (BAKERY_MIRROR)")
     return Reply(200, headers, body, path)
-
-
-def _full_url(pool: Any, url: str | None) -> str:
-    if url and is_url(url) or pool is None:
-        return url or ""
-    default = {"http": 80, "https": 443}.get(pool.scheme)
-    port = "" if pool.port in (None, default) else f":{pool.port}"
-    return f"{pool.scheme}://{pool.host}{port}{url or ''}"
-
-
-def _failure(error: Exception, limits: Limits) -> str:
-    reason = _cause(error)
-    if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError):
-        return f"cannot connect within {_secs(limits.connect_timeout)} s"
-    if isinstance(reason, NewConnectionError):
-        return "cannot connect"
-    if isinstance(reason, ReadTimeoutError) or isinstance(error, requests.ReadTimeout):
-        return f"no answer within {_secs(limits.read_timeout)} s"
-    if isinstance(reason, ProtocolError):
-        return "connection broke"
-    if isinstance(error, requests.TooManyRedirects):
-        return "too many redirects"
-    return f"request failed ({type(error).__name__})"
-
-
-def _detail(error: Exception, redactor: Any) -> str:
-    reason = _cause(error)
-    if isinstance(reason, NewConnectionError):
-        # urllib3's reason without its "<…Connection object at 0x…>: " prefix
-        return ": " + redactor(str(reason).split(">: ", 1)[-1])
-    return ""
-
-
-def _cause(error: Exception | None) -> Any:
-    reason = error.args[0] if error is not None and error.args else error
-    if isinstance(reason, MaxRetryError):
-        reason = reason.reason
-    return reason
-
-
-def _reason(error: Exception | None) -> str:
-    if isinstance(error, NewConnectionError):
-        return "cannot connect"
-    if isinstance(error, ConnectTimeoutError):
-        return "connect timeout"
-    if isinstance(error, ReadTimeoutError):
-        return "no answer"
-    return "connection broke" if isinstance(error, ProtocolError) else type(error).__name__
-
-
-def _float(value: str, default: float) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return default
-
-
-def _secs(seconds: float) -> str:
-    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.2g}"

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ def last_words(done: Done) -> str:
 def environ(**overrides: str) -> dict[str, str]:
     """The process environment with `overrides`, for tools that need one more variable (the
     secrets in it are still stripped when the child starts)."""
-    return {**os.environ, **overrides}
+    return {**environment(), **overrides}
 
 
 def child_env(env: Mapping[str, str] | None = None, secrets: tuple[str, ...] = ()) -> dict[str, str]:
@@ -176,17 +177,43 @@ def child_env(env: Mapping[str, str] | None = None, secrets: tuple[str, ...] = (
     if unknown:   # a typo here would silently pass nothing, or read as if anything may pass
         raise ValueError(f"not a secret the bakery knows: {', '.join(unknown)} "
                          f"(settings.SECRETS: {', '.join(SECRETS)})")
-    base = os.environ if env is None else env
+    base = environment() if env is None else env
     return {key: value for key, value in base.items() if key not in SECRETS or key in secrets}
+
+
+# secrets_withheld's state, shared by every thread (doit -P thread): os.environ is one per
+# process, so the first section in takes the secrets out and only the last one out puts them
+# back; until then they wait here, where environment() still finds them.
+_withheld_lock = threading.Lock()
+_withheld_depth = 0
+_withheld: dict[str, str] = {}
+
+
+def environment() -> dict[str, str]:
+    """The process environment as the bakery was given it: os.environ, with the secrets a
+    `secrets_withheld` section (in any thread) has taken out of it for now. What reads a
+    secret (a token, the signing key) reads it here, never from os.environ directly."""
+    with _withheld_lock:
+        return {**_withheld, **os.environ}
 
 
 @contextmanager
 def secrets_withheld() -> Iterator[None]:
     """For a library that starts programs itself, bypassing `run` (GitPython runs git, already
     when first imported, with the whole process environment): the secrets leave os.environ
-    while it works and come back after."""
-    saved = {name: os.environ.pop(name) for name in SECRETS if name in os.environ}
+    while it works and come back after. Nested and concurrent sections are safe: the secrets
+    stay out until the last one ends."""
+    global _withheld_depth
+    with _withheld_lock:
+        # also on a nested entry: a secret set since the first one entered must not reach git
+        _withheld.update({name: os.environ.pop(name) for name in SECRETS if name in os.environ})
+        _withheld_depth += 1
     try:
         yield
     finally:
-        os.environ.update(saved)
+        with _withheld_lock:
+            _withheld_depth -= 1
+            if _withheld_depth == 0:
+                for name, value in _withheld.items():
+                    os.environ.setdefault(name, value)   # one set meanwhile is newer: keep it
+                _withheld.clear()

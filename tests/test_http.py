@@ -154,10 +154,15 @@ def test_limits_from_env():
 
 
 def test_requests_and_urllib3_only_in_http_module():
+    """One HTTP client: http.py, and its policy module, which nothing else imports."""
     package = Path(http_module.__file__).parent
-    users = sorted(p.name for p in package.glob("*.py")
-                   if re.search(r"^\s*(import|from)\s+(requests|urllib3)\b", p.read_text(), re.M))
-    assert users == ["http.py"]
+    sources = {p.relative_to(package).as_posix(): p.read_text() for p in package.rglob("*.py")}
+    users = sorted(name for name, text in sources.items()
+                   if re.search(r"^\s*(import|from)\s+(requests|urllib3)\b", text, re.M))
+    assert users == ["http.py", "http_policy.py"]
+    policy_users = sorted(name for name, text in sources.items()
+                          if re.search(r"\bhttp_policy\b", text) and name != "http_policy.py")
+    assert policy_users == ["http.py"]
 
 
 # --- retries ------------------------------------------------------------------------------

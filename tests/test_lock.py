@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sysext_bakery.recipe import lock
+from sysext_bakery.recipe.lock_edit import with_sources, with_version
 from sysext_bakery.errors import BakeryError
 
 
@@ -184,3 +185,25 @@ def test_equal_versions_through_doit(project) -> None:
         said = asked.stdout + asked.stderr
         assert asked.returncode != 0 and said.count("are the same version to systemd") == 1
         assert "is not pinned" not in said
+
+
+def test_update_fills_a_hand_pin_in_place_of_its_bare_header() -> None:
+    """`doit update` pinning a hand pin writes what a fresh pin reads like: the bare
+    `[name."version"]` goes, the arch tables take its place, what is around it stays. A hand
+    pin whose header carries a comment, or has one below it, keeps its header."""
+    sources = {arch: [{"url": f"https://w/wasmtime-{arch}.tar.xz", "sha256": "cd" * 32}]
+               for arch in ("x86-64", "arm64")}
+    fresh = with_version(lock.HEADER, "wasmtime", "29.0.1", sources, "lock.toml")
+    pinned = fresh.removeprefix(lock.HEADER)
+    around = ('# ours\n[docker."24.0.9"]\n\n# pinned by hand\n{}\n\n# next\n[zz."1"]\n')
+    text = with_version(around.format('[wasmtime."29.0.1"]'), "wasmtime", "29.0.1", sources, "l")
+    assert text == around.format(pinned.rstrip("\n"))
+    at_end = with_version(lock.HEADER + '[wasmtime."29.0.1"]\n', "wasmtime", "29.0.1", sources, "l")
+    assert at_end == fresh
+    for kept in ('[wasmtime."29.0.1"]  # CVE fix', '[wasmtime."29.0.1"]\n# CVE fix'):
+        text = with_version(around.format(kept), "wasmtime", "29.0.1", sources, "l")
+        assert text.startswith(around.format(kept).split("\n\n# next")[0])
+    # recording a first-use sha256 (a build) still adds just the entry: the header stays
+    recorded = with_sources(around.format('[wasmtime."29.0.1"]'), "wasmtime", "29.0.1",
+                            "x86-64", sources["x86-64"], "l")
+    assert recorded.startswith(around.format('[wasmtime."29.0.1"]').split("\n\n# next")[0])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import git
 import pytest
+import tomli_w
 
 import tracking
 from conftest import Project, lock_for
@@ -177,6 +178,25 @@ def test_hand_pinned_version_gets_its_sha256(world) -> None:
     got = pins(project)["wasmtime"]["29.0.1"]
     assert set(got) == {"x86-64", "arm64"}
     assert "wasmtime: re-pinned 29.0.1: x86-64 has no sha256 pinned yet" in proc.stdout
+
+
+def test_a_hand_pin_once_pinned_reads_as_pinned_afresh(world) -> None:
+    """The hand pin's bare `[wasmtime."29.0.1"]` gives way to its arch tables, where it stood;
+    the comment above it and the rest of the lock stay byte for byte."""
+    project, up, server = world
+    lock = world_lock(up)
+    del lock["wasmtime"]
+    rest = tomli_w.dumps(lock)
+    before = '# our pins\n\n# pinned by hand for the CVE fix\n[wasmtime."29.0.1"]\n\n'
+    project.lock_path.write_text(before + rest)
+    proc = project.doit("update:wasmtime")
+    assert "wasmtime: re-pinned 29.0.1: x86-64 has no sha256 pinned yet" in proc.stdout
+    text = project.lock_path.read_text()
+    assert '[wasmtime."29.0.1"]' not in text
+    assert text.startswith('# our pins\n\n# pinned by hand for the CVE fix\n'
+                           '[wasmtime."29.0.1".x86-64]\nsources = [\n')
+    assert text.endswith('\n]\n\n' + rest)
+    assert pins(project)["wasmtime"] == world_lock(up)["wasmtime"]
 
 
 def test_commit_makes_one_commit_listing_the_bumps(world) -> None:

@@ -8,14 +8,13 @@ many files, where the line naming the download's file is the one that counts.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import quote, unquote
 
-from sysext_bakery import gpg
+from sysext_bakery import gpg, run
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.url import url_filename
 
@@ -152,13 +151,14 @@ def digest_in_release(release: Any, asset: str, api_url: str, url: str) -> str:
     return m.group(1).lower()
 
 
-def from_github(http: Http, url: str, env: Mapping[str, str] = os.environ) -> Expected:
+def from_github(http: Http, url: str, env: Mapping[str, str] | None = None) -> Expected:
     """Ask GitHub's REST API (`GET /repos/{owner}/{repo}/releases/tags/{tag}`) for the
-    digest of the asset `url` downloads."""
+    digest of the asset `url` downloads. `env` (default: the process environment) supplies
+    GITHUB_TOKEN."""
     owner, repo, tag, asset = github_asset(url)
     api_url = release_api_url(owner, repo, tag)
     headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-    token = env.get("GITHUB_TOKEN")
+    token = (run.environment() if env is None else env).get("GITHUB_TOKEN")
     if token:   # as discovery does: to api.github.com, or the mirror the user put before it
         headers["Authorization"] = f"Bearer {token}"
     release = http.get_json(api_url, headers=headers, hint=MIRROR_HINT)

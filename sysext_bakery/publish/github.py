@@ -4,7 +4,6 @@ endpoints used here are spoken; the token only ever goes into the Authorization 
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -212,11 +211,13 @@ def _tag(root: Path, tag: str, revision: str | None, message: str) -> bool:
 
 
 def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Path,
-                   env: Mapping[str, str] = os.environ) -> list[str]:
+                   env: Mapping[str, str] | None = None) -> list[str]:
     """Per image version a release `<name>-<version>` with its images, their SHA256SUMS and
     the transfer files `<name>` and `<name>-<stream>` of its stream; plus the metadata release with the aggregated SHA256SUMS
     (+ signature), every transfer file, Butane snippet (+ its .ign), key and index.json.
-    Returns the uploaded asset names as `<tag>/<name>`."""
+    Returns the uploaded asset names as `<tag>/<name>`. `env` (default: the process
+    environment) supplies GITHUB_TOKEN and GITHUB_API_URL."""
+    env = run.environment() if env is None else env
     if not repo:
         raise BakeryError("no GitHub repository to publish to",
                           "pass --repo owner/name or set [github] repo in release/release.toml")

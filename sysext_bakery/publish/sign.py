@@ -63,10 +63,12 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def signer_from_env(env: Mapping[str, str] = os.environ) -> Iterator[Signer | None]:
+def signer_from_env(env: Mapping[str, str] | None = None) -> Iterator[Signer | None]:
     """BAKERY_SIGNING_KEY (armored exported secret key(s), imported into a temporary
     GNUPGHOME) or BAKERY_SIGNING_KEY_ID (a key in the user's keyring); None if neither.
-    BAKERY_SIGNING_PASSPHRASE unlocks a protected key. Set but empty is an error."""
+    BAKERY_SIGNING_PASSPHRASE unlocks a protected key. Set but empty is an error. `env`
+    defaults to the process environment."""
+    env = run.environment() if env is None else env
     _set_but_empty(env, "BAKERY_SIGNING_KEY")
     _set_but_empty(env, "BAKERY_SIGNING_KEY_ID")
     passphrase = env.get("BAKERY_SIGNING_PASSPHRASE")
@@ -108,7 +110,7 @@ def keyring_fingerprints(keyring: bytes) -> tuple[str, ...]:
 
 
 def _gpg(signer: Signer, *args: str, data: bytes = b"", what: str) -> bytes:
-    env = dict(os.environ)
+    env = run.environ()
     if signer.gnupghome:
         env["GNUPGHOME"] = str(signer.gnupghome)
     cmd = ["gpg", "--batch", "--no-tty", "--quiet"]

@@ -13,7 +13,8 @@ from sysext_bakery.model.limits import DEFAULT as DEFAULT_LIMITS, ArchiveLimits,
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.image import COMPRESSIONS, Image, Install, Source, Symlink, archive_kind
 from sysext_bakery.model.version import compare_versions, version_vars
-from sysext_bakery.recipe.schema import OS_PROFILES, SCHEMA, Problems, check_table, install_target_problem
+from sysext_bakery.recipe.check import Problems, check_table
+from sysext_bakery.recipe.schema import OS_PROFILES, SCHEMA, install_target_problem
 
 
 @dataclass(frozen=True)

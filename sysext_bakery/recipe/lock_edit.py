@@ -15,10 +15,12 @@ from sysext_bakery.recipe.lock import HEADER
 
 
 def with_sources(text: str, name: str, version: str, arch: str,
-                 sources: list[dict[str, str]], shown: str) -> str:
+                 sources: list[dict[str, str]], shown: str, *, fill_hand_pin: bool = False) -> str:
     """The lock `text` with `[name."version".arch] sources` set, edited in place (tomlkit):
     the rest of the file, comments and layout included, comes back byte for byte. An entry
-    that already lists the same URLs only gains or changes its sha256 values."""
+    that already lists the same URLs only gains or changes its sha256 values. With
+    `fill_hand_pin`, a hand pin's bare `[name."version"]` header (no keys, no comment) gives
+    way to the arch table written under it, as when the version was pinned afresh."""
     if text.strip() == "":
         text = HEADER
     elif not text.endswith("\n"):
@@ -55,16 +57,20 @@ def with_sources(text: str, name: str, version: str, arch: str,
         parent = tomlkit.table(is_super_table=True)
         parent.append(_key(keys[below], below), new)
         new = parent
-    _append_table(node, _key(keys[depth], depth), new, leaf)
+    if fill_hand_pin and depth == 2 and _is_bare(node):
+        _fill_bare(node, _key(keys[depth], depth), new)
+    else:
+        _append_table(node, _key(keys[depth], depth), new, leaf)
     return tomlkit.dumps(doc)
 
 
 def with_version(text: str, name: str, version: str, arches: dict[str, list[dict[str, str]]],
                  shown: str) -> str:
     """The lock `text` with every arch of `name` `version` set to these sources (a pin by
-    `doit update`); arches are written in the given order, each edited as with_sources does."""
+    `doit update`); arches are written in the given order, each edited as with_sources does.
+    A hand pin's bare `[name."version"]` goes: the result reads as a version pinned afresh."""
     for arch, sources in arches.items():
-        text = with_sources(text, name, version, arch, sources, shown)
+        text = with_sources(text, name, version, arch, sources, shown, fill_hand_pin=True)
     return text
 
 
@@ -101,6 +107,33 @@ def _sources_array(sources: list[dict[str, str]]) -> Any:
     return tomlkit.parse(f"sources = [\n{lines}]\n" if sources else "sources = []\n")["sources"]
 
 
+def _is_bare(table: Any) -> bool:
+    """A table with a header of its own and nothing else: no keys and no comment of its own
+    (on the header's line or right below it: it says something about the pin, and keeps
+    it). Comments after a blank line introduce the next table and move with it."""
+    if not isinstance(table, Table) or table.is_super_table() or table.trivia.comment:
+        return False
+    body = table.value.body
+    return (all(key is None and isinstance(item, (Whitespace, Comment)) for key, item in body)
+            and (not body or isinstance(body[0][1], Whitespace)))
+
+
+def _fill_bare(bare: Table, key: Key, table: Table) -> None:
+    """Put `table` into the `bare` table in place of its header: `bare` becomes a super table
+    (rendered through its children only), `table` starts where its header stood, and the
+    blank lines and comments that ended it now end `table`."""
+    trailing = [item for _, item in bare.value.body]
+    bare.value.body.clear()
+    bare._is_super_table = True   # tomlkit has no public setter; the parser sets it the same way
+    table.trivia.indent = bare.trivia.indent
+    bare.append(key, table)
+    leaf = table
+    while leaf.value.body and isinstance(leaf.value.body[-1][1], Table):   # arch under version
+        leaf = leaf.value.body[-1][1]
+    for item in trailing:
+        leaf.value.append(None, item)
+
+
 def _append_table(container: Any, key: Key, table: Table, leaf: Table) -> None:
     """Append `table` to `container` so that it reads as the next table of the file: the
     comments and blank lines that trail the table rendered last before it introduce whatever
@@ -121,7 +154,8 @@ def _append_table(container: Any, key: Key, table: Table, leaf: Table) -> None:
 
 def _peel_trailing(node: Any) -> list[Any]:
     """Remove and return the comments and blank lines at the end of the last table rendered
-    in `node`. Those at the top level of the file stay: they are its header."""
+    in `node`, from its first blank line on. Those at the top level of the file stay: they
+    are its header."""
     while True:
         if isinstance(node, Table):
             body = node.value.body
@@ -140,4 +174,9 @@ def _peel_trailing(node: Any) -> list[Any]:
         peeled = []
         while body and body[-1][0] is None and isinstance(body[-1][1], (Whitespace, Comment)):
             peeled.append(body.pop()[1])
-        return peeled[::-1]
+        peeled.reverse()
+        # comments right below the table's last line (no blank line between) are its own
+        own = next((i for i, item in enumerate(peeled) if isinstance(item, Whitespace)),
+                   len(peeled))
+        body.extend((None, item) for item in peeled[:own])
+        return peeled[own:]

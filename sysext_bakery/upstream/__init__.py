@@ -7,10 +7,10 @@ print. Each type lives in its own module; they share tag mapping and paging (`ba
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
 from . import github, gitlab, html_index, json_api, kubernetes
 from .base import Discovery, Get, Headers, Reply, Skipped, tag_version
@@ -38,4 +38,4 @@ def discover(upstream: "Upstream", get: Get, env: Mapping[str, str] | None = Non
     except KeyError:
         raise BakeryError(f"upstream.type {upstream.type!r} is not one of {', '.join(TYPES)}",
                           "see docs/recipes.md") from None
-    return kind(upstream, get, os.environ if env is None else env)
+    return kind(upstream, get, run.environment() if env is None else env)
