@@ -2,7 +2,7 @@
 
     http = Http(mirror)                          # mirror: BAKERY_MIRROR or None
     reply = http.get(url, headers=None, max_bytes=MAX_BODY)
-    reply.status, reply.headers, reply.body, reply.url, reply.text, reply.json()
+    reply.status, reply.headers, reply.body, reply.url, reply.text
     http.get_text(url, hint=...) / http.get_json(url, hint=...)   # BakeryError on HTTP >= 400
     with http.open(url, headers, deadline) as stream: stream.chunks()   # downloads (fetch)
     Http(upstream=False, headers=auth).request(method, url, ...)    # REST clients (GitHub)
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime
 import email.utils
-import json
 import os
 import sys
 import time
@@ -42,7 +41,7 @@ from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NewConnectio
 from urllib3.util.retry import Retry
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.model.reply import Headers, Reply, phrase, rate_limited
+from sysext_bakery.model.reply import Headers, Reply, parse_json, phrase, rate_limited
 from sysext_bakery.model.url import check_upstream, is_url, mirror_url, redact, redirect_allowed
 
 CHUNK = 1 << 20
@@ -202,14 +201,8 @@ class Http:
 
     def get_json(self, url: str, *, headers: Mapping[str, str] | None = None,
                  max_bytes: int = MAX_BODY, hint: str | None = None) -> Any:
-        text = self.get_text(url, headers=headers, max_bytes=max_bytes, hint=hint)
-        try:
-            return json.loads(text)
-        except RecursionError:
-            raise BakeryError(f"{self.redact(url)}: not JSON (nested too deeply)",
-                              hint or self.hint) from None
-        except ValueError as e:
-            raise BakeryError(f"{self.redact(url)}: not JSON ({e})", hint or self.hint) from None
+        body = self.get_bytes(url, headers=headers, max_bytes=max_bytes, hint=hint)
+        return parse_json(body, self.redact(url), hint or self.hint)
 
     def check(self, reply: Reply | Stream, url: str, hint: str | None = None) -> None:
         """BakeryError naming `url` (and the mirror source) for HTTP >= 400."""

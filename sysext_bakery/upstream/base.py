@@ -4,7 +4,6 @@ naming why a tag was refused)."""
 from __future__ import annotations
 
 import email.utils
-import json
 import re
 import time
 import unicodedata
@@ -16,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.url import url_problem
-from sysext_bakery.model.reply import Headers, Reply, phrase, rate_limited
+from sysext_bakery.model.reply import Headers, Reply, parse_json, phrase, rate_limited
 from sysext_bakery.model.version import version_key, version_problem
 
 # A discovery never needs the whole history, only the newest releases: upstreams list newest
@@ -149,8 +148,8 @@ def check_status(reply: Reply, *, rate_hint: str = "wait until the limit resets"
 def _upstream_message(body: bytes) -> str:
     """GitHub and GitLab explain errors in {"message": ...}; show it, short and printable."""
     try:
-        message = json.loads(body).get("message")
-    except (ValueError, AttributeError, RecursionError):
+        message = parse_json(body, "", "").get("message")
+    except (BakeryError, AttributeError):
         return ""
     if not isinstance(message, str):
         return ""
@@ -169,12 +168,7 @@ def json_of(reply: Reply) -> Any:
                           + (f" ({ctype})" if ctype else ""),
                           "the URL may be wrong, or a proxy or login page answered instead of "
                           "the API; check upstream.url / upstream.repo and BAKERY_MIRROR")
-    try:
-        return json.loads(reply.body)
-    except RecursionError:
-        raise BakeryError(f"{reply.url}: not valid JSON: nested too deeply", RECIPE_HINT) from None
-    except ValueError as e:
-        raise BakeryError(f"{reply.url}: not valid JSON: {e}", RECIPE_HINT) from None
+    return parse_json(reply.body, reply.url, RECIPE_HINT)
 
 
 def text_of(reply: Reply) -> str:
