@@ -10,7 +10,8 @@
 Upstream URLs (`upstream=True`, the default) must be https, may not hold `.`/`..` path
 segments, and are mapped through `BAKERY_MIRROR` (`mirror_url`): an http(s) base URL, or a
 local directory of recorded files `<dir>/HOST/PATH[?QUERY]`, which `get` reads as a 200
-reply (404 if missing). Every message names the URL with credentials redacted (`redact`).
+reply (404 if missing), with the headers recorded beside the file (`mirror_dir`). Every
+message names the URL with credentials redacted (`redact`).
 
 Retries live in urllib3 (`_Retry`): connect errors for every method; 429 and GitHub-style
 rate-limit 403s for every method (the server refused the request); 500/502/503/504 and read
@@ -41,6 +42,7 @@ from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NewConnectio
 from urllib3.util.retry import Retry
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.mirror_dir import read_recorded
 from sysext_bakery.model.reply import Headers, Reply, parse_json, phrase, rate_limited
 from sysext_bakery.model.url import check_upstream, is_url, mirror_url, redact, redirect_allowed
 
@@ -185,7 +187,7 @@ class Http:
         """GET `url` (mapped through the mirror); any HTTP status is returned, not raised."""
         source = self.locate(url)
         if not is_url(source):
-            return _read_file(url, source, max_bytes)
+            return read_recorded(url, source, max_bytes)
         return self.request("GET", source, headers=headers, max_bytes=max_bytes, label=url)
 
     def get_bytes(self, url: str, *, headers: Mapping[str, str] | None = None,
@@ -353,27 +355,6 @@ class _Retry(Retry):
 
     def sleep(self, response: Any = None) -> None:
         time.sleep(self.wait)
-
-
-def _read_file(url: str, path: str, max_bytes: int) -> Reply:
-    """A recorded reply in a mirror directory: 200 with the file, 404 if it is missing. A
-    directory answers with its index.html, as a web server does: html-index pages are often
-    directory URLs (download.docker.com/linux/static/stable/x86_64/)."""
-    headers = Headers()
-    if path.endswith("/") or os.path.isdir(path):
-        path = os.path.join(path, "index.html")
-    try:
-        with open(path, "rb") as f:
-            body = f.read(max_bytes + 1)
-    except FileNotFoundError:
-        return Reply(404, headers, b"", path)
-    except OSError as e:
-        raise BakeryError(f"{redact(url)}: cannot read {path} from the mirror: {e.strerror}",
-                          "check the mirror directory (BAKERY_MIRROR)") from e
-    if len(body) > max_bytes:
-        raise BakeryError(f"{redact(url)}: {path} is larger than {max_bytes} bytes",
-                          "check the mirror directory (BAKERY_MIRROR)")
-    return Reply(200, headers, body, path)
 
 
 def _full_url(pool: Any, url: str | None) -> str:

@@ -21,6 +21,7 @@ from sysext_bakery.model.version import version_key, version_problem
 # A discovery never needs the whole history, only the newest releases: upstreams list newest
 # first, so stopping here loses old releases only (1000+ on GitHub, 400 on HashiCorp).
 MAX_PAGES = 20
+PER_PAGE = 100        # what GitHub and GitLab are asked for (their maximum)
 RECIPE_HINT = "check [upstream] in the recipe (docs/recipes.md: Upstream tracking)"
 
 Get = Callable[[str, Mapping[str, str]], Reply]
@@ -222,6 +223,20 @@ def pages(get: Get, url: str, headers: Callable[[str], Mapping[str, str]],
             raise BakeryError(f"{reply.url}: the next page is on another host ({host})",
                               "the upstream answer is not what the bakery expects; " + RECIPE_HINT)
         url = nxt
+
+
+def full_page_without_headers(reply: Reply, items: list) -> None:
+    """GitHub and GitLab say in headers whether a page follows. A file in a mirror directory
+    without a recorded `.headers.json` is the only answer with no header at all (an HTTP
+    server sends at least Content-Length or Transfer-Encoding): a short page there is the
+    last, a full one may not be, and stopping after it would hide the rest."""
+    if not reply.headers and len(items) >= PER_PAGE:
+        raise BakeryError(
+            f"{reply.url}: a full page of {len(items)} from the mirror directory, without the "
+            "response headers that say whether another page follows",
+            "record the answer's headers beside the file as <file>.headers.json, a JSON object "
+            '(e.g. {"Link": "<https://...&page=2>; rel=\"next\""}), or serve the mirror '
+            "over http(s) (docs/recipes.md: Upstream tracking)")
 
 
 def json_list(reply: Reply) -> list:
