@@ -416,7 +416,7 @@ def test_a_hostile_next_page_link_is_refused_by_name(target: str, said: str) -> 
         asked.append(url)
         return Reply(200, upstream.base.Headers({"Link": f'<{target}>; rel="next"'}), b"[{}]", url)
     with pytest.raises(BakeryError) as err:
-        list(pages(get, first, lambda _: {}, json_list, lambda r, _: link(r.headers, "next", r.url)))
+        pages(get, first, lambda _: {}, json_list, lambda r, _: link(r.headers, "next", r.url))
     assert asked == [first]
     text = err.value.message
     assert said in text and text.startswith(f"{first}: the next page ")

@@ -1,17 +1,20 @@
-"""Discovery's paging through a mirror *directory*: the paging headers recorded beside each
-answer (tests/recorded.py's layout), and a full page recorded without them refused."""
+"""Discovery's paging: through a mirror *directory* (the paging headers recorded beside each
+answer, tests/recorded.py's layout) and its bound (MAX_PAGES), which it stops at with a
+warning naming the URL, never silently."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 
 import recorded
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.recipe.load import Upstream
 from sysext_bakery.upstream import discover
+from sysext_bakery.upstream.base import MAX_PAGES, json_list, link, pages
 from sysext_bakery.upstream.net import make_get
-from test_upstream import NO_TOKEN, gh
+from test_upstream import GH, NO_TOKEN, get, gh  # noqa: F401  (get: the fixture)
 from upstream import MirrorServer, Upstream as Tree
 
 
@@ -74,3 +77,41 @@ def test_a_broken_recorded_headers_file_is_named(tmp_path: Path, sidecar: bytes,
     with pytest.raises(BakeryError) as err:
         discover(gh(), make_get(str(root)), NO_TOKEN)
     assert said in err.value.message and ".headers.json" in err.value.message
+
+
+def serve_github_pages(httpserver: HTTPServer, count: int) -> None:
+    """`count` pages of one release each, every page linking the next."""
+    for n in range(1, count + 1):
+        path = f"{GH}/releases" if n == 1 else "/api.github.com/repositories/4711/releases"
+        query = {"per_page": "100", **({"page": str(n)} if n > 1 else {})}
+        nxt = f"https://api.github.com/repositories/4711/releases?per_page=100&page={n + 1}"
+        httpserver.expect_request(path, query_string=query).respond_with_json(
+            [{"tag_name": f"v1.{count - n}.0"}],
+            headers={"Link": f'<{nxt}>; rel="next"'} if n < count else {})
+
+
+def test_discovery_past_max_pages_stops_with_a_warning_naming_the_url(httpserver: HTTPServer,
+                                                                       get) -> None:
+    first = "https://api.github.com/repos/example/tool/releases?per_page=100"
+    serve_github_pages(httpserver, MAX_PAGES + 5)
+    found = discover(gh(), get, NO_TOKEN)
+    assert len(httpserver.log) == MAX_PAGES                 # bounded
+    assert found.versions == tuple(f"1.{MAX_PAGES + 5 - n}.0" for n in range(1, MAX_PAGES + 1))
+    assert found.warnings == (
+        f"{first}: stopped after {MAX_PAGES} pages with more announced; older releases were "
+        "not read (carry an older version you need as an exact version in "
+        "release/versions.toml)",)
+    # exactly MAX_PAGES pages: all read, nothing to warn about
+    httpserver.clear()
+    serve_github_pages(httpserver, MAX_PAGES)
+    found = discover(gh(), get, NO_TOKEN)
+    assert len(found.versions) == MAX_PAGES and found.warnings == ()
+
+
+def test_the_page_bound_is_a_parameter(httpserver: HTTPServer, get) -> None:
+    serve_github_pages(httpserver, 5)
+    first = "https://api.github.com/repos/example/tool/releases?per_page=100"
+    walk = pages(get, first, lambda _: {}, json_list,
+                 lambda r, _: link(r.headers, "next", r.url), max_pages=3)
+    assert [len(p) for p in walk.items] == [1, 1, 1] and len(httpserver.log) == 3
+    assert walk.warnings[0].startswith(f"{first}: stopped after 3 pages")

@@ -67,21 +67,22 @@ def releases(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
     """Published releases by tag name; drafts never, pre-releases when `prereleases = true`."""
     token = env.get("GITHUB_TOKEN") or None
     url = f"{API}/repos/{_repo(up)}/releases?per_page={PER_PAGE}"
+    walk = pages(get, url, _headers(token), _items(token), _next)
     found = []
-    for items in pages(get, url, _headers(token), _items(token), _next):
+    for items in walk.items:
         for item in items:
             tag = _field(item, "tag_name", url)
             if item.get("draft") or (item.get("prerelease") and not up.prereleases):
                 continue
             found.append(tag_version(str(tag), up.pattern, up.prefix))
-    return collect(found, url)
+    return collect(found, url, walk.warnings)
 
 
 def tags(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
     """Every tag (git has no notion of a pre-release: the pattern decides)."""
     token = env.get("GITHUB_TOKEN") or None
     url = f"{API}/repos/{_repo(up)}/tags?per_page={PER_PAGE}"
+    walk = pages(get, url, _headers(token), _items(token), _next)
     found = [tag_version(str(_field(item, "name", url)), up.pattern, up.prefix)
-             for items in pages(get, url, _headers(token), _items(token), _next)
-             for item in items]
-    return collect(found, url)
+             for items in walk.items for item in items]
+    return collect(found, url, walk.warnings)

@@ -33,11 +33,12 @@ def tags(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
         raise BakeryError(f"upstream.repo {up.repo!r} is not a GitLab group/project path",
                           RECIPE_HINT)
     url = f"{API}/projects/{quote(up.repo, safe='')}/repository/tags?per_page={PER_PAGE}"
+    walk = pages(get, url, lambda _: {"Accept": "application/json"}, json_list, _next)
     found = []
-    for items in pages(get, url, lambda _: {"Accept": "application/json"}, json_list, _next):
+    for items in walk.items:
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise BakeryError(f"{url}: an entry without a tag 'name'; not a GitLab API answer?",
                                   RECIPE_HINT)
             found.append(tag_version(item["name"], up.pattern, up.prefix))
-    return collect(found, url)
+    return collect(found, url, walk.warnings)
