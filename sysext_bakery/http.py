@@ -3,7 +3,7 @@ imports requests and urllib3. Everything else speaks HTTP through `Http`.
 
     http = Http(mirror)                          # mirror: BAKERY_MIRROR or None
     reply = http.get(url, headers=None, max_bytes=MAX_BODY)
-    reply.status, reply.headers, reply.body, reply.url, reply.text, reply.json()
+    reply.status, reply.headers, reply.body, reply.url, reply.text
     http.get_text(url, hint=...) / http.get_json(url, hint=...)   # BakeryError on HTTP >= 400
     with http.open(url, headers, deadline) as stream: stream.chunks()   # downloads (fetch)
     Http(upstream=False, headers=auth).request(method, url, ...)    # REST clients (GitHub)
@@ -11,7 +11,8 @@ imports requests and urllib3. Everything else speaks HTTP through `Http`.
 Upstream URLs (`upstream=True`, the default) must be https, may not hold `.`/`..` path
 segments, and are mapped through `BAKERY_MIRROR` (`mirror_url`): an http(s) base URL, or a
 local directory of recorded files `<dir>/HOST/PATH[?QUERY]`, which `get` reads as a 200
-reply (404 if missing). Every message names the URL with credentials redacted (`redact`).
+reply (404 if missing), with the headers recorded beside the file (`mirror_dir`). Every
+message names the URL with credentials redacted (`redact`).
 
 Retries, waits, timeouts and the wording of a failed request are the client's policy, in
 `http_policy` (the one other module that imports requests and urllib3, and that only this one
@@ -23,8 +24,6 @@ thread-safe: one `Http` per thread.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
@@ -37,7 +36,8 @@ from requests.adapters import HTTPAdapter
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.http_policy import (Deadline, Limits, RetryPolicy, failure, failure_detail,
                                        retry_after_seconds, secs)
-from sysext_bakery.model.reply import Headers, Reply, phrase
+from sysext_bakery.mirror_dir import read_recorded
+from sysext_bakery.model.reply import Headers, Reply, parse_json, phrase
 from sysext_bakery.model.url import check_upstream, is_url, mirror_url, redact, redirect_allowed
 
 # Limits, Deadline and retry_after_seconds are the client's, wherever they are defined
@@ -132,7 +132,7 @@ class Http:
         """GET `url` (mapped through the mirror); any HTTP status is returned, not raised."""
         source = self.locate(url)
         if not is_url(source):
-            return _read_file(url, source, max_bytes)
+            return read_recorded(url, source, max_bytes)
         return self.request("GET", source, headers=headers, max_bytes=max_bytes, label=url)
 
     def get_bytes(self, url: str, *, headers: Mapping[str, str] | None = None,
@@ -148,14 +148,8 @@ class Http:
 
     def get_json(self, url: str, *, headers: Mapping[str, str] | None = None,
                  max_bytes: int = MAX_BODY, hint: str | None = None) -> Any:
-        text = self.get_text(url, headers=headers, max_bytes=max_bytes, hint=hint)
-        try:
-            return json.loads(text)
-        except RecursionError:
-            raise BakeryError(f"{self.redact(url)}: not JSON (nested too deeply)",
-                              hint or self.hint) from None
-        except ValueError as e:
-            raise BakeryError(f"{self.redact(url)}: not JSON ({e})", hint or self.hint) from None
+        body = self.get_bytes(url, headers=headers, max_bytes=max_bytes, hint=hint)
+        return parse_json(body, self.redact(url), hint or self.hint)
 
     def check(self, reply: Reply | Stream, url: str, hint: str | None = None) -> None:
         """BakeryError naming `url` (and the mirror source) for HTTP >= 400."""
@@ -229,24 +223,3 @@ class Http:
 
     def _from(self, label: str, source: str) -> str:
         return "" if source == label else f" (from {self.redact(source)})"
-
-
-def _read_file(url: str, path: str, max_bytes: int) -> Reply:
-    """A recorded reply in a mirror directory: 200 with the file, 404 if it is missing. A
-    directory answers with its index.html, as a web server does: html-index pages are often
-    directory URLs (download.docker.com/linux/static/stable/x86_64/)."""
-    headers = Headers()
-    if path.endswith("/") or os.path.isdir(path):
-        path = os.path.join(path, "index.html")
-    try:
-        with open(path, "rb") as f:
-            body = f.read(max_bytes + 1)
-    except FileNotFoundError:
-        return Reply(404, headers, b"", path)
-    except OSError as e:
-        raise BakeryError(f"{redact(url)}: cannot read {path} from the mirror: {e.strerror}",
-                          "check the mirror directory (BAKERY_MIRROR)") from e
-    if len(body) > max_bytes:
-        raise BakeryError(f"{redact(url)}: {path} is larger than {max_bytes} bytes",
-                          "check the mirror directory (BAKERY_MIRROR)")
-    return Reply(200, headers, body, path)

@@ -32,6 +32,7 @@ class FakeGitHub:
         self.failures: list[tuple[int, dict]] = []   # (status, headers) served before real answers
         self.fail_after: list[int] = []   # statuses answered to POSTs *after* doing their work
         self.fail_uploads: list[int] = []  # statuses answered to uploads, storing nothing
+        self.raw: list[bytes] = []   # bodies answered (200, JSON) before real answers: hostile ones
         self.next_id = 1
 
     def new_id(self) -> int:
@@ -62,6 +63,13 @@ def make_handler(gh: FakeGitHub, base: list[str]):
             gh.log.append((method, url.path))
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return self.reply(401, {"message": "Bad credentials"})
+            if gh.raw:
+                data = gh.raw.pop(0)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                return self.wfile.write(data)
             if gh.failures:
                 status, headers = gh.failures.pop(0)
                 return self.reply(status, {"message": "try again"}, headers)
@@ -341,3 +349,30 @@ def test_the_metadata_release_drops_assets_no_longer_published(tmp_path, github,
     gh.log.clear()
     gh_publisher.publish_github(dest, "owner/bakery", config, project, env)
     assert not [p for m, p in gh.log if m in ("POST", "DELETE")]
+
+
+@pytest.mark.parametrize("answer, said", [
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON: nested too deeply (more than 64 levels)"),
+    # parses within Python's recursion limit, but past the bound every JSON answer shares
+    (b'{"a": ' * 65 + b"1" + b"}" * 65, "not valid JSON: nested too deeply (more than 64 levels)"),
+    (b"<html>Sign in</html>", "not valid JSON: Expecting value"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+])
+def test_a_hostile_or_foreign_answer_is_a_clear_error(github, answer: bytes, said: str):
+    """The API's answers go through discovery's one JSON rule (model/reply.parse_json): a
+    deeply nested answer is a BakeryError naming the request, not a RecursionError."""
+    gh, api = github
+    client = gh_publisher.GitHub("owner/bakery", TOKEN, api, attempts=2, backoff=0.01)
+    gh.raw = [answer]
+    with pytest.raises(BakeryError) as err:
+        client.release("docker-24.0.9", None, "body")
+    url = f"{api}/repos/owner/bakery/releases/tags/docker-24.0.9"
+    assert err.value.message.startswith(f"GitHub: {url}: ")
+    assert said in err.value.message and "GITHUB_API_URL" in err.value.hint
+    assert len(err.value.message) < 300 and TOKEN not in str(err.value)
+    # the asset list must be a list of objects
+    rel = client.release("docker-24.0.9", None, "body")
+    gh.raw = [b'[{"name": "a.raw"}, "b.raw"]']
+    with pytest.raises(BakeryError, match="expected a JSON list of objects, got a list with a str "
+                                          "entry"):
+        client.assets(rel)

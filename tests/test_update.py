@@ -293,3 +293,22 @@ def test_a_broken_recipe_fails_alone(world) -> None:
     assert proc.returncode != 0
     assert "wasmtime: FAILED: recipes/wasmtime.toml" in proc.stdout
     assert "25.0.1" in pins(project)["docker"]
+
+
+def test_discovery_past_its_page_bound_warns_naming_the_url(world) -> None:
+    """Upstream lists more pages than a discovery reads (MAX_PAGES): the run stays bounded,
+    pins what it saw, and says which URL it stopped reading, never silently."""
+    import recorded
+    from sysext_bakery.upstream.base import MAX_PAGES
+    project, up, server = world
+    upstream = {"repo": "bytecodealliance/wasmtime", "pattern": r"^v(\d+\.\d+\.\d+)$"}
+    old = [f"{n}.0.0" for n in range(10, 29)]
+    pages = recorded.github_releases(up, upstream, ["29.0.1", "29.0.0", *old], page_size=1)
+    assert pages > MAX_PAGES
+    server.requests.clear()
+    proc = project.doit("update:wasmtime")
+    asked = [r for r in server.requests if "wasmtime" in r or "/repositories/" in r]
+    assert len(asked) == MAX_PAGES
+    assert "wasmtime: up to date" in proc.stdout
+    assert ("wasmtime: warning: https://api.github.com/repos/bytecodealliance/wasmtime/releases"
+            f"?per_page=100: stopped after {MAX_PAGES} pages with more announced") in proc.stdout

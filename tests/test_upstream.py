@@ -416,7 +416,7 @@ def test_a_hostile_next_page_link_is_refused_by_name(target: str, said: str) -> 
         asked.append(url)
         return Reply(200, upstream.base.Headers({"Link": f'<{target}>; rel="next"'}), b"[{}]", url)
     with pytest.raises(BakeryError) as err:
-        list(pages(get, first, lambda _: {}, json_list, lambda r, _: link(r.headers, "next", r.url)))
+        pages(get, first, lambda _: {}, json_list, lambda r, _: link(r.headers, "next", r.url))
     assert asked == [first]
     text = err.value.message
     assert said in text and text.startswith(f"{first}: the next page ")
@@ -429,8 +429,13 @@ def test_an_answer_nested_past_the_recursion_limit_is_a_clear_error() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     with pytest.raises(BakeryError) as err:
         json_of(Reply(200, upstream.base.Headers({"Content-Type": JSON}), deep, url))
-    assert err.value.message == f"{url}: not valid JSON: nested too deeply"
+    assert err.value.message == f"{url}: not valid JSON: nested too deeply (more than 64 levels)"
+    # within Python's recursion limit, but past the bound every JSON answer shares
+    with pytest.raises(BakeryError, match="nested too deeply"):
+        json_of(Reply(200, upstream.base.Headers({}), b"[" * 65 + b"]" * 65, url))
+    assert json_of(Reply(200, upstream.base.Headers({}), b"[" * 64 + b"]" * 64, url))
     # a rate-limit answer whose explanation nests that deep still names the status
     with pytest.raises(BakeryError) as err:
         check_status(Reply(403, upstream.base.Headers({}), b'{"message": ' + deep + b"}", url))
     assert err.value.message.startswith(f"{url}: HTTP 403")
+

@@ -1,5 +1,6 @@
 """The one reply type: what an HTTP answer is once read, for the HTTP client (`http`) and for
-discovery (`upstream`), which takes and returns plain values (tests hand it recorded replies).
+discovery (`upstream`), which takes and returns plain values (tests hand it recorded replies);
+and the one rule for reading JSON that came over the network (`parse_json`).
 
 Here rather than in http.py because discovery is imported with every task graph, and http.py
 brings requests and urllib3 with it.
@@ -12,6 +13,11 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from sysext_bakery.errors import BakeryError
+
+# An API answer nests a few levels (a GitHub release: assets[].uploader.login is 4); a deeper
+# one is hostile or broken, and would reach code that recurses (repr, json.dumps) otherwise.
+MAX_DEPTH = 64
 
 class Headers(Mapping[str, str]):
     """Response headers with case-insensitive lookup (HTTP header names are)."""
@@ -56,8 +62,30 @@ class Reply:
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
 
-    def json(self) -> Any:
-        return json.loads(self.body)
+
+def parse_json(body: bytes | str, where: str, hint: str) -> Any:
+    """The one rule for JSON that came over the network (discovery, the GitHub publisher,
+    `Http.get_json`): not JSON, or nested past MAX_DEPTH, is a BakeryError naming `where`,
+    never a JSONDecodeError or RecursionError traceback."""
+    try:
+        doc = json.loads(body)
+    except RecursionError:   # the C decoder recurses: far past MAX_DEPTH already
+        raise _too_deep(where, hint) from None
+    except ValueError as e:   # JSONDecodeError, bad UTF-8, an integer past the digit limit
+        raise BakeryError(f"{where}: not valid JSON: {str(e)[:200]}", hint) from None
+    stack: list[tuple[Any, int]] = [(doc, 1)] if isinstance(doc, (dict, list)) else []
+    while stack:                       # no recursion: the check must not overflow itself
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _too_deep(where, hint)
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return doc
+
+
+def _too_deep(where: str, hint: str) -> BakeryError:
+    return BakeryError(f"{where}: not valid JSON: nested too deeply (more than {MAX_DEPTH} "
+                       "levels)", hint)
 
 
 def phrase(status: int) -> str:

@@ -14,9 +14,12 @@ from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.http import Http, Limits, Reply
+from sysext_bakery.model.reply import parse_json
 from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 
 PERMISSION_HINT = "check GITHUB_TOKEN's permissions (contents: write) and the repository name"
+ANSWER_HINT = ("the server did not answer like GitHub's REST API: check GITHUB_API_URL and any "
+               "proxy in between")
 
 
 class GitHub:
@@ -40,6 +43,20 @@ class GitHub:
             raise self._error(method, url, reply)
         return reply
 
+    def _answer(self, reply: Reply, shape: type) -> Any:
+        """The JSON of a successful answer, of the shape GitHub documents (an object, or a
+        list of objects): anything else, a hostile deeply nested answer included, is one
+        clear error instead of a traceback."""
+        where = f"GitHub: {self.http.redact(reply.url)}"
+        doc = parse_json(reply.body, where, ANSWER_HINT)
+        odd = next((type(e).__name__ for e in (doc if isinstance(doc, list) else [])
+                    if not isinstance(e, dict)), None)
+        if not isinstance(doc, shape) or odd:
+            got = f"a list with a {odd} entry" if isinstance(doc, shape) else type(doc).__name__
+            wanted = "list of objects" if shape is list else "object"
+            raise BakeryError(f"{where}: expected a JSON {wanted}, got {got}", ANSWER_HINT)
+        return doc
+
     def _error(self, method: str, url: str, reply: Reply) -> BakeryError:
         return BakeryError(f"GitHub: {method} {self.http.redact(url)}: HTTP {reply.status}: "
                            f"{self.http.redact(reply.text[:300])}", PERMISSION_HINT)
@@ -56,7 +73,7 @@ class GitHub:
             except BakeryError as e:
                 failure, reply = e, None
             if reply is not None and reply.status == 201:
-                return reply.json()
+                return self._answer(reply, dict)
             if reply is not None and reply.status < 500 and reply.status != 422:
                 raise self._error("POST", what, reply)
             found = landed()
@@ -81,7 +98,7 @@ class GitHub:
 
         def existing() -> dict | None:
             reply = self.request("GET", f"{url}/tags/{tag}", ok=(200, 404))
-            return reply.json() if reply.status == 200 else None
+            return self._answer(reply, dict) if reply.status == 200 else None
 
         found = existing()
         if found is not None:
@@ -94,8 +111,9 @@ class GitHub:
     def assets(self, rel: dict) -> list[dict]:
         found, page = [], 1
         while True:
-            batch = self.request("GET", f"{self.api}/repos/{self.repo}/releases/{rel['id']}/assets",
-                                 params={"per_page": 100, "page": page}).json()
+            batch = self._answer(self.request(
+                "GET", f"{self.api}/repos/{self.repo}/releases/{rel['id']}/assets",
+                params={"per_page": 100, "page": page}), list)
             found += batch
             if len(batch) < 100:
                 return found

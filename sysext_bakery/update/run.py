@@ -34,6 +34,7 @@ class RecipeUpdate:
     repinned: dict[str, str] = field(default_factory=dict)     # version -> why
     writes: dict[str, dict[str, Sources]] = field(default_factory=dict)
     skipped_tags: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)       # discovery read only part
     error: BakeryError | None = None
 
     @property
@@ -74,6 +75,7 @@ def update_recipe(recipe: Recipe, want: Desired, pins: list[lock.Pin],
             found = discover(recipe)
             offered = found.versions
             result.skipped_tags = [str(s) for s in found.skipped]
+            result.warnings = list(found.warnings)
         pinned = {p.version: p for p in pins}
         plan = desired_mod.resolve(want, offered, tuple(pinned), recipe.streams)
         for same in same_version_groups([*plan.add, *plan.keep]):
@@ -215,6 +217,8 @@ def print_report(report: Report, out: TextIO) -> None:
             print(f"{r.name}: up to date", file=out)
         for tag in r.skipped_tags:
             print(f"{r.name}: note: upstream tag {tag}", file=out)
+        for warning in r.warnings:
+            print(f"{r.name}: warning: {warning}", file=out)
     for url, digest in report.tofu:
         print(f"trust on first use: {url} sha256 {digest} (no upstream checksum; computed by "
               "downloading it now: review it in the commit)", file=out)

@@ -4,11 +4,10 @@ naming why a tag was refused)."""
 from __future__ import annotations
 
 import email.utils
-import json
 import re
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -16,12 +15,14 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.url import url_problem
-from sysext_bakery.model.reply import Headers, Reply, phrase, rate_limited
+from sysext_bakery.model.reply import Headers, Reply, parse_json, phrase, rate_limited
 from sysext_bakery.model.version import version_key, version_problem
 
 # A discovery never needs the whole history, only the newest releases: upstreams list newest
-# first, so stopping here loses old releases only (1000+ on GitHub, 400 on HashiCorp).
+# first, so stopping here loses old releases only (1000+ on GitHub, 400 on HashiCorp). It
+# stops with a warning, never silently: a version it did not see may be missing.
 MAX_PAGES = 20
+PER_PAGE = 100        # what GitHub and GitLab are asked for (their maximum)
 RECIPE_HINT = "check [upstream] in the recipe (docs/recipes.md: Upstream tracking)"
 
 Get = Callable[[str, Mapping[str, str]], Reply]
@@ -42,6 +43,7 @@ class Discovery:
     versions: tuple[str, ...]                  # our spelling, newest first, no duplicates
     skipped: tuple[Skipped, ...] = ()          # refused tags, in upstream order
     source: str = ""                           # the first URL asked, for messages
+    warnings: tuple[str, ...] = ()             # what was not read (MAX_PAGES), for the report
 
 
 # --- tags -> versions ---------------------------------------------------------------------
@@ -88,7 +90,8 @@ def checked_version(tag: str, version: str) -> str | Skipped:
     return version
 
 
-def collect(results: Iterable[str | Skipped | None], source: str) -> Discovery:
+def collect(results: Iterable[str | Skipped | None], source: str,
+            warnings: tuple[str, ...] = ()) -> Discovery:
     versions: dict[str, None] = {}
     skipped: list[Skipped] = []
     for r in results:
@@ -97,7 +100,7 @@ def collect(results: Iterable[str | Skipped | None], source: str) -> Discovery:
         elif r is not None:
             versions.setdefault(r)
     ordered = sorted(versions, key=version_key, reverse=True)
-    return Discovery(tuple(ordered), tuple(skipped), source)
+    return Discovery(tuple(ordered), tuple(skipped), source, warnings)
 
 
 # --- replies --------------------------------------------------------------------------------
@@ -149,8 +152,8 @@ def check_status(reply: Reply, *, rate_hint: str = "wait until the limit resets"
 def _upstream_message(body: bytes) -> str:
     """GitHub and GitLab explain errors in {"message": ...}; show it, short and printable."""
     try:
-        message = json.loads(body).get("message")
-    except (ValueError, AttributeError, RecursionError):
+        message = parse_json(body, "", "").get("message")
+    except (BakeryError, AttributeError):
         return ""
     if not isinstance(message, str):
         return ""
@@ -169,12 +172,7 @@ def json_of(reply: Reply) -> Any:
                           + (f" ({ctype})" if ctype else ""),
                           "the URL may be wrong, or a proxy or login page answered instead of "
                           "the API; check upstream.url / upstream.repo and BAKERY_MIRROR")
-    try:
-        return json.loads(reply.body)
-    except RecursionError:
-        raise BakeryError(f"{reply.url}: not valid JSON: nested too deeply", RECIPE_HINT) from None
-    except ValueError as e:
-        raise BakeryError(f"{reply.url}: not valid JSON: {e}", RECIPE_HINT) from None
+    return parse_json(reply.body, reply.url, RECIPE_HINT)
 
 
 def text_of(reply: Reply) -> str:
@@ -200,24 +198,31 @@ def with_query(url: str, **params: str) -> str:
     return parts._replace(query=urlencode(query + list(params.items()))).geturl()
 
 
+@dataclass(frozen=True)
+class Pages:
+    items: tuple[list, ...]            # each page's items, in order
+    warnings: tuple[str, ...] = ()     # the walk stopped at its bound with pages left
+
+
 def pages(get: Get, url: str, headers: Callable[[str], Mapping[str, str]],
           items_of: Callable[[Reply], list],
-          next_of: Callable[[Reply, list], str | None]) -> Iterator[list]:
-    """The item lists of `url` and the pages after it. A next page must stay on the same
-    host (it may receive a token) and is asked once; an empty page ends the walk (GitLab
-    announces a next page even after the last one)."""
+          next_of: Callable[[Reply, list], str | None], max_pages: int = MAX_PAGES) -> Pages:
+    """The item lists of `url` and the pages after it, at most `max_pages` of them (then a
+    warning names the URL). A next page must stay on the same host (it may receive a token)
+    and is asked once; an empty page ends the walk (GitLab announces a next page even after
+    the last one)."""
     origin = urlsplit(url)[:2]
-    seen = set()
-    for _ in range(MAX_PAGES):
+    first, seen, found = url, set(), []
+    while True:
         seen.add(url)
         reply = get(url, headers(url))
         items = items_of(reply)
         if not items:
-            return
-        yield items
+            break
+        found.append(items)
         nxt = next_of(reply, items)
         if nxt is None or nxt in seen:
-            return
+            break
         if problem := url_problem(nxt, schemes=("https", "http")):
             # a Link header is upstream's text: it must not reach a terminal unchecked
             raise BakeryError(f"{reply.url}: the next page link is unusable: {problem}",
@@ -227,7 +232,27 @@ def pages(get: Get, url: str, headers: Callable[[str], Mapping[str, str]],
             host = f"***@{netloc.rsplit('@', 1)[1]}" if "@" in netloc else netloc
             raise BakeryError(f"{reply.url}: the next page is on another host ({host})",
                               "the upstream answer is not what the bakery expects; " + RECIPE_HINT)
+        if len(found) >= max_pages:
+            return Pages(tuple(found), (
+                f"{first}: stopped after {max_pages} pages with more announced; older releases "
+                "were not read (carry an older version you need as an exact version in "
+                "release/versions.toml)",))
         url = nxt
+    return Pages(tuple(found))
+
+
+def full_page_without_headers(reply: Reply, items: list) -> None:
+    """GitHub and GitLab say in headers whether a page follows. A file in a mirror directory
+    without a recorded `.headers.json` is the only answer with no header at all (an HTTP
+    server sends at least Content-Length or Transfer-Encoding): a short page there is the
+    last, a full one may not be, and stopping after it would hide the rest."""
+    if not reply.headers and len(items) >= PER_PAGE:
+        raise BakeryError(
+            f"{reply.url}: a full page of {len(items)} from the mirror directory, without the "
+            "response headers that say whether another page follows",
+            "record the answer's headers beside the file as <file>.headers.json, a JSON object "
+            '(e.g. {"Link": "<https://...&page=2>; rel=\"next\""}), or serve the mirror '
+            "over http(s) (docs/recipes.md: Upstream tracking)")
 
 
 def json_list(reply: Reply) -> list:

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sysext_bakery.errors import BakeryError
-from .base import (RECIPE_HINT, Discovery, Get, Reply, collect, is_rate_limited, json_list, link,
-                   pages, rate_limit_error, tag_version)
+from .base import (PER_PAGE, RECIPE_HINT, Discovery, Get, Reply, collect,
+                   full_page_without_headers, is_rate_limited, json_list, link, pages,
+                   rate_limit_error, tag_version)
 
 if TYPE_CHECKING:
     from sysext_bakery.recipe.load import Upstream
@@ -43,7 +44,10 @@ def _items(token: str | None) -> Callable[[Reply], list]:
 
 
 def _next(reply: Reply, items: list) -> str | None:
-    return link(reply.headers, "next", reply.url)
+    if nxt := link(reply.headers, "next", reply.url):
+        return nxt
+    full_page_without_headers(reply, items)
+    return None
 
 
 def _repo(up: "Upstream") -> str:
@@ -62,22 +66,23 @@ def _field(item: object, key: str, url: str) -> object:
 def releases(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
     """Published releases by tag name; drafts never, pre-releases when `prereleases = true`."""
     token = env.get("GITHUB_TOKEN") or None
-    url = f"{API}/repos/{_repo(up)}/releases?per_page=100"
+    url = f"{API}/repos/{_repo(up)}/releases?per_page={PER_PAGE}"
+    walk = pages(get, url, _headers(token), _items(token), _next)
     found = []
-    for items in pages(get, url, _headers(token), _items(token), _next):
+    for items in walk.items:
         for item in items:
             tag = _field(item, "tag_name", url)
             if item.get("draft") or (item.get("prerelease") and not up.prereleases):
                 continue
             found.append(tag_version(str(tag), up.pattern, up.prefix))
-    return collect(found, url)
+    return collect(found, url, walk.warnings)
 
 
 def tags(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
     """Every tag (git has no notion of a pre-release: the pattern decides)."""
     token = env.get("GITHUB_TOKEN") or None
-    url = f"{API}/repos/{_repo(up)}/tags?per_page=100"
+    url = f"{API}/repos/{_repo(up)}/tags?per_page={PER_PAGE}"
+    walk = pages(get, url, _headers(token), _items(token), _next)
     found = [tag_version(str(_field(item, "name", url)), up.pattern, up.prefix)
-             for items in pages(get, url, _headers(token), _items(token), _next)
-             for item in items]
-    return collect(found, url)
+             for items in walk.items for item in items]
+    return collect(found, url, walk.warnings)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from sysext_bakery.errors import BakeryError
-from .base import (RECIPE_HINT, Discovery, Get, Reply, collect, json_list, link, pages,
-                   tag_version, with_query)
+from .base import (PER_PAGE, RECIPE_HINT, Discovery, Get, Reply, collect,
+                   full_page_without_headers, json_list, link, pages, tag_version, with_query)
 
 if TYPE_CHECKING:
     from sysext_bakery.recipe.load import Upstream
@@ -22,19 +22,23 @@ def _next(reply: Reply, items: list) -> str | None:
     if nxt := link(reply.headers, "next", reply.url):
         return nxt
     page = reply.headers.get("x-next-page", "").strip()
-    return with_query(reply.url, page=page) if page.isdigit() else None
+    if page.isdigit():
+        return with_query(reply.url, page=page)
+    full_page_without_headers(reply, items)
+    return None
 
 
 def tags(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
     if not up.repo or not PATH_RE.fullmatch(up.repo) or ".." in up.repo:
         raise BakeryError(f"upstream.repo {up.repo!r} is not a GitLab group/project path",
                           RECIPE_HINT)
-    url = f"{API}/projects/{quote(up.repo, safe='')}/repository/tags?per_page=100"
+    url = f"{API}/projects/{quote(up.repo, safe='')}/repository/tags?per_page={PER_PAGE}"
+    walk = pages(get, url, lambda _: {"Accept": "application/json"}, json_list, _next)
     found = []
-    for items in pages(get, url, lambda _: {"Accept": "application/json"}, json_list, _next):
+    for items in walk.items:
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise BakeryError(f"{url}: an entry without a tag 'name'; not a GitLab API answer?",
                                   RECIPE_HINT)
             found.append(tag_version(item["name"], up.pattern, up.prefix))
-    return collect(found, url)
+    return collect(found, url, walk.warnings)

@@ -127,8 +127,9 @@ def discover(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
             params[param] = str(value).lower() if isinstance(value, bool) else str(value)
         return with_query(reply.url, **params) if params else None
 
+    walk = pages(get, up.url, lambda _: {"Accept": "application/json"}, items_of, next_of)
     found: list[str | Skipped | None] = []
-    for items in pages(get, up.url, lambda _: {"Accept": "application/json"}, items_of, next_of):
+    for items in walk.items:
         for item, value in items:
             if not matches(item, up.filter):
                 continue
@@ -137,4 +138,4 @@ def discover(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
             else:
                 found.append(Skipped(repr(value)[:60], f"selected by {up.path!r} but "
                                      f"{_kind(value)} where a string was expected"))
-    return collect(found, up.url)
+    return collect(found, up.url, walk.warnings)

@@ -1,7 +1,8 @@
 """The network edge of discovery: a `get` on the project's one HTTP client (`http.Http`),
 through `BAKERY_MIRROR` exactly like downloads: an http(s) mirror is asked for
-`<mirror>/HOST/PATH?QUERY`, a directory mirror is read from `<dir>/HOST/PATH?QUERY` (a file
-has no headers, so header-driven paging stops there)."""
+`<mirror>/HOST/PATH?QUERY`, a directory mirror is read from `<dir>/HOST/PATH?QUERY` with the
+response headers recorded beside it in `<file>.headers.json` (GitHub's and GitLab's paging
+is in headers: a full page recorded without them is an error, `base.full_page_without_headers`)."""
 from __future__ import annotations
 
 import dataclasses
