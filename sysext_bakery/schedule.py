@@ -14,6 +14,7 @@ is left alone: one job cannot overlap anything.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Generator
 from typing import Any
 
@@ -35,28 +36,27 @@ def _downloads(node: Any) -> bool:
     return (node.task.meta or {}).get(LANE) == NETWORK
 
 
-def pick(ready: list[Any], running: list[Any]) -> int:
-    """Index into `ready` (oldest first) of the task to start: a download when none runs,
-    else the oldest other task, else the oldest download."""
-    downloading = any(_downloads(n) for n in running)
-    kinds = [_downloads(n) for n in ready]
-    if not downloading and True in kinds:
-        return kinds.index(True)
-    return kinds.index(False) if False in kinds else 0
+def pick_download(downloading: int, downloads_ready: int, others_ready: int) -> bool:
+    """Whether the next task to start is the oldest ready download (else the oldest other
+    one): a download when none runs, or when nothing else is ready."""
+    return downloads_ready > 0 and (downloading == 0 or others_ready == 0)
 
 
 def reordered(inner: Generator[Any, Any, None]) -> Generator[Any, Any, None]:
     """doit's dispatcher protocol (send the task that ended or None; get a node, "hold on"
     or StopIteration) around `inner`: everything `inner` releases is taken at once and
-    handed out in `pick` order. A node counts as running from being handed out until the
-    runner sends it back (at once when doit finds it up to date)."""
-    ready: list[Any] = []
-    running: dict[str, Any] = {}
+    handed out in `pick_download` order, oldest first within each kind. A node counts as
+    running from being handed out until the runner sends it back (at once when doit finds it
+    up to date). Queues, not a scan: a no-op run of a thousand images passes through here."""
+    downloads: deque[Any] = deque()
+    others: deque[Any] = deque()
+    running: dict[str, bool] = {}         # task name -> whether it downloads
+    downloading = 0
     exhausted = False
     ended = None
     while True:
-        if ended is not None:
-            running.pop(ended.task.name, None)
+        if ended is not None and running.pop(ended.task.name, False):
+            downloading -= 1
         while not exhausted:
             try:
                 got = inner.send(ended)
@@ -66,11 +66,13 @@ def reordered(inner: Generator[Any, Any, None]) -> Generator[Any, Any, None]:
             ended = None
             if isinstance(got, str) and got == _HOLD:
                 break
-            ready.append(got)
+            (downloads if _downloads(got) else others).append(got)
         ended = None
-        if ready:
-            node = ready.pop(pick(ready, list(running.values())))
-            running[node.task.name] = node
+        if downloads or others:
+            download = pick_download(downloading, len(downloads), len(others))
+            node = downloads.popleft() if download else others.popleft()
+            running[node.task.name] = download
+            downloading += download
             ended = yield node
         elif exhausted:
             return
@@ -79,7 +81,7 @@ def reordered(inner: Generator[Any, Any, None]) -> Generator[Any, Any, None]:
 
 
 class _Reordering:
-    """Mixin for doit's parallel runners: their dispatcher hands out in `pick` order."""
+    """Mixin for doit's parallel runners: their dispatcher hands out in `reordered` order."""
 
     def _run_tasks_init(self, task_dispatcher: Any) -> None:
         task_dispatcher.generator = reordered(task_dispatcher.generator)

@@ -1,5 +1,5 @@
 """A parallel build downloads the next image while another packs (sysext_bakery/schedule.py):
-`pick` on plain lists, the reordered dispatcher against doit's own on one task graph, and
+`pick_download` on plain values, the reordered dispatcher against doit's own on one task graph, and
 real `doit -n 2 build` runs (processes and threads) whose order a held download makes
 deterministic."""
 from __future__ import annotations
@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from doit.control import TaskControl
@@ -22,22 +21,15 @@ from sysext_bakery import schedule
 from upstream import MirrorServer, Upstream
 
 
-def node(name: str, network: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(task=SimpleNamespace(name=name, meta=schedule.network_meta() if network else None))
-
-
-F1, F2, S1, P1 = node("fetch:1", True), node("fetch:2", True), node("stage:1"), node("pack:1")
-
-
-@pytest.mark.parametrize("ready, running, expected", [
-    ([F2, S1], [], "fetch:2"),             # the network idles: download
-    ([F2, S1, P1], [F1], "stage:1"),       # one download runs: the oldest other task
-    ([F2], [F1], "fetch:2"),               # nothing else is ready: a second download
-    ([S1, P1], [F1], "stage:1"),
-    ([P1, S1], [], "pack:1"),              # no download ready: oldest first
+@pytest.mark.parametrize("downloading, downloads_ready, others_ready, download", [
+    (0, 1, 1, True),       # the network idles: download
+    (1, 1, 2, False),      # one download runs: the oldest other task
+    (1, 1, 0, True),       # nothing else is ready: a second download
+    (1, 0, 2, False),
+    (0, 0, 2, False),      # no download ready
 ])
-def test_pick(ready, running, expected) -> None:
-    assert ready[schedule.pick(ready, running)].task.name == expected
+def test_pick_download(downloading, downloads_ready, others_ready, download) -> None:
+    assert schedule.pick_download(downloading, downloads_ready, others_ready) is download
 
 
 def _noop() -> None:
