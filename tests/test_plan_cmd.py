@@ -130,3 +130,23 @@ def test_fetch_locked_refuses_even_with_a_checksum_file(tmp_path: Path, mirror, 
 def test_bad_bakery_locked_value(project: Project) -> None:
     proc = project.doit("list", env={"BAKERY_LOCKED": "maybe"}, check=False)
     assert "BAKERY_LOCKED: 'maybe' is not 1 or 0" in proc.stdout + proc.stderr
+
+
+def test_plan_with_an_index_that_is_not_utf8_names_it(project: Project, tmp_path: Path) -> None:
+    """Read from a directory and from the GitHub metadata release (here through a mirror
+    directory): bytes that are not UTF-8 are a broken index like any other, no traceback."""
+    broken = b'{"images": ["\xff"]}'
+    (tmp_path / "index.json").write_bytes(broken)
+    proc = project.doit("plan", "--from", str(tmp_path), check=False)
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'index.json'}: not a bakery index.json (UnicodeDecodeError" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    metadata = tmp_path / "mirror/github.com/example/bakery/releases/download/metadata"
+    metadata.mkdir(parents=True)
+    (metadata / "index.json").write_bytes(broken)
+    proc = project.doit("plan", "--github", "--repo", "example/bakery", check=False,
+                        env={"BAKERY_MIRROR": str(tmp_path / "mirror")})
+    assert proc.returncode != 0
+    assert ("https://github.com/example/bakery/releases/download/metadata/index.json: not a "
+            "bakery index.json (UnicodeDecodeError") in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -32,11 +32,11 @@ def published(location: str, github_repo: str | None, metadata_tag: str, mirror:
         if reply.status != 200:
             raise BakeryError(f"{url}: HTTP {reply.status}",
                               "check the repository, the metadata tag and GITHUB_TOKEN")
-        return _ids(sysupdate.parse_index(reply.body.decode(), url))
+        return _ids(sysupdate.parse_index(reply.body, url))
     if location.startswith(("http://", "https://")):
         url = location.rstrip("/") + "/" + sysupdate.INDEX
-        text = _read_url(url)
-        return _nothing(url) if text is None else _ids(sysupdate.parse_index(text, url))
+        body = _read_url(url)
+        return _nothing(url) if body is None else _ids(sysupdate.parse_index(body, url))
     path = Path(location)
     path = path if path.is_absolute() else root / path
     index = path / sysupdate.INDEX
@@ -45,7 +45,7 @@ def published(location: str, github_repo: str | None, metadata_tag: str, mirror:
             raise BakeryError(f"--from {location}: not a directory",
                               "name the published directory (it holds index.json)")
         return _nothing(str(index))
-    return _ids(sysupdate.parse_index(index.read_text(), str(index)))
+    return _ids(sysupdate.parse_index(index.read_bytes(), str(index)))
 
 
 def matrix(images: Iterable[Image], published_ids: set[str]) -> dict:
@@ -67,7 +67,7 @@ def _nothing(where: str) -> set[str]:
     return set()
 
 
-def _read_url(url: str) -> str | None:
+def _read_url(url: str) -> bytes | None:
     """The published index over http(s): not an upstream file, so no BAKERY_MIRROR here."""
     from sysext_bakery.http import Http
     with Http(None, upstream=False, hint="check the --from URL") as http:
@@ -75,4 +75,4 @@ def _read_url(url: str) -> str | None:
         if reply.status == 404:
             return None
         http.check(reply, url)
-        return reply.text
+        return reply.body

@@ -203,15 +203,19 @@ def index_json(images: Iterable[PublishedImage]) -> str:
     return json.dumps({"images": entries}, indent=2) + "\n"
 
 
-def parse_index(text: str, origin: str) -> list[PublishedImage]:
+def parse_index(text: str | bytes, origin: str) -> list[PublishedImage]:
+    """index.json as `doit release` writes it. Bytes (a download, a file read as it is) are
+    decoded here (UTF-8 only), so that bytes that are not UTF-8 are named like any other
+    broken index instead of ending in a UnicodeDecodeError traceback."""
     try:
+        data = json.loads(text.decode() if isinstance(text, bytes) else text)
         return [PublishedImage(
             name=e["name"], version=e["version"], arch=e["arch"], sha256=e["sha256"],
             size=e["size"], stream=e.get("stream"),
             sources=tuple((s["url"], s.get("sha256")) for s in e.get("sources", ())),
             revision=e.get("revision"), built=e.get("built"),
             replaces=_names(e.get("replaces", [])), conflicts=_names(e.get("conflicts", [])))
-            for e in json.loads(text)["images"]]
+            for e in data["images"]]
     except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise BakeryError(f"{origin}: not a bakery index.json ({type(e).__name__}: {e})",
                           f"remove {origin}; the next publish rewrites it from the images") from None
