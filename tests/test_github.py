@@ -357,6 +357,10 @@ def test_the_metadata_release_drops_assets_no_longer_published(tmp_path, github,
     (b'{"a": ' * 65 + b"1" + b"}" * 65, "not valid JSON: nested too deeply (more than 64 levels)"),
     (b"<html>Sign in</html>", "not valid JSON: Expecting value"),
     (b"[1, 2]", "expected a JSON object, got list"),
+    # JSON objects, but without what the publisher goes on to read
+    (b'{"tag_name": "docker-24.0.9"}', "'id' is missing or not an integer"),
+    (b'{"id": true, "upload_url": "https://uploads.example/x"}', "'id' is missing or not an integer"),
+    (b'{"id": 7, "upload_url": null}', "'upload_url' is missing or not a string"),
 ])
 def test_a_hostile_or_foreign_answer_is_a_clear_error(github, answer: bytes, said: str):
     """The API's answers go through discovery's one JSON rule (model/reply.parse_json): a
@@ -375,4 +379,7 @@ def test_a_hostile_or_foreign_answer_is_a_clear_error(github, answer: bytes, sai
     gh.raw = [b'[{"name": "a.raw"}, "b.raw"]']
     with pytest.raises(BakeryError, match="expected a JSON list of objects, got a list with a str "
                                           "entry"):
+        client.assets(rel)
+    gh.raw = [b'[{"name": "a.raw", "id": 3}, {"name": "b.raw"}]']
+    with pytest.raises(BakeryError, match="'id' is missing or not an integer"):
         client.assets(rel)

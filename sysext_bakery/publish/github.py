@@ -20,6 +20,9 @@ from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 PERMISSION_HINT = "check GITHUB_TOKEN's permissions (contents: write) and the repository name"
 ANSWER_HINT = ("the server did not answer like GitHub's REST API: check GITHUB_API_URL and any "
                "proxy in between")
+# the fields of an answer the publisher reads, each with its type (GitHub documents more)
+RELEASE_FIELDS: dict[str, type] = {"id": int, "upload_url": str}
+ASSET_FIELDS: dict[str, type] = {"id": int, "name": str}
 
 
 class GitHub:
@@ -43,10 +46,10 @@ class GitHub:
             raise self._error(method, url, reply)
         return reply
 
-    def _answer(self, reply: Reply, shape: type) -> Any:
+    def _answer(self, reply: Reply, shape: type, fields: Mapping[str, type]) -> Any:
         """The JSON of a successful answer, of the shape GitHub documents (an object, or a
-        list of objects): anything else, a hostile deeply nested answer included, is one
-        clear error instead of a traceback."""
+        list of objects), each object with the `fields` the publisher reads: anything else, a
+        hostile deeply nested answer included, is one clear error instead of a traceback."""
         where = f"GitHub: {self.http.redact(reply.url)}"
         doc = parse_json(reply.body, where, ANSWER_HINT)
         odd = next((type(e).__name__ for e in (doc if isinstance(doc, list) else [])
@@ -55,13 +58,19 @@ class GitHub:
             got = f"a list with a {odd} entry" if isinstance(doc, shape) else type(doc).__name__
             wanted = "list of objects" if shape is list else "object"
             raise BakeryError(f"{where}: expected a JSON {wanted}, got {got}", ANSWER_HINT)
+        for entry in doc if isinstance(doc, list) else [doc]:
+            for name, kind in fields.items():
+                # bool is an int to Python, never an id to GitHub
+                if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
+                    what = "a string" if kind is str else "an integer"
+                    raise BakeryError(f"{where}: {name!r} is missing or not {what}", ANSWER_HINT)
         return doc
 
     def _error(self, method: str, url: str, reply: Reply) -> BakeryError:
         return BakeryError(f"GitHub: {method} {self.http.redact(url)}: HTTP {reply.status}: "
                            f"{self.http.redact(reply.text[:300])}", PERMISSION_HINT)
 
-    def _ensure(self, what: str, post: Any, landed: Any) -> dict:
+    def _ensure(self, what: str, post: Any, landed: Any, fields: Mapping[str, type]) -> dict:
         """POST via `post()` until it answers 201, or `landed()` finds what an earlier,
         unanswered or failed attempt created. Only a 5xx, a 422 (already exists) or a broken
         connection lead to a look; other answers are errors."""
@@ -73,7 +82,7 @@ class GitHub:
             except BakeryError as e:
                 failure, reply = e, None
             if reply is not None and reply.status == 201:
-                return self._answer(reply, dict)
+                return self._answer(reply, dict, fields)
             if reply is not None and reply.status < 500 and reply.status != 422:
                 raise self._error("POST", what, reply)
             found = landed()
@@ -98,7 +107,7 @@ class GitHub:
 
         def existing() -> dict | None:
             reply = self.request("GET", f"{url}/tags/{tag}", ok=(200, 404))
-            return self._answer(reply, dict) if reply.status == 200 else None
+            return self._answer(reply, dict, RELEASE_FIELDS) if reply.status == 200 else None
 
         found = existing()
         if found is not None:
@@ -106,14 +115,15 @@ class GitHub:
         data = {"tag_name": tag, "name": tag, "body": body}
         if target:
             data["target_commitish"] = target
-        return self._ensure(url, lambda: self.http.request("POST", url, json=data), existing)
+        return self._ensure(url, lambda: self.http.request("POST", url, json=data), existing,
+                            RELEASE_FIELDS)
 
     def assets(self, rel: dict) -> list[dict]:
         found, page = [], 1
         while True:
             batch = self._answer(self.request(
                 "GET", f"{self.api}/repos/{self.repo}/releases/{rel['id']}/assets",
-                params={"per_page": 100, "page": page}), list)
+                params={"per_page": 100, "page": page}), list, ASSET_FIELDS)
             found += batch
             if len(batch) < 100:
                 return found
@@ -169,7 +179,7 @@ class GitHub:
 
         return self._ensure(f"{upload_url}?name={name}", lambda: self.http.request(
             "POST", upload_url, params={"name": name}, data=data,
-            headers={"Content-Type": "application/octet-stream"}), landed)
+            headers={"Content-Type": "application/octet-stream"}), landed, ASSET_FIELDS)
 
 
 def upload_order(name: str) -> tuple[int, str]:
