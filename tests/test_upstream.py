@@ -438,4 +438,3 @@ def test_an_answer_nested_past_the_recursion_limit_is_a_clear_error() -> None:
     with pytest.raises(BakeryError) as err:
         check_status(Reply(403, upstream.base.Headers({}), b'{"message": ' + deep + b"}", url))
     assert err.value.message.startswith(f"{url}: HTTP 403")
-

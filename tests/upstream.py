@@ -133,8 +133,9 @@ class MirrorServer:
     A request with a query is answered from the file named by path and query, if there is one
     (recorded API answers, tests/recorded.py). `delay` holds every answer that many seconds (a
     slow link, so concurrent builds overlap); while `gate` is cleared, answers wait for it (at
-    most 60 s), and a path in `holds` waits for its own event the same way. `rate` (bytes/s, per connection) sends file bodies no faster, the way an
-    upstream CDN serves one download."""
+    most 60 s), and a GET of a path (without the query) in `holds` waits for its own event
+    the same way, to keep one download in flight. `rate` (bytes/s, per connection) sends file
+    bodies no faster, the way an upstream CDN serves one download."""
 
     def __init__(self, directory: Path, delay: float = 0.0, rate: float | None = None):
         requests: list[str] = []
