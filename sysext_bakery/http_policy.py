@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import requests
 from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NewConnectionError,
@@ -27,6 +27,8 @@ from urllib3.util.retry import Retry
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.reply import rate_limited
 from sysext_bakery.model.url import is_url, redact
+
+Redactor = Callable[[str], str]   # a URL or message with its credentials hidden
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -104,12 +106,12 @@ class RetryPolicy(Retry):
     x-ratelimit-reset, capped, bounded by the deadline, announced on stderr."""
 
     def __init__(self, *args: Any, limits: Limits | None = None, deadline: Deadline | None = None,
-                 redactor: Any = redact, wait: float = 0.0, **kwargs: Any):
+                 redactor: Redactor = redact, wait: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.limits, self.deadline, self.redactor, self.wait = limits, deadline, redactor, wait
 
     @classmethod
-    def make(cls, limits: Limits, deadline: Deadline, redactor: Any) -> RetryPolicy:
+    def make(cls, limits: Limits, deadline: Deadline, redactor: Redactor) -> RetryPolicy:
         n = limits.retries
         return cls(total=n, connect=n, read=n, status=n, other=0, redirect=False,
                    allowed_methods=IDEMPOTENT, raise_on_status=False, limits=limits,
@@ -184,7 +186,7 @@ def failure(error: Exception, limits: Limits) -> str:
     return f"request failed ({type(error).__name__})"
 
 
-def failure_detail(error: Exception, redactor: Any) -> str:
+def failure_detail(error: Exception, redactor: Redactor) -> str:
     """The reason a connection failed (DNS, refused), for the end of the message."""
     reason = _cause(error)
     if isinstance(reason, NewConnectionError):
