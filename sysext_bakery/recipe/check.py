@@ -100,7 +100,7 @@ def _check_map_value(kind: str, value: Any, path: str, map_key: str, problems: P
                 problems.add(path, f"{brief(map_key)}: unknown key {brief(sorted(extra)[0])} "
                                    "(known: to, mode, replace)")
             dest, mode = value.get("to"), value.get("mode")
-            if mode is not None and (not isinstance(mode, str) or _octal_mode_problem(mode)):
+            if mode is not None and (not isinstance(mode, str) or not _is_octal_mode(mode)):
                 problems.add(path, f"{brief(map_key)}: mode {brief(mode)} is not an octal string like \"0755\"")
             if "replace" in value:
                 _check_replace(value["replace"], f'{path}."{map_key}".replace', problems)
@@ -121,8 +121,8 @@ def _check_replace(value: Any, path: str, problems: Problems) -> None:
             problems.add(f'{path}."{old}"', f"expected the new text as a string, got {new!r}")
 
 
-def _octal_mode_problem(value: str) -> str | None:
-    return None if re.fullmatch(r"0?[0-7]{3,4}", value) else f"mode {brief(value)} is not an octal mode like \"0755\""
+def _is_octal_mode(value: str) -> bool:
+    return re.fullmatch(r"0?[0-7]{3,4}", value) is not None
 
 
 def check_table(keys: tuple[Key, ...], data: dict, path: str, problems: Problems) -> None:
