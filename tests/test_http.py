@@ -210,6 +210,22 @@ def test_a_retried_get_succeeds(httpserver):
     assert len(httpserver.log) == 3
 
 
+@pytest.mark.parametrize("body, said", [
+    (b"<html>Sign in</html>", "not valid JSON: Expecting value"),
+    (b"\xff\xfe{}", "not valid JSON: "),
+    (b"[" * 65 + b"]" * 65, "not valid JSON: nested too deeply (more than 64 levels)"),
+])
+def test_get_json_names_an_answer_that_is_not_json(httpserver, body: bytes, said: str):
+    """The one JSON rule for network answers (model/reply.parse_json), with the client's
+    wording: the upstream URL asked for, never the mirror's, and the caller's hint."""
+    httpserver.expect_request("/api.example.org/v1").respond_with_data(body)
+    with pytest.raises(BakeryError) as err:
+        Http(httpserver.url_for("/"), limits=FAST).get_json("https://api.example.org/v1",
+                                                            hint="ask the API owner")
+    assert err.value.message.startswith(f"https://api.example.org/v1: {said}")
+    assert err.value.hint == "ask the API owner"
+
+
 def test_a_post_is_not_retried_on_5xx_but_on_429(httpserver):
     client = Http(upstream=False, limits=FAST)
     httpserver.expect_ordered_request("/p", method="POST").respond_with_data("", status=502)
