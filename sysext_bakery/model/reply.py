@@ -19,6 +19,7 @@ from sysext_bakery.errors import BakeryError
 # one is hostile or broken, and would reach code that recurses (repr, json.dumps) otherwise.
 MAX_DEPTH = 64
 
+
 class Headers(Mapping[str, str]):
     """Response headers with case-insensitive lookup (HTTP header names are)."""
 
