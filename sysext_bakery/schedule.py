@@ -3,9 +3,10 @@
 doit starts ready tasks in the order they became ready. Every fetch of a build is ready at
 once (none waits for anything), so its parallel jobs download everything together first,
 then stage and pack together: the network idles while the CPUs pack. Here the jobs keep one
-download running whenever one is ready, and otherwise start the task that has been ready the
-longest, so the next image downloads while another packs. Which tasks download is said by
-their `meta` (`lane`); the order of everything else is doit's.
+download running whenever one is ready, otherwise start the stage or pack that has been ready
+the longest, and with nothing else ready a further download, so the next image downloads
+while another packs. Which tasks download is said by their `meta` (`LANE`); within each kind
+the order is doit's.
 
 doit has no setting for this: `install` swaps the parallel runners doit's `run` command uses
 for subclasses that only reorder what doit's dispatcher releases (doit is pinned in

@@ -131,3 +131,19 @@ def test_doit_n2_packs_an_image_while_the_next_download_runs(tmp_path: Path, par
     assert sorted(p.name for p in project.images.glob("*.raw")) == [
         f"crictl-{v}-x86-64.raw" for v in VERSIONS]
     assert [sum(1 for r in mirror.requests if r.startswith(p)) for p in path.values()] == [1, 1, 1]
+
+
+def test_doits_run_command_still_picks_its_parallel_runners_by_the_names_install_replaces() -> None:
+    """install() rebinds doit.cmd_run.MRunner and MThreadRunner; doit's run command must still
+    look them up there when it starts a `-n N` run (doit is pinned; this fails on a doit that
+    moved them, instead of a silently unordered build)."""
+    import inspect
+
+    from doit import cmd_run
+    from doit.runner import MRunner, MThreadRunner
+    source = inspect.getsource(cmd_run.Run._execute)
+    assert "RunnerClass = MRunner" in source and "RunnerClass = MThreadRunner" in source
+    assert hasattr(MRunner, "_run_tasks_init") and hasattr(dispatcher_of(1), "generator")
+    schedule.install()
+    assert cmd_run.MRunner is schedule.ProcessRunner and cmd_run.MThreadRunner is schedule.ThreadRunner
+    assert issubclass(schedule.ProcessRunner, MRunner) and issubclass(schedule.ThreadRunner, MThreadRunner)
