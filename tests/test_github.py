@@ -33,6 +33,7 @@ class FakeGitHub:
         self.fail_after: list[int] = []   # statuses answered to POSTs *after* doing their work
         self.fail_uploads: list[int] = []  # statuses answered to uploads, storing nothing
         self.raw: list[bytes] = []   # bodies answered (200, JSON) before real answers: hostile ones
+        self.mangle: list = []   # functions applied in turn to the next successful JSON answers
         self.next_id = 1
 
     def new_id(self) -> int:
@@ -46,6 +47,8 @@ def make_handler(gh: FakeGitHub, base: list[str]):
             pass
 
         def reply(self, status: int, body=None, headers: dict | None = None) -> None:
+            if status < 300 and body is not None and gh.mangle:
+                body = gh.mangle.pop(0)(body)
             data = json.dumps(body).encode() if body is not None else b""
             self.send_response(status)
             for k, v in (headers or {}).items():
@@ -358,9 +361,9 @@ def test_the_metadata_release_drops_assets_no_longer_published(tmp_path, github,
     (b"<html>Sign in</html>", "not valid JSON: Expecting value"),
     (b"[1, 2]", "expected a JSON object, got list"),
     # JSON objects, but without what the publisher goes on to read
-    (b'{"tag_name": "docker-24.0.9"}', "'id' is missing or not an integer"),
-    (b'{"id": true, "upload_url": "https://uploads.example/x"}', "'id' is missing or not an integer"),
-    (b'{"id": 7, "upload_url": null}', "'upload_url' is missing or not a string"),
+    (b'{"tag_name": "docker-24.0.9"}', "the answer has no 'id' field"),
+    (b'{"id": true, "upload_url": "https://uploads.example/x"}', "'id' is a JSON boolean, expected an integer"),
+    (b'{"id": 7, "upload_url": null}', "'upload_url' is a JSON null, expected a string"),
 ])
 def test_a_hostile_or_foreign_answer_is_a_clear_error(github, answer: bytes, said: str):
     """The API's answers go through discovery's one JSON rule (model/reply.parse_json): a
@@ -381,5 +384,54 @@ def test_a_hostile_or_foreign_answer_is_a_clear_error(github, answer: bytes, sai
                                           "entry"):
         client.assets(rel)
     gh.raw = [b'[{"name": "a.raw", "id": 3}, {"name": "b.raw"}]']
-    with pytest.raises(BakeryError, match="'id' is missing or not an integer"):
+    with pytest.raises(BakeryError, match="entry 1 of the answer has no 'id' field"):
         client.assets(rel)
+
+
+def without(key: str, value=None):
+    """An answer (an object, or the first entry of a list) without `key`, or with `value`."""
+    def change(obj: dict) -> dict:
+        return {k: v for k, v in obj.items() if k != key} | ({key: value} if value else {})
+    return lambda doc: [change(doc[0]), *doc[1:]] if isinstance(doc, list) else change(doc)
+
+
+@pytest.mark.parametrize("step, change, said", [
+    ("get release", without("id"), "the answer has no 'id' field"),
+    ("get release", without("upload_url"), "the answer has no 'upload_url' field"),
+    ("get release", without("upload_url", 7), "the answer: 'upload_url' is a JSON integer, "
+                                              "expected a string"),
+    ("get release", without("id", "12"), "the answer: 'id' is a JSON string, expected an integer"),
+    ("get release", without("id", True), "the answer: 'id' is a JSON boolean, expected an integer"),
+    ("get release", without("upload_url", "uploads/{?name}"), "the release's 'upload_url' is "
+                                                             "unusable: URL 'uploads/' must start"),
+    ("create release", without("id"), "the answer has no 'id' field"),
+    ("create release", without("upload_url"), "the answer has no 'upload_url' field"),
+    ("list assets", without("name"), "entry 0 of the answer has no 'name' field"),
+    ("list assets", without("id"), "entry 0 of the answer has no 'id' field"),
+    ("list assets", without("name", ["a.conf"]), "entry 0 of the answer: 'name' is a JSON array, "
+                                                 "expected a string"),
+    ("upload", without("id"), "the answer has no 'id' field"),
+])
+def test_an_answer_without_a_documented_field_is_a_clear_error(github, step, change, said):
+    """A well-formed answer lacking a field the publisher reads (or with another type) is a
+    BakeryError naming the request and the field, never a KeyError or TypeError."""
+    gh, api = github
+    client = gh_publisher.GitHub("owner/bakery", TOKEN, api, attempts=2, backoff=0.01)
+    releases = f"{api}/repos/owner/bakery/releases"
+    if step != "create release":
+        rel = client.release("docker-24.0.9", None, "body")
+        client.sync(rel, {"docker.conf": b"[Transfer]\n"})
+    call = {"get release": lambda: client.release("docker-24.0.9", None, "body"),
+            "create release": lambda: client.release("docker-24.0.10", None, "body"),
+            "list assets": lambda: client.assets(rel),
+            "upload": lambda: client.sync(rel, {"docker-24.0.9-x86-64.raw": b"image"})}[step]
+    url = {"get release": f"{releases}/tags/docker-24.0.9", "create release": releases,
+           "list assets": f"{releases}/", "upload": f"{api}/uploads/repos/owner/bakery/releases/"}
+    # the upload's first successful answer is the asset list it looks at first
+    gh.mangle = [lambda doc: doc, change] if step == "upload" else [change]
+    with pytest.raises(BakeryError) as err:
+        call()
+    assert err.value.message.startswith(f"GitHub: {url[step]}"), err.value.message
+    assert said in err.value.message, err.value.message
+    assert "GITHUB_API_URL" in err.value.hint and TOKEN not in str(err.value)
+    assert not gh.mangle   # the answer meant was the one refused

@@ -1,6 +1,7 @@
 """The one reply type: what an HTTP answer is once read, for the HTTP client (`http`) and for
 discovery (`upstream`), which takes and returns plain values (tests hand it recorded replies);
-and the one rule for reading JSON that came over the network (`parse_json`).
+and the one rule for reading JSON that came over the network (`parse_json`) and one field of
+it (`json_field`).
 
 Here rather than in http.py because discovery is imported with every task graph, and http.py
 brings requests and urllib3 with it.
@@ -82,6 +83,33 @@ def parse_json(body: bytes | str, where: str, hint: str) -> Any:
         children = node.values() if isinstance(node, dict) else node
         stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
     return doc
+
+
+# JSON's names for the Python types json.loads gives, for messages
+_JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
+               (list, "array"), (dict, "object"), (type(None), "null"))
+
+
+def json_type(value: Any) -> str:
+    return next(name for kind, name in _JSON_TYPES if isinstance(value, kind))
+
+
+def json_field(doc: Any, key: str, kind: type, where: str, hint: str, of: str = "the answer") -> Any:
+    """`doc[key]` of a JSON object from the network, of type `kind` (an int is never a bool):
+    a missing or wrongly typed field a documented API promises is a BakeryError naming
+    `where` (the URL), `of` (which object) and the key, never a KeyError or TypeError
+    later. An empty string counts as missing: no documented field used here may be empty."""
+    if not isinstance(doc, dict):
+        raise BakeryError(f"{where}: {of} is a JSON {json_type(doc)}, not an object", hint)
+    if key not in doc or doc[key] == "":
+        raise BakeryError(f"{where}: {of} has no {key!r} field", hint)
+    value = doc[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        wanted = next(name for k, name in _JSON_TYPES if k is kind)
+        article = "an" if wanted[0] in "aeiou" else "a"
+        raise BakeryError(f"{where}: {of}: {key!r} is a JSON {json_type(value)}, expected "
+                          f"{article} {wanted}", hint)
+    return value
 
 
 def _too_deep(where: str, hint: str) -> BakeryError:

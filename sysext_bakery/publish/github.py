@@ -14,13 +14,15 @@ from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.http import Http, Limits, Reply
-from sysext_bakery.model.reply import parse_json
+from sysext_bakery.model.reply import json_field, parse_json
+from sysext_bakery.model.url import url_problem
 from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 
 PERMISSION_HINT = "check GITHUB_TOKEN's permissions (contents: write) and the repository name"
 ANSWER_HINT = ("the server did not answer like GitHub's REST API: check GITHUB_API_URL and any "
                "proxy in between")
-# the fields of an answer the publisher reads, each with its type (GitHub documents more)
+# The documented fields the publisher reads with [] (the others it reads with .get and
+# copes without): checked where each answer arrives, so no KeyError can come later.
 RELEASE_FIELDS: dict[str, type] = {"id": int, "upload_url": str}
 ASSET_FIELDS: dict[str, type] = {"id": int, "name": str}
 
@@ -48,8 +50,9 @@ class GitHub:
 
     def _answer(self, reply: Reply, shape: type, fields: Mapping[str, type]) -> Any:
         """The JSON of a successful answer, of the shape GitHub documents (an object, or a
-        list of objects), each object with the `fields` the publisher reads: anything else, a
-        hostile deeply nested answer included, is one clear error instead of a traceback."""
+        list of objects, each with `fields` of their types): anything else, a hostile deeply
+        nested answer or one without a field included, is one clear error instead of a
+        traceback."""
         where = f"GitHub: {self.http.redact(reply.url)}"
         doc = parse_json(reply.body, where, ANSWER_HINT)
         odd = next((type(e).__name__ for e in (doc if isinstance(doc, list) else [])
@@ -58,12 +61,11 @@ class GitHub:
             got = f"a list with a {odd} entry" if isinstance(doc, shape) else type(doc).__name__
             wanted = "list of objects" if shape is list else "object"
             raise BakeryError(f"{where}: expected a JSON {wanted}, got {got}", ANSWER_HINT)
-        for entry in doc if isinstance(doc, list) else [doc]:
-            for name, kind in fields.items():
-                # bool is an int to Python, never an id to GitHub
-                if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
-                    what = "a string" if kind is str else "an integer"
-                    raise BakeryError(f"{where}: {name!r} is missing or not {what}", ANSWER_HINT)
+        objects = enumerate(doc) if isinstance(doc, list) else [(None, doc)]
+        for i, obj in objects:
+            of = "the answer" if i is None else f"entry {i} of the answer"
+            for key, kind in fields.items():
+                json_field(obj, key, kind, where, ANSWER_HINT, of)
         return doc
 
     def _error(self, method: str, url: str, reply: Reply) -> BakeryError:
@@ -71,9 +73,9 @@ class GitHub:
                            f"{self.http.redact(reply.text[:300])}", PERMISSION_HINT)
 
     def _ensure(self, what: str, post: Any, landed: Any, fields: Mapping[str, type]) -> dict:
-        """POST via `post()` until it answers 201, or `landed()` finds what an earlier,
-        unanswered or failed attempt created. Only a 5xx, a 422 (already exists) or a broken
-        connection lead to a look; other answers are errors."""
+        """POST via `post()` until it answers 201 (an object with `fields`), or `landed()`
+        finds what an earlier, unanswered or failed attempt created. Only a 5xx, a 422
+        (already exists) or a broken connection lead to a look; other answers are errors."""
         refused = False
         for attempt in range(1, self.attempts + 1):
             failure: BakeryError | None = None
@@ -110,13 +112,17 @@ class GitHub:
             return self._answer(reply, dict, RELEASE_FIELDS) if reply.status == 200 else None
 
         found = existing()
-        if found is not None:
-            return found
-        data = {"tag_name": tag, "name": tag, "body": body}
-        if target:
-            data["target_commitish"] = target
-        return self._ensure(url, lambda: self.http.request("POST", url, json=data), existing,
-                            RELEASE_FIELDS)
+        if found is None:
+            data = {"tag_name": tag, "name": tag, "body": body}
+            if target:
+                data["target_commitish"] = target
+            found = self._ensure(url, lambda: self.http.request("POST", url, json=data), existing,
+                                 RELEASE_FIELDS)
+        # the assets go there, with the token: it must be a URL before anything is sent
+        if problem := url_problem(upload_base(found), schemes=("https", "http")):
+            raise BakeryError(f"GitHub: {self.http.redact(url)}/tags/{tag}: the release's "
+                              f"'upload_url' is unusable: {problem}", ANSWER_HINT)
+        return found
 
     def assets(self, rel: dict) -> list[dict]:
         found, page = [], 1
@@ -135,7 +141,7 @@ class GitHub:
         already matches are skipped; a different text asset is replaced, a different image
         is refused. Returns the uploaded names."""
         existing = {a["name"]: a for a in self.assets(rel)}
-        upload_url = rel["upload_url"].split("{", 1)[0]
+        upload_url = upload_base(rel)
         uploaded = []
         for name in sorted(files, key=upload_order):
             content = files[name]
@@ -180,6 +186,11 @@ class GitHub:
         return self._ensure(f"{upload_url}?name={name}", lambda: self.http.request(
             "POST", upload_url, params={"name": name}, data=data,
             headers={"Content-Type": "application/octet-stream"}), landed, ASSET_FIELDS)
+
+
+def upload_base(rel: dict) -> str:
+    """A release's upload URL without its RFC 6570 template part (`{?name,label}`)."""
+    return rel["upload_url"].split("{", 1)[0]
 
 
 def upload_order(name: str) -> tuple[int, str]:
