@@ -178,6 +178,22 @@ def test_github_digest_missing_is_a_clear_error(asset: dict, says: str, httpserv
     assert cached(cache) == []
 
 
+@pytest.mark.parametrize("release, says", [
+    ({"tag_name": "v1.32.2+k3s1"}, "the release has no 'assets' field"),
+    ({"assets": {"tool-arm64": {}}}, "the release: 'assets' is a JSON object, expected an array"),
+    ([], "the release is a JSON array, not an object"),
+])
+def test_a_release_answer_without_its_assets_is_a_clear_error(release, says: str, httpserver,
+                                                              cache: Path) -> None:
+    httpserver.expect_request(GH_API).respond_with_json(release)
+    with pytest.raises(BakeryError) as err:
+        fetch(GH_URL, None, cache, checksum="github-digest", mirror=httpserver.url_for("/"))
+    assert err.value.message == (
+        f"https://api.github.com/repos/acme/tool/releases/tags/v1.32.2%2Bk3s1: {says}")
+    assert "not a GitHub release?" in err.value.hint
+    assert cached(cache) == []
+
+
 def test_github_digest_needs_a_release_download_url(cache: Path) -> None:
     with pytest.raises(BakeryError, match="needs a URL of the form https://github.com/"):
         fetch("https://example.org/tool-arm64", None, cache, checksum="github-digest")

@@ -438,3 +438,25 @@ def test_an_answer_nested_past_the_recursion_limit_is_a_clear_error() -> None:
     with pytest.raises(BakeryError) as err:
         check_status(Reply(403, upstream.base.Headers({}), b'{"message": ' + deep + b"}", url))
     assert err.value.message.startswith(f"{url}: HTTP 403")
+
+
+@pytest.mark.parametrize("kind, repo, path, entry, said", [
+    ("github-releases", "example/tool", f"{GH}/releases", {"name": "v1.2.3"},
+     "an entry of the list has no 'tag_name' field"),
+    ("github-releases", "example/tool", f"{GH}/releases", {"tag_name": 123},
+     "an entry of the list: 'tag_name' is a JSON integer, expected a string"),
+    ("github-tags", "example/tool", f"{GH}/tags", {"tag_name": "v1.2.3"},
+     "an entry of the list has no 'name' field"),
+    ("github-tags", "example/tool", f"{GH}/tags", "v1.2.3",
+     "an entry of the list is a JSON string, not an object"),
+    ("gitlab-tags", "group/project", "/gitlab.com/api/v4/projects/group/project/repository/tags",
+     {"name": None}, "an entry of the list: 'name' is a JSON null, expected a string"),
+])
+def test_an_entry_without_its_documented_field_is_a_clear_error(
+        httpserver: HTTPServer, get, kind: str, repo: str, path: str, entry, said: str) -> None:
+    httpserver.expect_request(path).respond_with_json([{"name": "v1.0.0", "tag_name": "v1.0.0"},
+                                                       entry])
+    with pytest.raises(BakeryError) as err:
+        discover(Upstream(type=kind, repo=repo), get, NO_TOKEN)
+    assert err.value.message.endswith(f"?per_page=100: {said}"), err.value.message
+    assert "API answer?" in err.value.hint and "[upstream]" in err.value.hint

@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote
 
 from sysext_bakery import gpg, run
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.reply import json_field
 from sysext_bakery.model.url import url_filename
 
 if TYPE_CHECKING:
@@ -129,10 +130,8 @@ def release_api_url(owner: str, repo: str, tag: str) -> str:
 
 def digest_in_release(release: Any, asset: str, api_url: str, url: str) -> str:
     """The sha256 GitHub records for `asset` in a release JSON (`assets[].digest`)."""
-    assets = release.get("assets") if isinstance(release, dict) else None
-    if not isinstance(assets, list):
-        raise BakeryError(f"{api_url}: no assets list in the answer; not a GitHub release?",
-                          MIRROR_HINT)
+    assets = json_field(release, "assets", list, api_url, "not a GitHub release? " + MIRROR_HINT,
+                        "the release")
     found = [a for a in assets if isinstance(a, dict) and a.get("name") == asset]
     if not found:
         names = ", ".join(str(a.get("name")) for a in assets if isinstance(a, dict))[:300]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.reply import json_field
 from .base import (PER_PAGE, RECIPE_HINT, Discovery, Get, Reply, collect,
                    full_page_without_headers, is_rate_limited, json_list, link, pages,
                    rate_limit_error, tag_version)
@@ -56,11 +57,9 @@ def _repo(up: "Upstream") -> str:
     return up.repo
 
 
-def _field(item: object, key: str, url: str) -> object:
-    if not isinstance(item, dict) or key not in item:
-        raise BakeryError(f"{url}: an entry without {key!r}; not a GitHub API answer?",
-                          RECIPE_HINT)
-    return item[key]
+def _field(item: object, key: str, url: str) -> str:
+    return json_field(item, key, str, url, "not a GitHub API answer? " + RECIPE_HINT,
+                      "an entry of the list")
 
 
 def releases(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
@@ -74,7 +73,7 @@ def releases(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
             tag = _field(item, "tag_name", url)
             if item.get("draft") or (item.get("prerelease") and not up.prereleases):
                 continue
-            found.append(tag_version(str(tag), up.pattern, up.prefix))
+            found.append(tag_version(tag, up.pattern, up.prefix))
     return collect(found, url, walk.warnings)
 
 
@@ -83,6 +82,6 @@ def tags(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
     token = env.get("GITHUB_TOKEN") or None
     url = f"{API}/repos/{_repo(up)}/tags?per_page={PER_PAGE}"
     walk = pages(get, url, _headers(token), _items(token), _next)
-    found = [tag_version(str(_field(item, "name", url)), up.pattern, up.prefix)
+    found = [tag_version(_field(item, "name", url), up.pattern, up.prefix)
              for items in walk.items for item in items]
     return collect(found, url, walk.warnings)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.reply import json_field
 from .base import (PER_PAGE, RECIPE_HINT, Discovery, Get, Reply, collect,
                    full_page_without_headers, json_list, link, pages, tag_version, with_query)
 
@@ -37,8 +38,7 @@ def tags(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
     found = []
     for items in walk.items:
         for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise BakeryError(f"{url}: an entry without a tag 'name'; not a GitLab API answer?",
-                                  RECIPE_HINT)
-            found.append(tag_version(item["name"], up.pattern, up.prefix))
+            name = json_field(item, "name", str, url, "not a GitLab API answer? " + RECIPE_HINT,
+                              "an entry of the list")
+            found.append(tag_version(name, up.pattern, up.prefix))
     return collect(found, url, walk.warnings)
