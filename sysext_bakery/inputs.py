@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model import nesting
 
 MAX_BYTES = 1 << 20   # 1 MiB: the largest real input (the lock of ~1000 images) is ~300 KiB
-MAX_DEPTH = 32        # tables and arrays: recipes nest 4 deep; this leaves room, not stacks
-INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1   # TOML: "arbitrary 64-bit signed integers"
+MAX_DEPTH = 32        # tables and arrays (model/nesting's levels): recipes nest 4 deep; this
+                      # leaves room, not stacks. Integers: TOML's "64-bit signed integers"
 
 
 def read_toml(path: Path, shown: str | None = None, hint: str = "fix the syntax") -> dict[str, Any]:
@@ -90,23 +91,20 @@ def _text(data: bytes | str, shown: str) -> str:
 
 def _check_shape(data: Any, shown: str) -> None:
     """Refuse nesting past MAX_DEPTH and integers outside 64 bits (hex, octal and binary
-    integers escape Python's digit limit), walking without recursion."""
-    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
-    while stack:
-        value, where, depth = stack.pop()
-        at = f"{shown}: {brief_key(where, 120)}: " if where else f"{shown}: "
-        if depth > MAX_DEPTH:
-            raise BakeryError(f"{at}nested more than {MAX_DEPTH} levels deep",
-                              "flatten the tables or arrays")
-        if isinstance(value, dict):
-            stack.extend((v, f"{where}.{brief_key(k)}" if where else brief_key(k), depth + 1)
-                         for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
-        elif isinstance(value, int) and not isinstance(value, bool) and \
-                not INT_MIN <= value <= INT_MAX:
-            raise BakeryError(f"{at}integer of {value.bit_length()} bits is out of range",
-                              "TOML integers are 64-bit")
+    integers escape Python's digit limit): model/nesting's rule, with the key named."""
+    found = nesting.problem(data, MAX_DEPTH, int_bits=64)
+    if found is None:
+        return
+    where = ""
+    for key in found.path:
+        where = f"{where}[{key}]" if isinstance(key, int) else \
+            f"{where}.{brief_key(key)}" if where else brief_key(key)
+    at = f"{shown}: {brief_key(where, 120)}: " if where else f"{shown}: "
+    if found.too_deep:
+        raise BakeryError(f"{at}nested more than {MAX_DEPTH} levels deep",
+                          "flatten the tables or arrays")
+    raise BakeryError(f"{at}integer of {found.bits} bits is out of range",
+                      "TOML integers are 64-bit")
 
 
 _REPR = reprlib.Repr()

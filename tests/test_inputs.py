@@ -254,3 +254,26 @@ def test_torcx_profile_attacks_name_the_key(tmp_path: Path, data: bytes, message
 ])
 def test_brief_shows_any_value_in_a_line(value: object, shown: str) -> None:
     assert inputs.brief(value) == shown
+
+
+def test_inputs_and_network_answers_share_one_nesting_rule_with_their_own_limits(
+        tmp_path: Path) -> None:
+    """A level is an array or table (the document itself is level 1): inputs allow 32,
+    network answers (model/reply.parse_json) 64, both counted by model/nesting."""
+    from sysext_bakery.model.reply import parse_json
+    inputs.parse_toml("x = " + "[" * 31 + "]" * 31, "t.toml")              # 32 levels
+    with pytest.raises(BakeryError) as e:
+        inputs.parse_toml("x = " + "[" * 32 + "]" * 32, "t.toml")
+    assert str(e.value).startswith("t.toml: x" + "[0]" * 31 + ": nested more than 32 levels deep")
+    path = tmp_path / "p.json"
+    path.write_text("[" * 32 + "]" * 32)
+    inputs.read_json(path, "p.json")
+    path.write_text('{"a": ' + "[" * 32 + "]" * 32 + "}")
+    with pytest.raises(BakeryError, match=r"^p.json: a(\[0\]){31}: nested more than 32"):
+        inputs.read_json(path, "p.json")
+    path.write_text('{"a": [1, %d]}' % (1 << 63))                           # JSON too: 64-bit
+    with pytest.raises(BakeryError, match=r"^p.json: a\[1\]: integer of 64 bits is out of range"):
+        inputs.read_json(path, "p.json")
+    assert parse_json("[" * 64 + "]" * 64, "u", "h") and parse_json(str(1 << 63), "u", "h")
+    with pytest.raises(BakeryError, match="^u: not valid JSON: nested too deeply"):
+        parse_json('{"a": ' + "[" * 64 + "]" * 64 + "}", "u", "h")

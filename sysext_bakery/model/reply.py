@@ -15,9 +15,10 @@ from http import HTTPStatus
 from typing import Any
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model import nesting
 
-# An API answer nests a few levels (a GitHub release: assets[].uploader.login is 4); a deeper
-# one is hostile or broken, and would reach code that recurses (repr, json.dumps) otherwise.
+# An API answer nests a few levels (a GitHub release: assets[].uploader.login is 4); the rule
+# is model/nesting's, shared with the project's input files.
 MAX_DEPTH = 64
 
 
@@ -75,13 +76,8 @@ def parse_json(body: bytes | str, where: str, hint: str) -> Any:
         raise _too_deep(where, hint) from None
     except ValueError as e:   # JSONDecodeError, bad UTF-8, an integer past the digit limit
         raise BakeryError(f"{where}: not valid JSON: {str(e)[:200]}", hint) from None
-    stack: list[tuple[Any, int]] = [(doc, 1)] if isinstance(doc, (dict, list)) else []
-    while stack:                       # no recursion: the check must not overflow itself
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise _too_deep(where, hint)
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    if nesting.problem(doc, MAX_DEPTH):
+        raise _too_deep(where, hint)
     return doc
 
 
