@@ -115,3 +115,17 @@ def test_the_page_bound_is_a_parameter(httpserver: HTTPServer, get) -> None:
                  lambda r, _: link(r.headers, "next", r.url), max_pages=3)
     assert [len(p) for p in walk.items] == [1, 1, 1] and len(httpserver.log) == 3
     assert walk.warnings[0].startswith(f"{first}: stopped after 3 pages")
+
+
+def test_gitlab_with_exactly_max_pages_full_pages_gives_no_false_warning(tmp_path: Path) -> None:
+    """GitLab announces a next page after the last one (x-next-page, then an empty page):
+    at the bound that announcement is checked, so exactly MAX_PAGES full pages are all read
+    without a warning, and one tag more still warns."""
+    gitlab = Upstream(type="gitlab-tags", repo="group/project")
+    root, versions = recorded_tree(tmp_path / "exact", MAX_PAGES * 100)
+    found = discover(gitlab, make_get(str(root)), NO_TOKEN)
+    assert found.versions == versions and found.warnings == ()
+    root, versions = recorded_tree(tmp_path / "more", MAX_PAGES * 100 + 1)
+    found = discover(gitlab, make_get(str(root)), NO_TOKEN)
+    assert found.versions == versions[:MAX_PAGES * 100]
+    assert found.warnings and f"stopped after {MAX_PAGES} pages" in found.warnings[0]

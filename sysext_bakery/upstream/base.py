@@ -206,11 +206,13 @@ class Pages:
 
 def pages(get: Get, url: str, headers: Callable[[str], Mapping[str, str]],
           items_of: Callable[[Reply], list],
-          next_of: Callable[[Reply, list], str | None], max_pages: int = MAX_PAGES) -> Pages:
+          next_of: Callable[[Reply, list], str | None], max_pages: int = MAX_PAGES,
+          announces_past_end: bool = False) -> Pages:
     """The item lists of `url` and the pages after it, at most `max_pages` of them (then a
     warning names the URL). A next page must stay on the same host (it may receive a token)
-    and is asked once; an empty page ends the walk (GitLab announces a next page even after
-    the last one)."""
+    and is asked once; an empty page ends the walk. `announces_past_end`: the upstream
+    announces a next page even after the last one (GitLab), so at the bound the announced
+    page is asked too, and only one with items makes the warning."""
     origin = urlsplit(url)[:2]
     first, seen, found = url, set(), []
     while True:
@@ -233,6 +235,8 @@ def pages(get: Get, url: str, headers: Callable[[str], Mapping[str, str]],
             raise BakeryError(f"{reply.url}: the next page is on another host ({host})",
                               "the upstream answer is not what the bakery expects; " + RECIPE_HINT)
         if len(found) >= max_pages:
+            if announces_past_end and not items_of(get(nxt, headers(nxt))):
+                break   # exactly max_pages pages: all of them were read
             return Pages(tuple(found), (
                 f"{first}: stopped after {max_pages} pages with more announced; older releases "
                 "were not read (carry an older version you need as an exact version in "

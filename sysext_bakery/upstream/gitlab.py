@@ -34,7 +34,8 @@ def tags(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
         raise BakeryError(f"upstream.repo {up.repo!r} is not a GitLab group/project path",
                           RECIPE_HINT)
     url = f"{API}/projects/{quote(up.repo, safe='')}/repository/tags?per_page={PER_PAGE}"
-    walk = pages(get, url, lambda _: {"Accept": "application/json"}, json_list, _next)
+    walk = pages(get, url, lambda _: {"Accept": "application/json"}, json_list, _next,
+                 announces_past_end=True)
     found = []
     for items in walk.items:
         for item in items:
