@@ -221,6 +221,7 @@ def test_commit_makes_one_commit_listing_the_bumps(world) -> None:
     assert head.message.startswith("release: docker: pinned 25.0.1; dropped 25.0.0\n")
     assert "sha256 computed by downloading at update time" in head.message
     assert docker_url("arm64", "25.0.1") in head.message
+    assert "page bound" not in head.message   # no discovery warning, no such paragraph
     assert set(head.stats.files) == {"release/lock.toml"}
     assert not repo.is_dirty(untracked_files=True)
     text = project.lock_path.read_text()
@@ -312,3 +313,27 @@ def test_discovery_past_its_page_bound_warns_naming_the_url(world) -> None:
     assert "wasmtime: up to date" in proc.stdout
     assert ("wasmtime: warning: https://api.github.com/repos/bytecodealliance/wasmtime/releases"
             f"?per_page=100: stopped after {MAX_PAGES} pages with more announced") in proc.stdout
+
+
+def test_the_commit_message_carries_discoverys_page_bound_warnings(world) -> None:
+    """A version discovery did not read may be missing from the lock: the commit (what a
+    pull request reviewer reads) says so, naming the recipe and the URL."""
+    import recorded
+    from sysext_bakery.upstream.base import MAX_PAGES
+    project, up, server = world
+    (project.root / ".gitignore").write_text("build/\n__pycache__/\n")
+    repo = git.Repo.init(project.root, initial_branch="main")
+    repo.git.add("-A")
+    repo.index.commit("initial", author=git.Actor("T", "t@example.org"),
+                      committer=git.Actor("T", "t@example.org"))
+    tracking.docker_release(up, "25.0.1")
+    tracking.docker_index(up, ["24.0.9", "25.0.0", "25.0.1"])
+    upstream = {"repo": "bytecodealliance/wasmtime", "pattern": r"^v(\d+\.\d+\.\d+)$"}
+    old = [f"{n}.0.0" for n in range(10, 29)]
+    assert recorded.github_releases(up, upstream, ["29.0.1", "29.0.0", *old], page_size=1) > MAX_PAGES
+    project.doit("update", "--commit")
+    head = repo.head.commit
+    assert head.message.startswith("release: docker: pinned 25.0.1; dropped 25.0.0\n")
+    assert ("\n\ndiscovery read only part of upstream (page bound):\n- wasmtime: "
+            "https://api.github.com/repos/bytecodealliance/wasmtime/releases?per_page=100: "
+            f"stopped after {MAX_PAGES} pages with more announced") in head.message

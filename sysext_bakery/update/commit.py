@@ -1,5 +1,6 @@
 """Committing an update (`doit update --commit`): one commit of release/lock.toml with GitPython,
-a message listing the bumps and the sha256 values trusted on first use, a configurable author,
+a message listing the bumps, the sha256 values trusted on first use and discovery's page-bound
+warnings, a configurable author,
 optionally on a new branch for a pull request."""
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ def message(report: Report) -> str:
         body += [f"- {url} {digest}" for url, digest in report.tofu]
     if report.failed:
         body += ["", "not updated (upstream failed): " + ", ".join(r.name for r in report.failed)]
+    # a version discovery did not see may be missing from the lock: the reviewer must know
+    warned = [f"- {r.name}: {w}" for r in report.recipes for w in r.warnings]
+    if warned:
+        body += ["", "discovery read only part of upstream (page bound):", *warned]
     return "\n".join([title[:200], "", *body]) + "\n"
 
 
