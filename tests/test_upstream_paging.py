@@ -129,3 +129,46 @@ def test_gitlab_with_exactly_max_pages_full_pages_gives_no_false_warning(tmp_pat
     found = discover(gitlab, make_get(str(root)), NO_TOKEN)
     assert found.versions == versions[:MAX_PAGES * 100]
     assert found.warnings and f"stopped after {MAX_PAGES} pages" in found.warnings[0]
+
+
+def hashicorp_pages(tmp_path: Path, count: int) -> tuple[Path, tuple[str, ...]]:
+    """`count` releases as HashiCorp's API pages them (20 a page, `&after=<timestamp_created
+    of the last>` until an empty page), recorded in a mirror directory."""
+    tree = Tree(tmp_path / "mirror")
+    url = "https://api.releases.hashicorp.com/v1/releases/vault?limit=20"
+    items = [{"version": f"1.{count - i}.0", "timestamp_created": f"2025-01-01T00:00:00.{i:06d}Z"}
+             for i in range(count)]
+    page_url = url
+    for n in range(0, count + 1, 20):
+        page = items[n:n + 20]
+        recorded.recorded_json(tree, page_url, page)
+        if page:
+            page_url = f"{url}&after={page[-1]['timestamp_created']}"
+    return tree.root, tuple(i["version"] for i in items)
+
+
+def test_json_api_pages_are_small_so_its_bound_is_larger(tmp_path: Path) -> None:
+    """HashiCorp's API gives at most 20 releases a page: GitHub's 20-page bound would stop
+    vault's discovery at 400 releases and warn on every nightly run. json-api has its own
+    bound, still a bounded number of requests, still warned about when reached."""
+    from sysext_bakery.upstream import json_api
+    up = Upstream(type="json-api", url="https://api.releases.hashicorp.com/v1/releases/vault?limit=20",
+                  path="[*].version", next_page=(("after", "timestamp_created"),))
+    root, versions = hashicorp_pages(tmp_path / "many", 2000)      # 100 pages
+    found = discover(up, make_get(str(root)), NO_TOKEN)
+    assert found.versions == versions and found.warnings == ()
+    assert json_api.MAX_PAGES * 20 >= 5000 > MAX_PAGES * 20
+    root, versions = hashicorp_pages(tmp_path / "more", json_api.MAX_PAGES * 20 + 1)
+    asked: list[str] = []
+    mirror = make_get(str(root))
+
+    def counted(url, headers):
+        asked.append(url)
+        return mirror(url, headers)
+
+    found = discover(up, counted, NO_TOKEN)
+    assert len(asked) == json_api.MAX_PAGES                              # bounded
+    assert found.versions == versions[:json_api.MAX_PAGES * 20]
+    assert found.warnings == (f"{up.url}: stopped after {json_api.MAX_PAGES} pages with more "
+                              "announced; older releases were not read (carry an older version "
+                              "you need as an exact version in release/versions.toml)",)

@@ -19,8 +19,10 @@ from sysext_bakery.model.reply import Headers, Reply, parse_json, phrase, rate_l
 from sysext_bakery.model.version import version_key, version_problem
 
 # A discovery never needs the whole history, only the newest releases: upstreams list newest
-# first, so stopping here loses old releases only (1000+ on GitHub, 400 on HashiCorp). It
-# stops with a warning, never silently: a version it did not see may be missing.
+# first, so stopping at the bound loses old releases only. It stops with a warning, never
+# silently: a version it did not see may be missing. The bound counts pages (one bounded
+# request each) and is per discovery type, for its page size: GitHub's and GitLab's pages
+# hold PER_PAGE, so MAX_PAGES reads 2000 there; json-api has its own (json_api.MAX_PAGES).
 MAX_PAGES = 20
 PER_PAGE = 100        # what GitHub and GitLab are asked for (their maximum)
 RECIPE_HINT = "check [upstream] in the recipe (docs/recipes.md: Upstream tracking)"

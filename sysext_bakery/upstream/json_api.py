@@ -23,6 +23,12 @@ from .base import (RECIPE_HINT, Discovery, Get, Reply, Skipped, collect, json_of
 if TYPE_CHECKING:
     from sysext_bakery.recipe.load import Upstream
 
+# JSON APIs page small: HashiCorp's releases API gives at most 20 a page (`limit`) and lists
+# every enterprise build (+ent, +ent.hsm, ...) as a release of its own, so vault and consul
+# have well over base.MAX_PAGES * 20 = 400. 250 pages read 5000 releases at 20 a page: a
+# normal upstream ends long before; the walk is still a bounded number of bounded requests.
+MAX_PAGES = 250
+
 STEP_RE = re.compile(r"(?P<dot>\.)?(?:(?P<name>[A-Za-z0-9_$@-]+)|\[(?P<index>\*|\d+)\])")
 EACH = "*"
 
@@ -127,7 +133,8 @@ def discover(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
             params[param] = str(value).lower() if isinstance(value, bool) else str(value)
         return with_query(reply.url, **params) if params else None
 
-    walk = pages(get, up.url, lambda _: {"Accept": "application/json"}, items_of, next_of)
+    walk = pages(get, up.url, lambda _: {"Accept": "application/json"}, items_of, next_of,
+                 max_pages=MAX_PAGES)
     found: list[str | Skipped | None] = []
     for items in walk.items:
         for item, value in items:
