@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.model.reply import Headers, Reply, parse_json
+from sysext_bakery.model.reply import Headers, Origin, Reply, parse_json
 from sysext_bakery.model.url import redact
 
 SIDECAR = ".headers.json"
@@ -24,8 +24,11 @@ def read_recorded(url: str, path: str, max_bytes: int) -> Reply:
         path = os.path.join(path, "index.html")
     body = _read(url, path, max_bytes)
     if body is None:
-        return Reply(404, Headers(), b"", path)
-    return Reply(200, _headers(url, path + SIDECAR), body, path)
+        return Reply(404, Headers(), b"", path, Origin.UNRECORDED)
+    headers = _headers(url, path + SIDECAR)
+    if headers is None:
+        return Reply(200, Headers(), body, path, Origin.UNRECORDED)
+    return Reply(200, headers, body, path, Origin.RECORDED)
 
 
 def _read(url: str, path: str, max_bytes: int) -> bytes | None:
@@ -42,10 +45,11 @@ def _read(url: str, path: str, max_bytes: int) -> bytes | None:
     return body
 
 
-def _headers(url: str, sidecar: str) -> Headers:
+def _headers(url: str, sidecar: str) -> Headers | None:
+    """The recorded headers; None when no headers file exists (`{}` is a recording too)."""
     data = _read(url, sidecar, MAX_SIDECAR)
     if data is None:
-        return Headers()
+        return None
     hint = f"{sidecar} must be a JSON object of header names to string values, or absent"
     doc = parse_json(data, sidecar, hint)
     if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):

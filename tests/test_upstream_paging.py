@@ -3,6 +3,7 @@ answer, tests/recorded.py's layout) and its bound (MAX_PAGES), which it stops at
 warning naming the URL, never silently."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from pytest_httpserver import HTTPServer
 
 import recorded
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.reply import Reply
 from sysext_bakery.recipe.load import Upstream
 from sysext_bakery.upstream import discover
 from sysext_bakery.upstream.base import MAX_PAGES, json_list, link, pages
@@ -62,6 +64,29 @@ def test_a_full_page_without_its_headers_is_an_error_not_a_silent_first_page(tmp
     for sidecar in root.glob("**/*.headers.json"):
         sidecar.unlink()
     assert discover(gh(), make_get(str(root)), NO_TOKEN).versions == versions
+
+
+def test_a_full_last_page_with_recorded_empty_headers_is_the_last_page(tmp_path: Path) -> None:
+    """`{}` in `<file>.headers.json` is a recording: the answer had no next page. Only a
+    file with no headers file at all is refused when full."""
+    page = tmp_path / "api.github.com/repos/example/tool/releases?per_page=100"
+    page.parent.mkdir(parents=True)
+    page.write_text(json.dumps([{"tag_name": f"v1.{99 - i}.0"} for i in range(100)]))
+    page.with_name(page.name + ".headers.json").write_text("{}")
+    found = discover(gh(), make_get(str(tmp_path)), NO_TOKEN)
+    assert found.versions == tuple(f"1.{99 - i}.0" for i in range(100))
+    page.with_name(page.name + ".headers.json").unlink()
+    with pytest.raises(BakeryError, match="a full page of 100 from the mirror directory"):
+        discover(gh(), make_get(str(tmp_path)), NO_TOKEN)
+
+
+def test_a_network_answer_without_headers_is_not_taken_for_a_mirror_file() -> None:
+    """A server's answer without a Link header is the last page, whatever other headers it
+    sent (none, here): only a mirror-directory file says nothing about paging."""
+    url = "https://api.github.com/repos/example/tool/releases?per_page=100"
+    doc = json.dumps([{"tag_name": f"v1.{99 - i}.0"} for i in range(100)]).encode()
+    found = discover(gh(), lambda u, _: Reply(200, {}, doc, u), NO_TOKEN)
+    assert found.source == url and len(found.versions) == 100 and found.warnings == ()
 
 
 @pytest.mark.parametrize("sidecar, said", [

@@ -8,6 +8,7 @@ brings requests and urllib3 with it.
 """
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -46,16 +47,25 @@ class Headers(Mapping[str, str]):
         return f"Headers({self._data!r})"
 
 
+class Origin(enum.Enum):
+    """What answered: said explicitly, because headers alone cannot tell a mirror file with
+    none recorded from a recorded `{}` or a server that sent none."""
+    NETWORK = "network"            # an http(s) server; the headers are the ones it sent
+    RECORDED = "recorded"          # a mirror-directory file with its <file>.headers.json
+    UNRECORDED = "unrecorded"      # a mirror-directory file with no headers file beside it
+
+
 @dataclass(frozen=True)
 class Reply:
     """One answer, its whole body read. `url`: where it came from (after redirects; a path for
     a mirror directory); discovery's edge puts the upstream URL that was asked for there
     instead, never the mirror's, which may carry credentials. `headers` may be given as any
-    mapping or (name, value) pairs; it is always Headers."""
+    mapping or (name, value) pairs; it is always Headers. `origin`: see Origin."""
     status: int
     headers: Headers
     body: bytes
     url: str
+    origin: Origin = Origin.NETWORK
 
     def __post_init__(self) -> None:
         if not isinstance(self.headers, Headers):

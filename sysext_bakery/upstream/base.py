@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.url import url_problem
-from sysext_bakery.model.reply import Headers, Reply, parse_json, phrase, rate_limited
+from sysext_bakery.model.reply import Headers, Origin, Reply, parse_json, phrase, rate_limited
 from sysext_bakery.model.version import version_key, version_problem
 
 # A discovery never needs the whole history, only the newest releases: upstreams list newest
@@ -249,10 +249,10 @@ def pages(get: Get, url: str, headers: Callable[[str], Mapping[str, str]],
 
 def full_page_without_headers(reply: Reply, items: list) -> None:
     """GitHub and GitLab say in headers whether a page follows. A file in a mirror directory
-    without a recorded `.headers.json` is the only answer with no header at all (an HTTP
-    server sends at least Content-Length or Transfer-Encoding): a short page there is the
-    last, a full one may not be, and stopping after it would hide the rest."""
-    if not reply.headers and len(items) >= PER_PAGE:
+    without a recorded `.headers.json` says nothing either way (a server's answer without a
+    Link, or a recorded `{}`, does: no next page): a short page there is the last, a full one
+    may not be, and stopping after it would hide the rest."""
+    if reply.origin is Origin.UNRECORDED and len(items) >= PER_PAGE:
         raise BakeryError(
             f"{reply.url}: a full page of {len(items)} from the mirror directory, without the "
             "response headers that say whether another page follows",
