@@ -435,3 +435,18 @@ def test_an_answer_without_a_documented_field_is_a_clear_error(github, step, cha
     assert said in err.value.message, err.value.message
     assert "GITHUB_API_URL" in err.value.hint and TOKEN not in str(err.value)
     assert not gh.mangle   # the answer meant was the one refused
+
+
+@pytest.mark.parametrize("name", ["SHA256SUMS", "index.json"])
+def test_a_published_file_that_is_not_utf8_is_named_before_any_request(tmp_path, github, project,
+                                                                        name):
+    gh, api = github
+    fake_image(tmp_path, "docker", "24.0.9", b"amd")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    (dest / name).write_bytes(b"\xff" + (dest / name).read_bytes())
+    with pytest.raises(BakeryError) as err:
+        gh_publisher.publish_github(dest, "owner/bakery", release.ReleaseConfig("https://x.invalid/"),
+                                    project, {"GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": api})
+    assert err.value.message.startswith(f"{dest / name}: ") and "utf-8" in err.value.message.lower()
+    assert gh.log == []

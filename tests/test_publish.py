@@ -574,3 +574,23 @@ def test_a_killed_signing_runs_key_home_is_removed_by_the_next_run(tmp_path, gpg
     live.mkdir()
     assert sign.remove_orphaned_homes(str(tmp)) == [str(orphan)]
     assert not orphan.exists() and live.is_dir()
+
+
+@pytest.mark.parametrize("name", ["SHA256SUMS", "index.json"])
+def test_a_published_file_that_is_not_utf8_is_named_not_a_traceback(tmp_path, name):
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    (dest / name).write_bytes((dest / name).read_bytes()[:10] + b"\xff\n")
+    with pytest.raises(BakeryError) as err:
+        run(tmp_path, dest)
+    assert err.value.message.startswith(f"{dest / name}: ")
+    assert "utf-8" in err.value.message.lower()
+
+
+def test_sums_parse_names_bytes_that_are_not_utf8():
+    line = f"{'ab' * 32}  docker.raw\n".encode()
+    assert sums.parse(line, "S") == {"docker.raw": "ab" * 32}
+    with pytest.raises(BakeryError) as err:
+        sums.parse(line + b"\xfe" + line, "S")
+    assert err.value.message == "S: line 2: not valid UTF-8 (byte 0xfe)"

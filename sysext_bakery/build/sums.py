@@ -13,8 +13,18 @@ from sysext_bakery.files import write_atomic
 NAME = "SHA256SUMS"
 
 
-def parse(text: str, origin: str = NAME) -> dict[str, str]:
-    """file name -> sha256 from `sha256sum` output (`<hex>  <name>` or `<hex> *<name>`)."""
+def parse(text: str | bytes, origin: str = NAME) -> dict[str, str]:
+    """file name -> sha256 from `sha256sum` output (`<hex>  <name>` or `<hex> *<name>`).
+    Bytes (a file read as it is) are decoded here, so that bytes that are not UTF-8 are
+    named like any other broken line instead of ending in a UnicodeDecodeError traceback."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line, byte = text.count(b"\n", 0, e.start) + 1, text[e.start]
+            raise BakeryError(f"{origin}: line {line}: not valid UTF-8 (byte 0x{byte:02x})",
+                              "the bakery writes it as UTF-8: restore it, or remove it to have it "
+                              "rewritten") from None
     sums: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -49,6 +59,6 @@ def update(directory: Path, entries: dict[str, str]) -> None:
     lock so parallel pack tasks do not lose each other's line."""
     with locked(directory):
         path = directory / NAME
-        sums = parse(path.read_text(), str(path)) if path.exists() else {}
+        sums = parse(path.read_bytes(), str(path)) if path.exists() else {}
         sums.update(entries)
         write_atomic(path, render({n: d for n, d in sums.items() if (directory / n).exists()}))

@@ -159,8 +159,8 @@ def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer,
     signer, keyring = _key_plan(dest, config, signer, allow_unsigned, rotate_key)
     built = [(_with_build_facts(image, raw, revision), raw) for image, raw in built]
     sums_path, index_path = dest / sysupdate.SUMS, dest / sysupdate.INDEX
-    published = sums.parse(sums_path.read_text(), str(sums_path)) if sums_path.exists() else {}
-    index = ({i.filename: i for i in sysupdate.parse_index(index_path.read_text(), str(index_path))}
+    published = sums.parse(sums_path.read_bytes(), str(sums_path)) if sums_path.exists() else {}
+    index = ({i.filename: i for i in sysupdate.parse_index(index_path.read_bytes(), str(index_path))}
              if index_path.exists() else {})
     present, ignored = _present_images(dest, published, index, built)
     for name in ignored:

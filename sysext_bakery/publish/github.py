@@ -267,8 +267,8 @@ def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Pa
     index_path, sums_path = dest / sysupdate.INDEX, dest / sysupdate.SUMS
     if not index_path.is_file() or not sums_path.is_file():
         raise BakeryError(f"{dest} holds no published release", "run doit release first")
-    images = sysupdate.parse_index(index_path.read_text(), str(index_path))
-    all_sums = sums.parse(sums_path.read_text(), str(sums_path))
+    images = sysupdate.parse_index(index_path.read_bytes(), str(index_path))
+    all_sums = sums.parse(sums_path.read_bytes(), str(sums_path))
 
     uploaded: list[str] = []
     groups: dict[tuple[str, str], list[PublishedImage]] = {}
