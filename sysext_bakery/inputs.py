@@ -62,15 +62,15 @@ def read_json(path: Path, shown: str | None = None, what: str = "file") -> Any:
     return data
 
 
-def read_bounded(path: Path, shown: str, what: str = "file") -> bytes:
-    """The bytes of an input file, refused past MAX_BYTES without reading more."""
+def read_bounded(path: Path, shown: str, what: str = "file", limit: int = MAX_BYTES) -> bytes:
+    """The bytes of an input file, refused past `limit` (MAX_BYTES) without reading more."""
     try:
         with path.open("rb") as f:
-            data = f.read(MAX_BYTES + 1)
+            data = f.read(limit + 1)
     except OSError as e:
         raise BakeryError(f"{shown}: cannot read the {what}: {e.strerror or e}") from None
-    if len(data) > MAX_BYTES:
-        raise BakeryError(f"{shown}: larger than {MAX_BYTES // 1024} KiB; not a {what} the "
+    if len(data) > limit:
+        raise BakeryError(f"{shown}: larger than {limit // 1024} KiB; not a {what} the "
                           "bakery reads", "check that this is the right file")
     return data
 

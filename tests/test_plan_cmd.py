@@ -150,3 +150,16 @@ def test_plan_with_an_index_that_is_not_utf8_names_it(project: Project, tmp_path
     assert ("https://github.com/example/bakery/releases/download/metadata/index.json: not a "
             "bakery index.json (UnicodeDecodeError") in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_plan_from_a_directory_reads_index_json_within_the_url_limit(tmp_path: Path) -> None:
+    """A --from directory is bounded like a --from URL (MAX_INDEX): a huge file is refused
+    before it is read whole."""
+    from sysext_bakery.publish import pending
+    publish_index(tmp_path, ALL[:2])
+    assert pending.published(str(tmp_path), None, "metadata", None, tmp_path) == set(ALL[:2])
+    with (tmp_path / "index.json").open("r+b") as f:
+        f.truncate(pending.MAX_INDEX + 1)          # sparse: no disk space spent
+    with pytest.raises(BakeryError) as err:
+        pending.published(str(tmp_path), None, "metadata", None, tmp_path)
+    assert err.value.message.startswith(f"{tmp_path / 'index.json'}: larger than ")

@@ -12,10 +12,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.inputs import read_bounded
 from sysext_bakery.model.image import Image
 from sysext_bakery.publish import sysupdate
 
-MAX_INDEX = 64 << 20
+MAX_INDEX = 64 << 20      # index.json, from a --from URL or directory alike
 
 
 def published(location: str, github_repo: str | None, metadata_tag: str, mirror: str | None,
@@ -45,7 +46,8 @@ def published(location: str, github_repo: str | None, metadata_tag: str, mirror:
             raise BakeryError(f"--from {location}: not a directory",
                               "name the published directory (it holds index.json)")
         return _nothing(str(index))
-    return _ids(sysupdate.parse_index(index.read_bytes(), str(index)))
+    body = read_bounded(index, str(index), "published index", limit=MAX_INDEX)
+    return _ids(sysupdate.parse_index(body, str(index)))
 
 
 def matrix(images: Iterable[Image], published_ids: set[str]) -> dict:
