@@ -207,3 +207,31 @@ def test_update_fills_a_hand_pin_in_place_of_its_bare_header() -> None:
     recorded = with_sources(around.format('[wasmtime."29.0.1"]'), "wasmtime", "29.0.1",
                             "x86-64", sources["x86-64"], "l")
     assert recorded.startswith(around.format('[wasmtime."29.0.1"]').split("\n\n# next")[0])
+
+
+def test_filling_an_indented_bare_header_keeps_its_indentation() -> None:
+    """`  [w."1"]` gives way to arch tables indented as it was: two spaces, every arch."""
+    sources = {arch: [{"url": f"https://w/wasmtime-{arch}.tar.xz", "sha256": "cd" * 32}]
+               for arch in ("x86-64", "arm64")}
+    text = with_version('[wasmtime]\n  [wasmtime."29.0.1"]\n\n[zz."1"]\n', "wasmtime", "29.0.1",
+                        sources, "l")
+    headers = [line for line in text.splitlines() if line.lstrip().startswith("[")]
+    assert headers == ['[wasmtime]', '  [wasmtime."29.0.1".x86-64]',
+                       '  [wasmtime."29.0.1".arm64]', '[zz."1"]']
+
+
+def test_a_lock_written_with_crlf_line_ends_keeps_them(tmp_path: Path) -> None:
+    sources = {arch: [{"url": f"https://w/wasmtime-{arch}.tar.xz", "sha256": "cd" * 32}]
+               for arch in ("x86-64", "arm64")}
+    crlf = (lock.HEADER + '[docker."24.0.9"]\n\n[wasmtime."29.0.1"]\n').replace("\n", "\r\n")
+    for text in (with_version(crlf, "wasmtime", "29.0.1", sources, "l"),
+                 with_version(crlf, "runc", "1.2.5", sources, "l"),
+                 with_sources(crlf, "docker", "24.0.9", "x86-64", sources["x86-64"], "l")):
+        assert text.count("\n") == text.count("\r\n") and text != crlf
+    # through the file: read and written as it is
+    path = tmp_path / "lock.toml"
+    path.write_bytes(crlf.encode())
+    lock.record_sha256(path, "docker", "24.0.9", "x86-64", sources["x86-64"])
+    data = path.read_bytes()
+    assert data.count(b"\n") == data.count(b"\r\n") and data.startswith(crlf.encode()[:200])
+    assert lock.load(path)["docker"][0].arches["x86-64"] == sources["x86-64"]

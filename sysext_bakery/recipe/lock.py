@@ -145,7 +145,8 @@ def edit(path: Path, change: Callable[[str], str]) -> bool:
     guard = os.open(path.parent, os.O_RDONLY)   # flock on the directory: no stray lock file
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)
-        text = path.read_text() if path.exists() else ""
+        # as it is: read_text() would turn CRLF into LF and rewrite every line of the file
+        text = path.read_bytes().decode() if path.exists() else ""
         new = change(text)
         return new != text and write_atomic(path, new)
     finally:

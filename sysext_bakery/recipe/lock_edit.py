@@ -3,6 +3,7 @@ file, so recording a sha256 shows in `git diff` as just the new entry or values.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import tomlkit
@@ -17,10 +18,26 @@ from sysext_bakery.recipe.lock import HEADER
 def with_sources(text: str, name: str, version: str, arch: str,
                  sources: list[dict[str, str]], shown: str, *, fill_hand_pin: bool = False) -> str:
     """The lock `text` with `[name."version".arch] sources` set, edited in place (tomlkit):
-    the rest of the file, comments and layout included, comes back byte for byte. An entry
-    that already lists the same URLs only gains or changes its sha256 values. With
+    the rest of the file, comments, layout and line ends included, comes back byte for byte.
+    An entry that already lists the same URLs only gains or changes its sha256 values. With
     `fill_hand_pin`, a hand pin's bare `[name."version"]` header (no keys, no comment) gives
     way to the arch table written under it, as when the version was pinned afresh."""
+    return _in_line_ends(text, lambda lf: _with_sources(lf, name, version, arch, sources, shown,
+                                                        fill_hand_pin))
+
+
+def _in_line_ends(text: str, change: Callable[[str], str]) -> str:
+    """`change` edits with LF line ends (what tomlkit writes for the lines it adds); a lock
+    written with CRLF gets CRLF back, instead of LF lines mixed in."""
+    if "\r\n" not in text:
+        return change(text)
+    lf = text.replace("\r\n", "\n")
+    new = change(lf)
+    return text if new == lf else new.replace("\n", "\r\n")
+
+
+def _with_sources(text: str, name: str, version: str, arch: str,
+                  sources: list[dict[str, str]], shown: str, fill_hand_pin: bool) -> str:
     if text.strip() == "":
         text = HEADER
     elif not text.endswith("\n"):
@@ -77,6 +94,10 @@ def with_version(text: str, name: str, version: str, arches: dict[str, list[dict
 def without_version(text: str, name: str, version: str, shown: str) -> str:
     """The lock `text` without `[name."version"]` and its arch tables (retention); the rest,
     comments included, stays. A recipe left without versions loses its table too."""
+    return _in_line_ends(text, lambda lf: _without_version(lf, name, version, shown))
+
+
+def _without_version(text: str, name: str, version: str, shown: str) -> str:
     try:
         doc = tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as e:
@@ -125,8 +146,9 @@ def _fill_bare(bare: Table, key: Key, table: Table) -> None:
     trailing = [item for _, item in bare.value.body]
     bare.value.body.clear()
     bare._is_super_table = True   # tomlkit has no public setter; the parser sets it the same way
-    table.trivia.indent = bare.trivia.indent
     bare.append(key, table)
+    # after append: tomlkit's Table.append adds the parent's indentation to the child's
+    table.trivia.indent = bare.trivia.indent
     leaf = table
     while leaf.value.body and isinstance(leaf.value.body[-1][1], Table):   # arch under version
         leaf = leaf.value.body[-1][1]
@@ -146,10 +168,21 @@ def _append_table(container: Any, key: Key, table: Table, leaf: Table) -> None:
         return
     trailing = _peel_trailing(container)
     at_blank_line = isinstance(container, Container) and container.as_string().endswith("\n\n")
-    table.trivia.indent = "" if at_blank_line else "\n"
     container.append(key, table)
+    # indented as the table before it (after append: tomlkit adds the parent's indentation)
+    table.trivia.indent = ("" if at_blank_line else "\n") + _indent_of_last_table(container, table)
     for item in trailing:
         leaf.value.append(None, item)
+
+
+def _indent_of_last_table(container: Table | Container, table: Table) -> str:
+    """The spaces before the header of the table before `table` in `container`, when both
+    have a header of their own (a super table has none to indent)."""
+    body = container.value.body if isinstance(container, Table) else container.body
+    before = [item for k, item in body if k is not None and isinstance(item, Table)][-2:-1]
+    if table.is_super_table() or not before or before[0].is_super_table():
+        return ""
+    return before[0].trivia.indent.rsplit("\n", 1)[-1]
 
 
 def _peel_trailing(node: Any) -> list[Any]:
