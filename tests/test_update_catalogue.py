@@ -151,4 +151,4 @@ def test_release_lists_and_digest_answers_agree(nightly: Nightly) -> None:
         assert listed[tag] == json.loads(by_tag.read_text()), name
         assert any(a.get("digest", "").startswith("sha256:") for a in listed[tag]["assets"])
         checked += 1
-    assert checked >= 8
+    assert checked >= 7      # the recipes taking digests, less any the nightly offers skip
