@@ -103,7 +103,7 @@ def doit_config(root: Path, argv: list[str] | None = None) -> dict[str, Any]:
             print(f"bakery: error: {e}", file=sys.stderr)
             raise SystemExit(3) from None
         tidy.clean_tree(root / "build")
-        tidy.exit_on_sigterm()
+        tidy.exit_on_signals()
         # BAKERY_CACHE may be shared with other trees: clean_cache spares live downloads
         tidy.clean_cache(Path(os.environ.get("BAKERY_CACHE") or root / "build" / "cache"))
     return {"backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),

@@ -4,6 +4,7 @@ guarantee 8's "packing shows progress"."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -130,20 +131,28 @@ def test_a_long_job_reports_its_time_and_keeps_the_tools_last_words(monkeypatch,
     assert any(line.startswith("packing x.raw: ") and line.endswith(" s") for line in lines[1:])
 
 
-def test_sigterm_mid_download_removes_the_temporary_file(project, upstream):
-    """Guarantee 1's "SIGTERM removes the temporary file", for a real doit run."""
+@pytest.mark.parametrize("jobs", [[], ["-n", "2"]], ids=["serial", "-n 2"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_mid_download_removes_the_temporary_file(project, upstream, signum, jobs):
+    """Guarantee 1's "SIGTERM and Ctrl-C remove the temporary file", for a real doit run,
+    ending with the shell's status for the signal and no traceback. Ctrl-C reaches the whole
+    process group (doit -n's children too); SIGTERM only doit."""
     gated = GatedMirror(upstream.root)
     env = {**os.environ, "BAKERY_MIRROR": gated.url, "BAKERY_ARCH": "x86-64"}
-    proc = subprocess.Popen([sys.executable, "-m", "doit", "build:wasmtime"], cwd=project.root,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "doit", *jobs, "build:wasmtime"],
+                            cwd=project.root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     tmp = project.root / "build/cache/.tmp"
     try:
         assert gated.asked.wait(60), "the build never reached its download"
         assert [p.name for p in tmp.iterdir()], "no temporary download to remove"
-        proc.terminate()
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         gated.close()
-    assert proc.returncode != 0
+    assert proc.returncode == 128 + signum, out + err
     assert list(tmp.iterdir()) == []
     assert "Traceback" not in out + err

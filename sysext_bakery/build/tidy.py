@@ -79,13 +79,23 @@ def run_id() -> str | None:
     return _run
 
 
-def exit_on_sigterm() -> None:
-    """SIGTERM (CI cancelling a job, systemd stopping a unit) unwinds like Ctrl-C instead of
-    killing outright, so every `except BaseException` / `finally` removes its temporary file.
-    Children of doit -n N inherit the handler."""
+def exit_on_signals() -> None:
+    """SIGTERM (CI cancelling a job, systemd stopping a unit) and Ctrl-C unwind as SystemExit
+    with the shell's status (128 + signal): every `except BaseException` / `finally` removes
+    its temporary file, as it would for KeyboardInterrupt, but doit ends quietly instead of
+    printing KeyboardInterrupt's traceback. Children of doit -n N inherit the handler."""
+    doit = os.getpid()
+
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
+
+    def interrupt(signum: int, frame: object) -> None:
+        if os.getpid() != doit:
+            # a doit -n child: doit's own path for Ctrl-C there ends it and tells doit
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def stale_in_tree(build: Path) -> list[Path]:
