@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote
 
 from sysext_bakery import gpg, run
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model import github as github_api
 from sysext_bakery.model.reply import json_field
 from sysext_bakery.model.url import url_filename
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 ALGORITHMS = {"sha256": 64, "sha512": 128}    # algorithm -> hex digits
 MAX_TEXT = 1 << 20                 # checksum files and signatures are tiny; refuse anything bigger
-GITHUB_API = "https://api.github.com"
+GITHUB_API = github_api.API
 GITHUB_DOWNLOAD = re.compile(r"https://github\.com/([^/]+)/([^/]+)/releases/download/([^/]+)/([^/]+)")
 RECIPE_HINT = "fix the source's checksum keys in the recipe, or pin the sha256 in release/lock.toml"
 MIRROR_HINT = "check the version and URL pinned in release/lock.toml, or the mirror contents"
@@ -156,10 +157,8 @@ def from_github(http: Http, url: str, env: Mapping[str, str] | None = None) -> E
     GITHUB_TOKEN."""
     owner, repo, tag, asset = github_asset(url)
     api_url = release_api_url(owner, repo, tag)
-    headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-    token = (run.environment() if env is None else env).get("GITHUB_TOKEN")
-    if token:   # as discovery does: to api.github.com, or the mirror the user put before it
-        headers["Authorization"] = f"Bearer {token}"
+    # as discovery does: the token to api.github.com, or the mirror the user put before it
+    headers = github_api.rest_headers((run.environment() if env is None else env).get("GITHUB_TOKEN"))
     release = http.get_json(api_url, headers=headers, hint=MIRROR_HINT)
     return Expected("sha256", digest_in_release(release, asset, api_url, url), api_url)
 

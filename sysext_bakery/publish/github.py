@@ -14,6 +14,7 @@ from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.http import Http, Limits, Reply
+from sysext_bakery.model import github as github_api
 from sysext_bakery.model.reply import json_field, parse_json
 from sysext_bakery.model.url import url_problem
 from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
@@ -32,15 +33,13 @@ class GitHub:
     5xx on idempotent requests) are http.Http's; the two POSTs are never retried blindly: after
     a failed or ambiguous answer they look whether the release or asset landed."""
 
-    def __init__(self, repo: str, token: str, api: str = "https://api.github.com",
+    def __init__(self, repo: str, token: str, api: str = github_api.API,
                  attempts: int = 6, backoff: float = 1.0, max_wait: float = 120.0):
         self.repo, self.api = repo, api.rstrip("/")
         self.attempts, self.backoff = attempts, backoff
         limits = Limits.from_env(retries=attempts - 1, backoff=backoff, max_wait=max_wait)
         self.http = Http(limits=limits, upstream=False, hint=PERMISSION_HINT,
-                         headers={"Authorization": f"Bearer {token}",
-                                  "Accept": "application/vnd.github+json",
-                                  "X-GitHub-Api-Version": "2022-11-28"})
+                         headers=github_api.rest_headers(token))
 
     def request(self, method: str, url: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> Reply:
         reply = self.http.request(method, url, **kwargs)
@@ -263,7 +262,7 @@ def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Pa
     token = env.get("GITHUB_TOKEN")
     if not token:
         raise BakeryError("GITHUB_TOKEN is not set", "export a token that may write releases")
-    client = GitHub(repo, token, env.get("GITHUB_API_URL", "https://api.github.com"))
+    client = GitHub(repo, token, env.get("GITHUB_API_URL", github_api.API))
     index_path, sums_path = dest / sysupdate.INDEX, dest / sysupdate.SUMS
     if not index_path.is_file() or not sums_path.is_file():
         raise BakeryError(f"{dest} holds no published release", "run doit release first")

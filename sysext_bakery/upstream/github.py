@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model import github as github_api
 from sysext_bakery.model.reply import json_field
 from .base import (PER_PAGE, RECIPE_HINT, Discovery, Get, Reply, collect,
                    full_page_without_headers, is_rate_limited, json_list, link, pages,
@@ -20,16 +21,13 @@ from .base import (PER_PAGE, RECIPE_HINT, Discovery, Get, Reply, collect,
 if TYPE_CHECKING:
     from sysext_bakery.recipe.load import Upstream
 
-API = "https://api.github.com"
+API = github_api.API
 REPO_RE = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
 
 def _headers(token: str | None) -> Callable[[str], dict[str, str]]:
     def headers(url: str) -> dict[str, str]:
-        h = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-        if token and urlsplit(url).hostname == "api.github.com":
-            h["Authorization"] = f"Bearer {token}"
-        return h
+        return github_api.rest_headers(token if urlsplit(url).hostname == github_api.HOST else None)
     return headers
 
 
