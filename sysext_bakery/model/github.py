@@ -1,5 +1,5 @@
-"""GitHub's REST API as every client here speaks it: discovery, the github-digest check, the
-publisher and `plan --github`."""
+"""GitHub's REST API as every client here speaks it: discovery, the github-digest check and
+the publisher."""
 from __future__ import annotations
 
 API = "https://api.github.com"
