@@ -30,6 +30,13 @@ def read_toml(path: Path, shown: str | None = None, hint: str = "fix the syntax"
     return parse_toml(read_bounded(path, shown), shown, hint)
 
 
+def read_text(path: Path, shown: str | None = None, what: str = "file") -> str:
+    """The text of an input file as it is (line ends untouched), bounded and UTF-8 like
+    every other input: a failure is a BakeryError naming the file."""
+    shown = shown or str(path)
+    return _text(read_bounded(path, shown, what), shown)
+
+
 def parse_toml(data: bytes | str, shown: str, hint: str = "fix the syntax") -> dict[str, Any]:
     text = _text(data, shown)
     try:

@@ -235,3 +235,14 @@ def test_a_lock_written_with_crlf_line_ends_keeps_them(tmp_path: Path) -> None:
     data = path.read_bytes()
     assert data.count(b"\n") == data.count(b"\r\n") and data.startswith(crlf.encode()[:200])
     assert lock.load(path)["docker"][0].arches["x86-64"] == sources["x86-64"]
+
+
+def test_a_lock_that_is_not_utf8_when_edited_is_a_bakery_error(tmp_path: Path) -> None:
+    # loaded fine earlier, broken by hand before the edit: named, never a UnicodeDecodeError
+    path = tmp_path / "lock.toml"
+    path.write_bytes(lock.HEADER.encode() + b'[docker."24.0.9"]\n# caf\xe9\n')
+    before = path.read_bytes()
+    with pytest.raises(BakeryError, match=r"lock.toml: line \d+: not valid UTF-8 \(byte 0xe9\)"):
+        lock.record_sha256(path, "docker", "24.0.9", "x86-64",
+                           [{"url": "https://w/docker.tgz", "sha256": "ab" * 32}])
+    assert path.read_bytes() == before

@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import write_atomic
-from sysext_bakery.inputs import brief, brief_key, read_toml
+from sysext_bakery.inputs import brief, brief_key, read_text, read_toml
 from sysext_bakery.model.url import url_problem
 from sysext_bakery.model.version import same_version_groups, same_version_phrase, version_problem
 
@@ -145,8 +145,9 @@ def edit(path: Path, change: Callable[[str], str]) -> bool:
     guard = os.open(path.parent, os.O_RDONLY)   # flock on the directory: no stray lock file
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)
-        # as it is: read_text() would turn CRLF into LF and rewrite every line of the file
-        text = path.read_bytes().decode() if path.exists() else ""
+        # as it is (Path.read_text() would turn CRLF into LF and rewrite every line of the
+        # file), and as an input: not UTF-8 (edited since it was loaded) is a BakeryError
+        text = read_text(path, str(path), "lock") if path.exists() else ""
         new = change(text)
         return new != text and write_atomic(path, new)
     finally:
