@@ -237,6 +237,15 @@ def test_a_lock_written_with_crlf_line_ends_keeps_them(tmp_path: Path) -> None:
     assert lock.load(path)["docker"][0].arches["x86-64"] == sources["x86-64"]
 
 
+def test_a_lock_mixing_line_ends_keeps_every_line_it_does_not_touch() -> None:
+    sources = [{"url": "https://w/docker.tgz", "sha256": "ab" * 32}]
+    mixed = lock.HEADER + '[docker."24.0.9"]\r\n\r\n[wasmtime."29.0.1"]\n'
+    text = with_sources(mixed, "docker", "24.0.9", "x86-64", sources, "l")
+    assert text.startswith(lock.HEADER + '[docker."24.0.9"]\r\n')
+    assert text.count("\r\n") == mixed.count("\r\n")     # none added, none taken away
+    assert 'sha256 = "' + "ab" * 32 in text
+
+
 def test_a_lock_that_is_not_utf8_when_edited_is_a_bakery_error(tmp_path: Path) -> None:
     # loaded fine earlier, broken by hand before the edit: named, never a UnicodeDecodeError
     path = tmp_path / "lock.toml"
