@@ -88,12 +88,17 @@ def _text(data: bytes | str, shown: str) -> str:
     if len(data) > MAX_BYTES:
         raise BakeryError(f"{shown}: larger than {MAX_BYTES // 1024} KiB",
                           "check that this is the right file")
+    return decode_utf8(data, shown, "save the file as UTF-8")
+
+
+def decode_utf8(data: bytes, shown: str, hint: str) -> str:
+    """`data` as UTF-8, or a BakeryError naming `shown`, the line and the first bad byte."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise BakeryError(f"{shown}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x})",
-                          "save the file as UTF-8") from None
+                          hint) from None
 
 
 def _check_shape(data: Any, shown: str) -> None:

@@ -9,6 +9,7 @@ from typing import Iterator
 
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import write_atomic
+from sysext_bakery.inputs import decode_utf8
 
 NAME = "SHA256SUMS"
 
@@ -18,13 +19,8 @@ def parse(text: str | bytes, origin: str = NAME) -> dict[str, str]:
     Bytes (a file read as it is) are decoded here, so that bytes that are not UTF-8 are
     named like any other broken line instead of ending in a UnicodeDecodeError traceback."""
     if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line, byte = text.count(b"\n", 0, e.start) + 1, text[e.start]
-            raise BakeryError(f"{origin}: line {line}: not valid UTF-8 (byte 0x{byte:02x})",
-                              "the bakery writes it as UTF-8: restore it, or remove it to have it "
-                              "rewritten") from None
+        text = decode_utf8(text, origin, "the bakery writes it as UTF-8: restore it, or remove it "
+                                         "to have it rewritten")
     sums: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
