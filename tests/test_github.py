@@ -359,7 +359,7 @@ def test_the_metadata_release_drops_assets_no_longer_published(tmp_path, github,
     # parses within Python's recursion limit, but past the bound every JSON answer shares
     (b'{"a": ' * 65 + b"1" + b"}" * 65, "not valid JSON: nested too deeply (more than 64 levels)"),
     (b"<html>Sign in</html>", "not valid JSON: Expecting value"),
-    (b"[1, 2]", "expected a JSON object, got list"),
+    (b"[1, 2]", "the answer is a JSON array, not an object"),
     # JSON objects, but without what the publisher goes on to read
     (b'{"tag_name": "docker-24.0.9"}', "the answer has no 'id' field"),
     (b'{"id": true, "upload_url": "https://uploads.example/x"}', "'id' is a JSON boolean, expected an integer"),
@@ -379,9 +379,11 @@ def test_a_hostile_or_foreign_answer_is_a_clear_error(github, answer: bytes, sai
     assert len(err.value.message) < 300 and TOKEN not in str(err.value)
     # the asset list must be a list of objects
     rel = client.release("docker-24.0.9", None, "body")
-    gh.raw = [b'[{"name": "a.raw"}, "b.raw"]']
-    with pytest.raises(BakeryError, match="expected a JSON list of objects, got a list with a str "
-                                          "entry"):
+    gh.raw = [b'[{"name": "a.raw", "id": 3}, "b.raw"]']
+    with pytest.raises(BakeryError, match="entry 1 of the answer is a JSON string, not an object"):
+        client.assets(rel)
+    gh.raw = [b'{"name": "a.raw", "id": 3}']
+    with pytest.raises(BakeryError, match="the answer is a JSON object, not an array"):
         client.assets(rel)
     gh.raw = [b'[{"name": "a.raw", "id": 3}, {"name": "b.raw"}]']
     with pytest.raises(BakeryError, match="entry 1 of the answer has no 'id' field"):

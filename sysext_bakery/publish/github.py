@@ -15,7 +15,7 @@ from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.http import Http, Limits, Reply
 from sysext_bakery.model import github as github_api
-from sysext_bakery.model.reply import json_field, parse_json
+from sysext_bakery.model.reply import json_field, json_type, parse_json
 from sysext_bakery.model.url import url_problem
 from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 
@@ -25,6 +25,7 @@ ANSWER_HINT = ("the server did not answer like GitHub's REST API: check GITHUB_A
 # The documented fields the publisher reads with [] (the others it reads with .get and
 # copes without): checked where each answer arrives, so no KeyError can come later.
 RELEASE_FIELDS: dict[str, type] = {"id": int, "upload_url": str}
+ASSETS_PER_PAGE = 100     # GitHub's maximum
 ASSET_FIELDS: dict[str, type] = {"id": int, "name": str}
 
 
@@ -54,13 +55,11 @@ class GitHub:
         traceback."""
         where = f"GitHub: {self.http.redact(reply.url)}"
         doc = parse_json(reply.body, where, ANSWER_HINT)
-        odd = next((type(e).__name__ for e in (doc if isinstance(doc, list) else [])
-                    if not isinstance(e, dict)), None)
-        if not isinstance(doc, shape) or odd:
-            got = f"a list with a {odd} entry" if isinstance(doc, shape) else type(doc).__name__
-            wanted = "list of objects" if shape is list else "object"
-            raise BakeryError(f"{where}: expected a JSON {wanted}, got {got}", ANSWER_HINT)
-        objects = enumerate(doc) if isinstance(doc, list) else [(None, doc)]
+        if shape is list and not isinstance(doc, list):
+            raise BakeryError(f"{where}: the answer is a JSON {json_type(doc)}, not an array",
+                              ANSWER_HINT)
+        # json_field refuses an entry (or answer) that is not an object
+        objects = enumerate(doc) if shape is list else [(None, doc)]
         for i, obj in objects:
             of = "the answer" if i is None else f"entry {i} of the answer"
             for key, kind in fields.items():
@@ -128,9 +127,9 @@ class GitHub:
         while True:
             batch = self._answer(self.request(
                 "GET", f"{self.api}/repos/{self.repo}/releases/{rel['id']}/assets",
-                params={"per_page": 100, "page": page}), list, ASSET_FIELDS)
+                params={"per_page": ASSETS_PER_PAGE, "page": page}), list, ASSET_FIELDS)
             found += batch
-            if len(batch) < 100:
+            if len(batch) < ASSETS_PER_PAGE:
                 return found
             page += 1
 
