@@ -226,7 +226,10 @@ def test_a_lock_written_with_crlf_line_ends_keeps_them(tmp_path: Path) -> None:
     crlf = (lock.HEADER + '[docker."24.0.9"]\n\n[wasmtime."29.0.1"]\n').replace("\n", "\r\n")
     for text in (with_version(crlf, "wasmtime", "29.0.1", sources, "l"),
                  with_version(crlf, "runc", "1.2.5", sources, "l"),
-                 with_sources(crlf, "docker", "24.0.9", "x86-64", sources["x86-64"], "l")):
+                 with_sources(crlf, "docker", "24.0.9", "x86-64", sources["x86-64"], "l"),
+                 # CRLF throughout, only the last line without its line end
+                 with_sources(crlf.removesuffix("\r\n"), "docker", "24.0.9", "x86-64",
+                              sources["x86-64"], "l")):
         assert text.count("\n") == text.count("\r\n") and text != crlf
     # through the file: read and written as it is
     path = tmp_path / "lock.toml"

@@ -30,8 +30,7 @@ def _in_line_ends(text: str, change: Callable[[str], str]) -> str:
     """`change` edits with LF line ends (what tomlkit writes for the lines it adds); a lock
     written with CRLF throughout gets CRLF back, instead of LF lines mixed in. A lock that
     already mixes both is edited as it is: no line the edit does not touch is rewritten."""
-    lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
-    if "\r\n" not in text or not all(line.endswith("\r") for line in lines):
+    if "\r\n" not in text or text.count("\n") != text.count("\r\n"):
         return change(text)
     lf = text.replace("\r\n", "\n")
     new = change(lf)
