@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 ALGORITHMS = {"sha256": 64, "sha512": 128}    # algorithm -> hex digits
 MAX_TEXT = 1 << 20                 # checksum files and signatures are tiny; refuse anything bigger
-GITHUB_API = github_api.API
 GITHUB_DOWNLOAD = re.compile(r"https://github\.com/([^/]+)/([^/]+)/releases/download/([^/]+)/([^/]+)")
 RECIPE_HINT = "fix the source's checksum keys in the recipe, or pin the sha256 in release/lock.toml"
 MIRROR_HINT = "check the version and URL pinned in release/lock.toml, or the mirror contents"
@@ -126,7 +125,7 @@ def github_asset(url: str) -> tuple[str, str, str, str]:
 
 
 def release_api_url(owner: str, repo: str, tag: str) -> str:
-    return f"{GITHUB_API}/repos/{owner}/{repo}/releases/tags/{quote(tag, safe='')}"
+    return f"{github_api.API}/repos/{owner}/{repo}/releases/tags/{quote(tag, safe='')}"
 
 
 def digest_in_release(release: Any, asset: str, api_url: str, url: str) -> str:

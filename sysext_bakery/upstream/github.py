@@ -21,7 +21,6 @@ from .base import (PER_PAGE, RECIPE_HINT, Discovery, Get, Reply, collect,
 if TYPE_CHECKING:
     from sysext_bakery.recipe.load import Upstream
 
-API = github_api.API
 REPO_RE = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
 
@@ -63,7 +62,7 @@ def _field(item: object, key: str, url: str) -> str:
 def releases(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
     """Published releases by tag name; drafts never, pre-releases when `prereleases = true`."""
     token = env.get("GITHUB_TOKEN") or None
-    url = f"{API}/repos/{_repo(up)}/releases?per_page={PER_PAGE}"
+    url = f"{github_api.API}/repos/{_repo(up)}/releases?per_page={PER_PAGE}"
     walk = pages(get, url, _headers(token), _items(token), _next)
     found = []
     for items in walk.items:
@@ -78,7 +77,7 @@ def releases(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
 def tags(up: "Upstream", get: Get, env: Mapping[str, str]) -> Discovery:
     """Every tag (git has no notion of a pre-release: the pattern decides)."""
     token = env.get("GITHUB_TOKEN") or None
-    url = f"{API}/repos/{_repo(up)}/tags?per_page={PER_PAGE}"
+    url = f"{github_api.API}/repos/{_repo(up)}/tags?per_page={PER_PAGE}"
     walk = pages(get, url, _headers(token), _items(token), _next)
     found = [tag_version(_field(item, "name", url), up.pattern, up.prefix)
              for items in walk.items for item in items]
