@@ -12,15 +12,24 @@ doit has no setting for this: `install` swaps the parallel runners doit's `run` 
 for subclasses that only reorder what doit's dispatcher releases (doit is pinned in
 pyproject.toml; tests/test_schedule.py fails if the names this relies on move). A serial run
 is left alone: one job cannot overlap anything.
+
+The same subclasses keep Ctrl-C and SIGTERM for the main thread of every process of the run
+(`tidy.stop_signals_to_main_thread`): the threads multiprocessing's queues start to feed
+their pipes, and `-P thread`'s workers, would otherwise take a signal meant for a main
+thread waiting in a download, which then ran on until its read timed out.
 """
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.queues
 from collections import deque
 from collections.abc import Generator
 from typing import Any
 
 from doit import cmd_run
 from doit.runner import MRunner, MThreadRunner
+
+from sysext_bakery.build import tidy
 
 LANE = "bakery_lane"   # task meta key
 NETWORK = "network"    # its value for tasks that mostly wait on downloads
@@ -89,12 +98,35 @@ class _Reordering:
         super()._run_tasks_init(task_dispatcher)  # type: ignore[misc]
 
 
+class _Queue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
+    """doit's queue between a run and its `-n` children. Its first `put` in a process starts
+    a feeder thread, which inherits the stop signals blocked here."""
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        with tidy.stop_signals_held():
+            super().put(obj, block, timeout)
+
+
+def _queue() -> _Queue:
+    return _Queue(ctx=multiprocessing.get_context())
+
+
+class _Worker(MThreadRunner.DaemonThread):
+    """A `-P thread` job."""
+
+    def run(self) -> None:
+        tidy.stop_signals_to_main_thread()
+        super().run()
+
+
 class ProcessRunner(_Reordering, MRunner):
     """`doit -n N` (processes)."""
+    Queue = staticmethod(_queue)
 
 
 class ThreadRunner(_Reordering, MThreadRunner):
     """`doit -n N -P thread`."""
+    Child = staticmethod(_Worker)
 
 
 def install() -> None:

@@ -3,12 +3,15 @@ one directory are refused clearly, and every rewrite of SHA256SUMS takes the sam
 guarantee 8's "packing shows progress"."""
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -165,3 +168,52 @@ def test_a_signal_mid_download_removes_the_temporary_file(project, upstream, sig
     assert proc.returncode == 128 + signum, out + err
     assert left == []
     assert "Traceback" not in out + err
+
+
+def _session(sid: int) -> list[int]:
+    """The processes of session `sid` (the test starts doit in a session of its own)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def _threads_open_to(signals: set[int], pids: list[int]) -> tuple[list[str], list[str]]:
+    """The threads of `pids` other than their main ones: all of them, and those that do not
+    block every one of `signals` (as "pid/tid")."""
+    others, open_ = [], []
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            if int(task.name) == pid:
+                continue
+            others.append(f"{pid}/{task.name}")
+            blocked = int(re.search(r"^SigBlk:\s*([0-9a-f]+)$", (task / "status").read_text(),
+                                    re.M).group(1), 16)
+            if any(not blocked & (1 << (s - 1)) for s in signals):
+                open_.append(f"{pid}/{task.name}")
+    return others, open_
+
+
+@pytest.mark.parametrize("jobs", [["-n", "2"], ["-n", "2", "-P", "thread"]],
+                         ids=["processes", "threads"])
+def test_only_main_threads_take_the_stop_signals(project, upstream, jobs):
+    """The kernel gives a signal sent to a process to any thread not blocking it, and Python
+    handles it in the main thread only: a main thread waiting in a download would miss a
+    Ctrl-C that, say, a queue's feeder thread took, and run on until the read timed out."""
+    gated = GatedMirror(upstream.root)
+    env = {**os.environ, "BAKERY_MIRROR": gated.url, "BAKERY_ARCH": "x86-64"}
+    proc = subprocess.Popen([sys.executable, "-m", "doit", *jobs, "build:wasmtime"],
+                            cwd=project.root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert gated.asked.wait(60), "the build never reached its download"
+        others, open_ = _threads_open_to({signal.SIGINT, signal.SIGTERM}, _session(proc.pid))
+    finally:
+        gated.gate.set()
+        out, err = proc.communicate(timeout=120)
+        gated.close()
+    assert others, "no thread besides the main ones: nothing was checked"
+    assert open_ == [], f"threads that would take Ctrl-C or SIGTERM: {open_} of {others}"
+    assert proc.returncode == 0, out + err

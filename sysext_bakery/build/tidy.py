@@ -79,6 +79,30 @@ def run_id() -> str | None:
     return _run
 
 
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def stop_signals_to_main_thread() -> None:
+    """Call first thing in a thread the bakery or doit starts: the stop signals are then for
+    the main thread alone. The kernel hands a signal sent to a process to any thread that does
+    not block it, Python runs the handler only in the main thread, and a main thread waiting in
+    a socket read is not woken by a signal another thread took: the run would go on until that
+    read timed out (a minute), Ctrl-C or not."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Around code that may start a thread no bakery code runs in (multiprocessing's queue
+    feeder): the thread inherits the blocked signals (`stop_signals_to_main_thread`), and a
+    stop signal arriving meanwhile is handled when the block ends."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def exit_on_signals() -> None:
     """SIGTERM (CI cancelling a job, systemd stopping a unit) and Ctrl-C unwind as SystemExit
     with the shell's status (128 + signal): every `except BaseException` / `finally` removes
