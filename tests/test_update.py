@@ -4,8 +4,12 @@ repository driven with GitPython."""
 from __future__ import annotations
 
 import hashlib
+import signal
+import threading
+import time
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import git
 import pytest
@@ -14,6 +18,7 @@ import tomli_w
 import tracking
 from conftest import Project, lock_for
 from sysext_bakery.recipe import lock as lockmod
+from sysext_bakery.update import run as update_run
 from upstream import MirrorServer, Upstream, docker_url, populate, runc_url, GO_ARCH
 from elf import make_elf
 
@@ -337,3 +342,47 @@ def test_the_commit_message_carries_discoverys_page_bound_warnings(world) -> Non
     assert ("\n\ndiscovery read only part of upstream (page bound):\n- wasmtime: "
             "https://api.github.com/repos/bytecodealliance/wasmtime/releases?per_page=100: "
             f"stopped after {MAX_PAGES} pages with more announced") in head.message
+
+
+def _recipes(count: int) -> list[SimpleNamespace]:
+    """What discover_all reads of a recipe: its name and its [upstream] section."""
+    return [SimpleNamespace(name=f"r{i}", upstream={"type": "github-releases"})
+            for i in range(count)]
+
+
+def test_discovery_threads_leave_the_stop_signals_to_the_main_thread(monkeypatch):
+    masks = []
+
+    def discover(section, get):
+        masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return f"found by {threading.current_thread().name}"
+    monkeypatch.setattr(update_run.upstream, "discover", discover)
+    found = update_run.discover_all(_recipes(5), get=None)
+    assert len(found) == 5 and len(masks) == 5
+    assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks), masks
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_ctrl_c_during_discovery_drops_what_has_not_started(monkeypatch):
+    """Ctrl-C ends `doit update` once the discoveries under way end (each bounded by the HTTP
+    client's timeouts); the catalogue's others are not run first."""
+    started, release = [], threading.Event()
+    all_busy = threading.Event()
+
+    def discover(section, get):
+        started.append(section)
+        if len(started) == update_run.DISCOVERY_THREADS:
+            all_busy.set()
+        release.wait(30)
+        return "found"
+    monkeypatch.setattr(update_run.upstream, "discover", discover)
+
+    def interrupt():
+        assert all_busy.wait(30)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        time.sleep(0.2)
+        release.set()
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        update_run.discover_all(_recipes(3 * update_run.DISCOVERY_THREADS), get=None)
+    assert len(started) == update_run.DISCOVERY_THREADS

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from sysext_bakery import upstream
+from sysext_bakery.build import tidy
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Source
 from sysext_bakery.model.version import same_version_groups, same_version_phrase, version_key
@@ -183,7 +184,9 @@ def discover_all(recipes: list[Recipe], get: upstream.Get
             return e
     if len(recipes) <= 1:
         return {r.name: one(r) for r in recipes}
-    with ThreadPoolExecutor(max_workers=min(DISCOVERY_THREADS, len(recipes))) as pool:
+    with ThreadPoolExecutor(max_workers=min(DISCOVERY_THREADS, len(recipes)),
+                            initializer=tidy.stop_signals_to_main_thread) as pool:
+        # Ctrl-C: map drops the discoveries not yet started
         return dict(zip([r.name for r in recipes], pool.map(one, recipes)))
 
 
