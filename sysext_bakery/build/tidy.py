@@ -107,15 +107,30 @@ def exit_on_signals() -> None:
     """SIGTERM (CI cancelling a job, systemd stopping a unit) and Ctrl-C unwind as SystemExit
     with the shell's status (128 + signal): every `except BaseException` / `finally` removes
     its temporary file, as it would for KeyboardInterrupt, but doit ends quietly instead of
-    printing KeyboardInterrupt's traceback. Children of doit -n N inherit the handler."""
+    printing KeyboardInterrupt's traceback. Children of doit -n N inherit the handler.
+
+    A child that has begun to stop ignores further stop signals: Ctrl-C reaches it from the
+    terminal and doit, unwinding, terminates it too, which would otherwise cut its clean-up
+    short. doit itself stays interruptible, so a second Ctrl-C still ends a run stuck ending."""
     doit = os.getpid()
+    ending = False       # in a -n child: it has begun to stop
+
+    def child_already_ending() -> bool:
+        nonlocal ending
+        if os.getpid() == doit:
+            return False
+        already, ending = ending, True
+        return already
 
     def stop(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        if not child_already_ending():
+            raise SystemExit(128 + signum)
 
     def interrupt(signum: int, frame: object) -> None:
+        if child_already_ending():
+            return
         if os.getpid() != doit:
-            # a doit -n child: doit's own path for Ctrl-C there ends it and tells doit
+            # doit's own path for Ctrl-C in a -n child ends it and tells doit
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, stop)
