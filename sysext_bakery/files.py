@@ -1,11 +1,13 @@
-"""Writing files so that no reader ever sees half of one."""
+"""Writing files so that no reader ever sees half of one, nor a stop leaves their temp names."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -89,3 +91,91 @@ def file_signature(st: os.stat_result) -> Signature:
     """What changes when a file is rewritten, replaced or touched (ctime cannot be set):
     how fetch and stage tell that a download nobody touched since it was hashed."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# --- temporary names a stop must not leave behind ---------------------------------------------
+# Under `doit -P thread` a stop (Ctrl-C, SIGTERM) unwinds the main thread only: the interpreter
+# then exits with the worker threads mid-task, none of their `finally` runs, so the names they
+# made would stay. They are kept here instead, from their making until renamed into place or
+# removed, and the exiting main thread removes what is left (`remove_temporaries`). One lock
+# orders every making, settling and removal: a name is removed by its maker or by the stop,
+# never both (a maker's late unlink could hit another process's new file of that name), and
+# nothing new is made once the stop has begun.
+_temporaries: dict[str, None] = {}      # an ordered set of paths
+_temporaries_lock = threading.Lock()
+_stopping = False
+STOP_WAIT = 5.0                         # seconds the stop waits for a maker inside its syscall
+
+
+def make_temp_file(**mkstemp: str | Path) -> tuple[int, str]:
+    """`tempfile.mkstemp(**mkstemp)`, kept for the stop until `settled` or `discard`ed."""
+    with _temporaries_lock:
+        _refuse_when_stopping()
+        fd, name = tempfile.mkstemp(**mkstemp)  # type: ignore[arg-type]
+        _temporaries[name] = None
+    return fd, name
+
+
+def keep_for_stop(path: Path | str) -> None:
+    """Have the stop remove `path`, a name this thread made and holds (a download's lock)."""
+    with _temporaries_lock:
+        _refuse_when_stopping()
+        _temporaries[str(path)] = None
+
+
+def settled(path: Path | str) -> None:
+    """Call once the temporary `path` was renamed into place: the stop leaves its name alone
+    (were it removed meanwhile, it was a name already gone)."""
+    with _temporaries_lock:
+        _temporaries.pop(str(path), None)
+
+
+def discard(path: Path | str) -> None:
+    """Remove the temporary `path` (a file, or a directory with what it holds) and forget it;
+    nothing when the stop removed it already."""
+    with _temporaries_lock:
+        if _temporaries.pop(str(path), 0) is None:
+            _remove(str(path))
+
+
+def remove_temporaries() -> list[str]:
+    """Remove every temporary name still kept, and refuse new ones: for the main thread as
+    the process exits (atexit), when only threads it no longer waits for can hold any."""
+    global _stopping
+    # a maker holds the lock only across one mkstemp: bounded all the same, as every wait
+    got = _temporaries_lock.acquire(timeout=STOP_WAIT)
+    try:
+        _stopping = True
+        left = list(_temporaries)
+        _temporaries.clear()
+    finally:
+        if got:
+            _temporaries_lock.release()
+    for name in left:
+        _remove(name)
+    return left
+
+
+def _refuse_when_stopping() -> None:
+    if _stopping:
+        raise SystemExit(1)    # a worker thread the exiting interpreter is about to drop
+
+
+def _remove(name: str) -> None:
+    if os.path.isdir(name) and not os.path.islink(name):
+        shutil.rmtree(name, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def _forget_in_child() -> None:
+    # a forked child (doit -n) owns none of its parent's names, and must not inherit the lock
+    # held by a parent thread at the fork
+    global _temporaries_lock, _stopping
+    _temporaries.clear()
+    _temporaries_lock = threading.Lock()
+    _stopping = False
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

@@ -4,6 +4,7 @@ guarantee 8's "packing shows progress"."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from sysext_bakery import run
-from sysext_bakery.build import actions, sums
+from sysext_bakery.build import actions, sums, tidy
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.publish import directory
 from sysext_bakery.settings import settings_from_env
@@ -134,14 +135,25 @@ def test_a_long_job_reports_its_time_and_keeps_the_tools_last_words(monkeypatch,
     assert any(line.startswith("packing x.raw: ") and line.endswith(" s") for line in lines[1:])
 
 
-@pytest.mark.parametrize("jobs", [[], ["-n", "2"]], ids=["serial", "-n 2"])
+def _temporaries(build):
+    """What a run in progress keeps in the tree and the download cache: temporary names, and
+    the lock of a download (removed when it ends)."""
+    cache = build / "cache"
+    return [*(cache / ".tmp").iterdir(), *(cache / tidy.DOWNLOAD_LOCKS).iterdir(),
+            *tidy.stale_in_tree(build)]
+
+
+@pytest.mark.parametrize("jobs", [[], ["-n", "2"], ["-n", "2", "-P", "thread"]],
+                         ids=["serial", "-n 2", "-P thread"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_signal_mid_download_removes_the_temporary_file(project, upstream, signum, jobs):
     """Guarantee 1's "SIGTERM and Ctrl-C remove the temporary file", for a real doit run,
     ending with the shell's status for the signal and no traceback. Ctrl-C reaches the whole
     process group (doit -n's children too); SIGTERM only doit. Under -n, doit terminates its
     children as it unwinds, so a downloading child gets Ctrl-C and then SIGTERM: the second
-    must not cut its clean-up short."""
+    must not cut its clean-up short. Under -P thread the download runs
+    in a worker thread the interpreter drops as it exits: the run must neither wait for it
+    (the mirror holds it for a minute) nor leave its file or its lock behind."""
     gated = GatedMirror(upstream.root)
     env = {**os.environ, "BAKERY_MIRROR": gated.url, "BAKERY_ARCH": "x86-64"}
     proc = subprocess.Popen([sys.executable, "-m", "doit", *jobs, "build:wasmtime"],
@@ -155,13 +167,66 @@ def test_a_signal_mid_download_removes_the_temporary_file(project, upstream, sig
             os.killpg(proc.pid, signum)
         else:
             proc.send_signal(signum)
+        stopped = time.monotonic()
         out, err = proc.communicate(timeout=60)
-        left = list(tmp.iterdir())
+        took = time.monotonic() - stopped
+        left = _temporaries(project.root / "build")
     finally:
         gated.close()
     assert proc.returncode == 128 + signum, out + err
+    assert took < 15, f"the run took {took:.0f} s to stop: it waited for the download"
     assert left == []
     assert "Traceback" not in out + err
+
+
+STOP_SCENARIO = """
+import json, os, sys, threading
+from pathlib import Path
+from sysext_bakery import files
+
+here = Path(sys.argv[1])
+made, ended, go_on = threading.Event(), threading.Event(), threading.Event()
+seen = {"refused": False}
+
+def worker():
+    _, held = files.make_temp_file(dir=here, prefix="held.")
+    _, moved = files.make_temp_file(dir=here, prefix="moved.")
+    os.replace(moved, here / "final")
+    files.settled(moved)
+    seen.update(held=Path(held).name, moved=Path(moved).name)
+    made.set()
+    go_on.wait(10)
+    Path(held).write_text("another process's new file of that name")
+    files.discard(held)              # the stop removed this thread's file first
+    try:
+        files.make_temp_file(dir=here, prefix="late.")
+    except SystemExit:
+        seen["refused"] = True
+    ended.set()
+
+threading.Thread(target=worker, daemon=True).start()
+made.wait(10)
+(here / seen["moved"]).write_text("a new file where the renamed one was")
+seen["removed"] = [Path(name).name for name in files.remove_temporaries()]
+go_on.set()
+ended.wait(10)
+seen["left"] = sorted(p.name for p in here.iterdir())
+print(json.dumps(seen))
+"""
+
+
+def test_a_stop_removes_the_names_threads_still_hold_and_nothing_else(tmp_path):
+    """files.remove_temporaries, as a stopped -P thread run calls it: it removes what a worker
+    still holds, not a name renamed into place (`settled`); the worker's own later discard
+    leaves a new file of that name alone (one of them removes it, never both), and nothing is
+    made once the stop began."""
+    done = subprocess.run([sys.executable, "-c", STOP_SCENARIO, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["removed"] == [seen["held"]]
+    assert seen["refused"], "a temporary file was made after the stop"
+    assert seen["left"] == sorted(["final", seen["held"], seen["moved"]])
 
 
 def _session(sid: int) -> list[int]:

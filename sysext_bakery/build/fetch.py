@@ -11,7 +11,6 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -22,7 +21,8 @@ from sysext_bakery.build import checksums
 from sysext_bakery.build.checksums import MAX_TEXT, parse_checksum
 from sysext_bakery.build import tidy
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import DISK_FULL, Signature, disk_errors, file_signature
+from sysext_bakery.files import (DISK_FULL, Signature, discard, disk_errors, file_signature,
+                                 make_temp_file, settled)
 from sysext_bakery.http import CHUNK, BodyBroken, Deadline, Http, Limits, Stream
 from sysext_bakery.model.image import CHECKSUMS
 from sysext_bakery.model.url import is_url, mirror_url, url_filename
@@ -159,10 +159,11 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Exp
     tmpdir = tidy.cache_dir(cache, ".tmp")
     tidy.clean_cache(cache)   # what killed downloads left; live ones hold their file's flock
     while True:
-        fd, tmp_name = tempfile.mkstemp(dir=tmpdir, prefix=f"{url_filename(url)}.")
+        fd, tmp_name = make_temp_file(dir=tmpdir, prefix=f"{url_filename(url)}.")
         if tidy.claim(fd):
             break
         os.close(fd)          # a concurrent clean_cache took it for a stale one
+        discard(tmp_name)
     tmp = Path(tmp_name)
     guard = os.dup(fd)   # holds the flock until the rename: closing `out` must not drop it
     try:
@@ -183,12 +184,15 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Exp
                 "if upstream re-published the file on purpose, update the sha256 in "
                 "release/lock.toml; otherwise treat the download as compromised")
         tmp.chmod(0o644)  # mkstemp's 0600 would hide the cache from other users
+        # whole and hashed by now (`out` closed): the entry is never half a file, even when
+        # a stop removes the temporary name at this moment (then the rename fails)
         os.replace(tmp, cache / actual)
+        settled(tmp)
         # the inode written and hashed (the rename moved its ctime), not whatever the name
         # holds by the time the caller looks
         sig = file_signature(os.fstat(guard))
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
     finally:
         os.close(guard)

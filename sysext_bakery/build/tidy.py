@@ -19,6 +19,7 @@ never blocks the next one; a live holder that hangs is waited for only so long.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import DISK_FULL
+from sysext_bakery.files import DISK_FULL, discard, keep_for_stop, remove_temporaries
 
 TREE_LOCK = ".lock"                       # build/.lock
 # doit commands that only read: they neither wait for nor block a build
@@ -111,8 +112,12 @@ def exit_on_signals() -> None:
 
     A child that has begun to stop ignores further stop signals: Ctrl-C reaches it from the
     terminal and doit, unwinding, terminates it too, which would otherwise cut its clean-up
-    short. doit itself stays interruptible, so a second Ctrl-C still ends a run stuck ending."""
+    short. doit itself stays interruptible, so a second Ctrl-C still ends a run stuck ending.
+
+    Under -P thread the workers' `finally` never runs (the interpreter exits without them):
+    their temporary names (`files.make_temp_file`) are removed as the process exits."""
     doit = os.getpid()
+    atexit.register(remove_temporaries)
     ending = False       # in a -n child: it has begun to stop
 
     def child_already_ending() -> bool:
@@ -226,12 +231,12 @@ def download_lock(cache: Path, url: str, wait: float) -> Iterator[None]:
             continue
         break
     try:
+        keep_for_stop(path)   # a -P thread run stopped meanwhile removes it as it exits
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()     # while still held, so nobody locks a file about to vanish
+        discard(path)         # while still held, so nobody locks a file about to vanish
         os.close(fd)
 
 
