@@ -1,6 +1,8 @@
 """Publishing to GitHub Releases: per image version a release `<name>-<version>`, plus a
 metadata release with the aggregated SHA256SUMS and all transfer files. Only the REST
-endpoints used here are spoken; the token only ever goes into the Authorization header."""
+endpoints used here are spoken; the token only ever goes into the Authorization header, to
+the configured API and the one upload origin it implies (`model/github.upload_origin`): a
+release whose `upload_url` points anywhere else is refused before any upload."""
 from __future__ import annotations
 
 import hashlib
@@ -16,12 +18,17 @@ from sysext_bakery.errors import BakeryError
 from sysext_bakery.http import Http, Limits, Reply
 from sysext_bakery.model import github as github_api
 from sysext_bakery.model.reply import json_field, json_type, parse_json
-from sysext_bakery.model.url import url_problem
+from sysext_bakery.model.url import redact, url_problem
 from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 
 PERMISSION_HINT = "check GITHUB_TOKEN's permissions (contents: write) and the repository name"
 ANSWER_HINT = ("the server did not answer like GitHub's REST API: check GITHUB_API_URL and any "
                "proxy in between")
+UPLOAD_HOST_HINT = ("the token only goes to the upload host of the configured API "
+                    "(uploads.github.com for api.github.com, uploads.X for api.X, else the "
+                    "API's own host): check GITHUB_API_URL and any proxy in between; an answer "
+                    "naming another host is broken or tampered with, so nothing was uploaded "
+                    "to it")
 # The documented fields the publisher reads with [] (the others it reads with .get and
 # copes without): checked where each answer arrives, so no KeyError can come later.
 RELEASE_FIELDS: dict[str, type] = {"id": int, "upload_url": str}
@@ -37,6 +44,10 @@ class GitHub:
     def __init__(self, repo: str, token: str, api: str = github_api.API,
                  attempts: int = 6, backoff: float = 1.0, max_wait: float = 120.0):
         self.repo, self.api = repo, api.rstrip("/")
+        if github_api.upload_origin(self.api) is None:
+            raise BakeryError(f"GITHUB_API_URL {redact(api)!r} is not an http(s) URL with a host",
+                              "unset it for github.com (https://api.github.com), or give your "
+                              "GitHub Enterprise's API URL, e.g. https://HOST/api/v3")
         self.attempts, self.backoff = attempts, backoff
         limits = Limits.from_env(retries=attempts - 1, backoff=backoff, max_wait=max_wait)
         self.http = Http(limits=limits, upstream=False, hint=PERMISSION_HINT,
@@ -116,11 +127,22 @@ class GitHub:
                 data["target_commitish"] = target
             found = self._ensure(url, lambda: self.http.request("POST", url, json=data), existing,
                                  RELEASE_FIELDS)
-        # the assets go there, with the token: it must be a URL before anything is sent
-        if problem := url_problem(upload_base(found), schemes=("https", "http")):
-            raise BakeryError(f"GitHub: {self.http.redact(url)}/tags/{tag}: the release's "
-                              f"'upload_url' is unusable: {problem}", ANSWER_HINT)
+        self.upload_url(found, f"{url}/tags/{tag}")   # refused before anything is uploaded
         return found
+
+    def upload_url(self, rel: dict, where: str) -> str:
+        """Where `rel`'s assets go, with the token: its `upload_url` (without the template
+        part), a usable URL on the one origin the configured API uploads to
+        (`model/github.upload_origin`); else a BakeryError naming `where` and the URL."""
+        base = upload_base(rel)
+        if problem := url_problem(base, schemes=("https", "http")):
+            raise BakeryError(f"GitHub: {self.http.redact(where)}: the release's 'upload_url' "
+                              f"is unusable: {self.http.redact(problem)}", ANSWER_HINT)
+        if problem := github_api.upload_problem(base, self.api):
+            raise BakeryError(f"GitHub: {self.http.redact(where)}: the release's 'upload_url' "
+                              f"{self.http.redact(base)!r} is refused (the token would go "
+                              f"there): {self.http.redact(problem)}", UPLOAD_HOST_HINT)
+        return base
 
     def assets(self, rel: dict) -> list[dict]:
         found, page = [], 1
@@ -138,8 +160,8 @@ class GitHub:
         last, so the release never lists a manifest before its images. Assets whose sha256
         already matches are skipped; a different text asset is replaced, a different image
         is refused. Returns the uploaded names."""
+        upload_url = self.upload_url(rel, f"{self.api}/repos/{self.repo}/releases/{rel['id']}")
         existing = {a["name"]: a for a in self.assets(rel)}
-        upload_url = upload_base(rel)
         uploaded = []
         for name in sorted(files, key=upload_order):
             content = files[name]
