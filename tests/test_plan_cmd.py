@@ -139,7 +139,8 @@ def test_plan_with_an_index_that_is_not_utf8_names_it(project: Project, tmp_path
     (tmp_path / "index.json").write_bytes(broken)
     proc = project.doit("plan", "--from", str(tmp_path), check=False)
     assert proc.returncode != 0
-    assert f"{tmp_path / 'index.json'}: not a bakery index.json (UnicodeDecodeError" in proc.stderr
+    assert (f"{tmp_path / 'index.json'}: not a bakery index.json: line 1: not valid UTF-8 "
+            "(byte 0xff)") in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     metadata = tmp_path / "mirror/github.com/example/bakery/releases/download/metadata"
     metadata.mkdir(parents=True)
@@ -148,7 +149,7 @@ def test_plan_with_an_index_that_is_not_utf8_names_it(project: Project, tmp_path
                         env={"BAKERY_MIRROR": str(tmp_path / "mirror")})
     assert proc.returncode != 0
     assert ("https://github.com/example/bakery/releases/download/metadata/index.json: not a "
-            "bakery index.json (UnicodeDecodeError") in proc.stderr
+            "bakery index.json: line 1: not valid UTF-8 (byte 0xff)") in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
 
 

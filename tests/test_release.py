@@ -2,6 +2,7 @@
 and the `release` doit task run on a project directory."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -143,3 +144,82 @@ def test_the_key_that_signs_when_the_secret_holds_two():
     assert keys.choose_key((NEW, OLD), OLD, NEW, rotate_key=False) == OLD
     assert keys.choose_key((NEW, OLD), OLD, NEW, rotate_key=True) == NEW
     assert keys.choose_key((OTHER,), OLD, None, rotate_key=False) == OTHER   # then refused
+
+
+GOOD = release.PublishedImage("docker", "24.0.9", "x86-64", "a" * 64, 5, stream="24",
+                              sources=(("https://example.invalid/d.tgz", None),),
+                              revision="0123abcd", built="2026-01-01T00:00:00Z",
+                              replaces=("docker-flatcar",), conflicts=("podman",))
+
+
+def entry(**changes) -> dict:
+    """GOOD's index.json entry, with `changes` (a value of DROP removes the key)."""
+    [doc] = json.loads(release.index_json([GOOD]))["images"]
+    doc.update(changes)
+    return {k: v for k, v in doc.items() if v is not DROP}
+
+
+DROP = object()
+OF = "pub/index.json: not a bakery index.json: "
+
+
+@pytest.mark.parametrize("doc, said", [
+    ([], "the index is a JSON array, not an object"),
+    ({"images": {"docker": {}}}, "the index: 'images' is a JSON object, expected an array"),
+    ({}, "the index has no 'images' field"),
+    ({"images": [entry(), 3]}, "images[1] is a JSON integer, not an object"),
+    ({"images": [entry(size="x")]}, "images[0] ('docker'): 'size' is a JSON string, expected an integer"),
+    ({"images": [entry(size=True)]}, "images[0] ('docker'): 'size' is a JSON boolean, expected an integer"),
+    ({"images": [entry(size=-1)]}, "images[0] ('docker'): size -1 is negative"),
+    ({"images": [entry(version=24)]}, "images[0] ('docker'): 'version' is a JSON integer, expected a string"),
+    ({"images": [entry(sha256=DROP)]}, "images[0] ('docker') has no 'sha256' field"),
+    ({"images": [entry(name=["docker"])]}, "images[0]: 'name' is a JSON array, expected a string"),
+    ({"images": [entry(arch="i386")]}, "images[0] ('docker'): arch 'i386' is not one of"),
+    ({"images": [entry(sha256="A" * 64)]}, "images[0] ('docker'): sha256 'AAAA"),
+    ({"images": [entry(stream={"major": 24})]}, "images[0] ('docker'): 'stream' is a JSON object, expected a string"),
+    ({"images": [entry(revision=1)]}, "images[0] ('docker'): 'revision' is a JSON integer, expected a string"),
+    ({"images": [entry(built=[])]}, "images[0] ('docker'): 'built' is a JSON array, expected a string"),
+    ({"images": [entry(sources={"url": "x"})]}, "images[0] ('docker'): 'sources' is a JSON object, expected an array"),
+    ({"images": [entry(sources=["https://x"])]}, "images[0] ('docker'): sources[0] is a JSON string, not an object"),
+    ({"images": [entry(sources=[{"sha256": "ab"}])]}, "images[0] ('docker'): sources[0] has no 'url' field"),
+    ({"images": [entry(sources=[{"url": "u", "sha256": 1}])]},
+     "images[0] ('docker'): sources[0]: 'sha256' is a JSON integer, expected a string"),
+    ({"images": [entry(replaces="docker-flatcar")]}, "images[0] ('docker'): 'replaces' is a JSON string, expected an array"),
+    ({"images": [entry(conflicts=[None])]}, "images[0] ('docker'): 'conflicts'[0] is a JSON null, expected a string"),
+    ({"images": [entry(replaces=["../x"])]}, "images[0] ('docker'): 'replaces'[0]: name '../x' must be"),
+])
+def test_an_index_entry_of_the_wrong_shape_names_entry_key_and_type(doc, said):
+    """index.json is read back from directories, URLs and GitHub that may be damaged: each
+    field is checked where it is read (model/reply's json_field), never a traceback or a
+    wrong value (a string size, a number version) later."""
+    with pytest.raises(BakeryError) as err:
+        release.parse_index(json.dumps(doc), "pub/index.json")
+    assert err.value.message.startswith(OF + said), err.value.message
+    assert "pub/index.json" in err.value.hint
+
+
+def test_an_index_entry_reads_back_as_written_and_absent_optional_fields_are_none():
+    assert release.parse_index(release.index_json([GOOD]), "i") == [GOOD]
+    bare = entry(stream=DROP, sources=DROP, revision=None, built=DROP, replaces=DROP,
+                 conflicts=DROP)
+    assert release.parse_index(json.dumps({"images": [bare]}), "i") == [
+        release.PublishedImage("docker", "24.0.9", "x86-64", "a" * 64, 5)]
+
+
+@pytest.mark.parametrize("changes, said", [
+    ({"size": "5"}, "the record: 'size' is a JSON string, expected an integer"),
+    ({"version": 1.5}, "the record: 'version' is a JSON number, expected a string"),
+    ({"name": DROP}, "the record has no 'name' field"),
+    ({"sources": [7]}, "the record: sources[0] is a JSON integer, not an object"),
+    ({"replaces": [1]}, "the record: 'replaces'[0] is a JSON integer, expected a string"),
+])
+def test_a_provenance_field_of_the_wrong_type_is_named(changes, said):
+    doc = entry(**changes)
+    with pytest.raises(BakeryError) as err:
+        release.parse_provenance(json.dumps(doc), "build/state/images/docker-24.0.9-x86-64.json")
+    assert err.value.message == ("build/state/images/docker-24.0.9-x86-64.json: not a valid "
+                                 "image provenance file: " + said), err.value.message
+    assert "doit pack:docker-24.0.9-x86-64" in err.value.hint
+    with pytest.raises(BakeryError) as err:     # nor bytes that are not UTF-8
+        release.parse_provenance(b'{"name": "\xff"}', "build/state/images/x.json")
+    assert "x.json: not a valid image provenance file: line 1: not valid UTF-8" in err.value.message

@@ -100,13 +100,17 @@ def json_type(value: Any) -> str:
     return next(name for kind, name in _JSON_TYPES if isinstance(value, kind))
 
 
-def json_field(doc: Any, key: str, kind: type, where: str, hint: str, of: str = "the answer") -> Any:
+def json_field(doc: Any, key: str, kind: type, where: str, hint: str, of: str = "the answer",
+               *, optional: bool = False) -> Any:
     """`doc[key]` of a JSON object from the network, of type `kind` (an int is never a bool):
     a missing or wrongly typed field a documented API promises is a BakeryError naming
-    `where` (the URL), `of` (which object) and the key, never a KeyError or TypeError
-    later. An empty string counts as missing: no documented field used here may be empty."""
+    `where` (the URL or file), `of` (which object) and the key, never a KeyError or TypeError
+    later. An empty string counts as missing: no documented field used here may be empty.
+    An `optional` field that is missing (or null, or empty) is None."""
     if not isinstance(doc, dict):
         raise BakeryError(f"{where}: {of} is a JSON {json_type(doc)}, not an object", hint)
+    if optional and doc.get(key) in (None, ""):
+        return None
     if key not in doc or doc[key] == "":
         raise BakeryError(f"{where}: {of} has no {key!r} field", hint)
     value = doc[key]

@@ -12,15 +12,16 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import BaseUrl, parse_base_url
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.inputs import brief, brief_key, parse_toml
+from sysext_bakery.inputs import brief, brief_key, decode_utf8, parse_toml
 from sysext_bakery.build import sums
 from sysext_bakery.publish import provision
+from sysext_bakery.model.reply import json_field, json_type, parse_json
 from sysext_bakery.model.version import version_key
 
 SUMS = sums.NAME
@@ -124,31 +125,56 @@ def _signing(table: object, origin: str) -> tuple[str | None, str | None]:
     return values["fingerprint"], values["next"]
 
 
-def parse_provenance(text: str, origin: str) -> PublishedImage:
+def parse_provenance(text: str | bytes, origin: str) -> PublishedImage:
     """A `build/state/images/<img>.json` written by the pack step."""
-    try:
-        data = json.loads(text)
-        image = PublishedImage(
-            name=data["name"], version=data["version"], arch=data["arch"],
-            sha256=data["sha256"], size=int(data["size"]), stream=data.get("stream"),
-            sources=tuple((s["url"], s.get("sha256")) for s in data.get("sources", ())),
-            revision=data.get("revision"), built=data.get("built"),
-            replaces=_names(data.get("replaces", [])), conflicts=_names(data.get("conflicts", [])))
-    except (ValueError, KeyError, TypeError, RecursionError) as e:
-        raise BakeryError(f"{origin}: not a valid image provenance file ({type(e).__name__}: {e})",
-                          repack_hint(PurePath(origin).stem)) from None
-    if not _SHA256.fullmatch(image.sha256) or image.arch not in ARCHES:
-        raise BakeryError(f"{origin}: bad sha256 or arch ({image.sha256!r}, {image.arch!r})",
-                          repack_hint(PurePath(origin).stem))
-    return image
+    hint = repack_hint(PurePath(origin).stem)
+    where = f"{origin}: not a valid image provenance file"
+    return _image(parse_json(_utf8(text, where, hint), where, hint), where, "the record", hint)
 
 
-def _names(value: object) -> tuple[str, ...]:
+def _image(entry: Any, where: str, of: str, hint: str) -> PublishedImage:
+    """One image record as read back (a provenance file, an index.json entry): every field
+    of its type (json_field's rule), arch and sha256 as the pack step writes them."""
+    def field(key: str, kind: type, optional: bool = False) -> Any:
+        return json_field(entry, key, kind, where, hint, of, optional=optional)
+
+    name, version, arch, sha256 = (field(k, str) for k in ("name", "version", "arch", "sha256"))
+    size = field("size", int)
+    sources = []
+    for n, source in enumerate(field("sources", list, optional=True) or ()):
+        source_of = f"{of}: sources[{n}]"
+        sources.append((json_field(source, "url", str, where, hint, source_of),
+                        json_field(source, "sha256", str, where, hint, source_of, optional=True)))
+    problem = ((arch not in ARCHES and f"arch {brief(arch)} is not one of {', '.join(ARCHES)}")
+               or (not _SHA256.fullmatch(sha256)
+                   and f"sha256 {brief(sha256)} is not 64 lower-case hex digits")
+               or (size < 0 and f"size {size} is negative"))
+    if problem:
+        raise BakeryError(f"{where}: {of}: {problem}", hint)
+    return PublishedImage(
+        name=name, version=version, arch=arch, sha256=sha256, size=size,
+        stream=field("stream", str, optional=True), sources=tuple(sources),
+        revision=field("revision", str, optional=True), built=field("built", str, optional=True),
+        replaces=_names(entry, "replaces", where, of, hint),
+        conflicts=_names(entry, "conflicts", where, of, hint))
+
+
+def _names(entry: dict, key: str, where: str, of: str, hint: str) -> tuple[str, ...]:
     """A `replaces`/`conflicts` list as read back: names only, since they end up in paths."""
-    if not isinstance(value, list) or any(not isinstance(v, str) or naming.name_problem(v)
-                                          for v in value):
-        raise ValueError(f"expected a list of names, got {value!r}")
-    return tuple(value)
+    names = json_field(entry, key, list, where, hint, of, optional=True) or []
+    for n, value in enumerate(names):
+        if not isinstance(value, str):
+            raise BakeryError(f"{where}: {of}: {key!r}[{n}] is a JSON {json_type(value)}, "
+                              "expected a string", hint)
+        if problem := naming.name_problem(value):
+            raise BakeryError(f"{where}: {of}: {key!r}[{n}]: {problem}", hint)
+    return tuple(names)
+
+
+def _utf8(text: str | bytes, where: str, hint: str) -> str:
+    """Bytes (a download, a file read as it is) decoded here, UTF-8 only, so that bytes that
+    are not are named like any other broken record instead of a UnicodeDecodeError traceback."""
+    return decode_utf8(text, where, hint) if isinstance(text, bytes) else text
 
 
 def repack_hint(image_id: str) -> str:
@@ -204,21 +230,19 @@ def index_json(images: Iterable[PublishedImage]) -> str:
 
 
 def parse_index(text: str | bytes, origin: str) -> list[PublishedImage]:
-    """index.json as `doit release` writes it. Bytes (a download, a file read as it is) are
-    decoded here (UTF-8 only), so that bytes that are not UTF-8 are named like any other
-    broken index instead of ending in a UnicodeDecodeError traceback."""
-    try:
-        data = json.loads(text.decode() if isinstance(text, bytes) else text)
-        return [PublishedImage(
-            name=e["name"], version=e["version"], arch=e["arch"], sha256=e["sha256"],
-            size=e["size"], stream=e.get("stream"),
-            sources=tuple((s["url"], s.get("sha256")) for s in e.get("sources", ())),
-            revision=e.get("revision"), built=e.get("built"),
-            replaces=_names(e.get("replaces", [])), conflicts=_names(e.get("conflicts", [])))
-            for e in data["images"]]
-    except (ValueError, KeyError, TypeError, RecursionError) as e:
-        raise BakeryError(f"{origin}: not a bakery index.json ({type(e).__name__}: {e})",
-                          f"remove {origin}; the next publish rewrites it from the images") from None
+    """index.json as `doit release` writes it, read back from a published directory, URL or
+    GitHub release that may have been damaged: `{"images": [<entry>, ...]}`, each entry
+    checked like a provenance record (`_image`), named by its position and name."""
+    hint = f"remove {origin}; the next publish rewrites it from the images"
+    where = f"{origin}: not a bakery index.json"
+    doc = parse_json(_utf8(text, where, hint), where, hint)
+    entries = json_field(doc, "images", list, where, hint, "the index")
+    return [_image(entry, where, _entry_name(n, entry), hint) for n, entry in enumerate(entries)]
+
+
+def _entry_name(n: int, entry: Any) -> str:
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return f"images[{n}] ({brief(name)})" if isinstance(name, str) and name else f"images[{n}]"
 
 
 def render_release(images: Iterable[PublishedImage], config: ReleaseConfig,
