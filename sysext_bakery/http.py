@@ -45,7 +45,11 @@ __all__ = ["CHUNK", "MAX_BODY", "NETWORK_HINT", "BodyBroken", "Deadline", "Heade
            "Limits", "Reply", "Stream", "retry_after_seconds"]
 
 CHUNK = 1 << 20
-MAX_BODY = 32 << 20             # an API reply or index page; downloads use open()
+# The one bound of an answer read whole into memory (`get`, `request`): an API page or an
+# HTML index page, for discovery (`upstream.net`) and the REST clients alike. Downloads
+# stream (`open`); a caller reading a file of its own kind passes that file's bound
+# (`max_bytes`: checksum files, a published index.json's `sysupdate.MAX_INDEX`).
+MAX_BODY = 32 << 20
 NETWORK_HINT = ("check the network or proxy; for offline builds set BAKERY_MIRROR to a mirror "
                 "URL or directory (README: Offline and mirrored builds)")
 

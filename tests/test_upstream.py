@@ -460,3 +460,18 @@ def test_an_entry_without_its_documented_field_is_a_clear_error(
         discover(Upstream(type=kind, repo=repo), get, NO_TOKEN)
     assert err.value.message.endswith(f"?per_page=100: {said}"), err.value.message
     assert "API answer?" in err.value.hint and "[upstream]" in err.value.hint
+
+
+def test_discovery_reads_an_answer_within_the_one_answer_limit(tmp_path: Path) -> None:
+    """One bound for an answer read whole (http.MAX_BODY), discovery's included."""
+    from sysext_bakery import http
+    page = tmp_path / "example.org/big.json"
+    page.parent.mkdir(parents=True)
+    with page.open("wb") as f:
+        f.truncate(20 << 20)                       # sparse; past the old 16 MiB of discovery
+    assert len(make_get(str(tmp_path))("https://example.org/big.json", {}).body) == 20 << 20
+    with page.open("r+b") as f:
+        f.truncate(http.MAX_BODY + 1)
+    with pytest.raises(BakeryError) as err:
+        make_get(str(tmp_path))("https://example.org/big.json", {})
+    assert f"larger than {http.MAX_BODY} bytes" in err.value.message

@@ -9,12 +9,11 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from sysext_bakery.http import Http, Limits
+from sysext_bakery.http import MAX_BODY, Http, Limits
 from sysext_bakery.model.url import is_url
 from sysext_bakery.model.reply import Reply
 from sysext_bakery.upstream.base import Get
 
-MAX_BODY = 16 << 20          # an API page or index is small; refuse to buffer more
 # An update run asks dozens of upstreams: a rate limit that says "come back in a minute" is
 # reported (naming the reset time) rather than slept through. BAKERY_RETRY_MAX_WAIT overrides.
 MAX_WAIT = 10.0
