@@ -10,6 +10,7 @@ import pytest
 from conftest import Project
 from sysext_bakery.build.fetch import fetch
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.publish import sysupdate
 from sysext_bakery.publish.sysupdate import PublishedImage, index_json
 from upstream import containerd_url, wasmtime_url
 
@@ -154,13 +155,38 @@ def test_plan_with_an_index_that_is_not_utf8_names_it(project: Project, tmp_path
 
 
 def test_plan_from_a_directory_reads_index_json_within_the_url_limit(tmp_path: Path) -> None:
-    """A --from directory is bounded like a --from URL (MAX_INDEX): a huge file is refused
-    before it is read whole."""
+    """A --from directory is bounded like a --from URL (sysupdate.MAX_INDEX): a huge file is
+    refused before it is read whole."""
     from sysext_bakery.publish import pending
     publish_index(tmp_path, ALL[:2])
     assert pending.published(str(tmp_path), None, "metadata", None, tmp_path) == set(ALL[:2])
     with (tmp_path / "index.json").open("r+b") as f:
-        f.truncate(pending.MAX_INDEX + 1)          # sparse: no disk space spent
+        f.truncate(sysupdate.MAX_INDEX + 1)          # sparse: no disk space spent
     with pytest.raises(BakeryError) as err:
         pending.published(str(tmp_path), None, "metadata", None, tmp_path)
     assert err.value.message.startswith(f"{tmp_path / 'index.json'}: larger than ")
+
+
+def test_plan_github_reads_the_metadata_index_within_the_index_limit(tmp_path: Path) -> None:
+    """--github and --from read index.json under one bound (sysupdate.MAX_INDEX), not an API
+    page's: an index past http.MAX_BODY is read, one past MAX_INDEX refused."""
+    from sysext_bakery import http
+    from sysext_bakery.publish import pending
+    metadata = tmp_path / "mirror/github.com/example/bakery/releases/download/metadata"
+    publish_index(metadata, ALL[:2])
+    with (metadata / "index.json").open("a") as f:      # JSON allows trailing white space
+        f.write(" " * (http.MAX_BODY + 1))
+    assert http.MAX_BODY < sysupdate.MAX_INDEX
+
+    def published() -> set[str]:
+        return pending.published("", "example/bakery", "metadata", str(tmp_path / "mirror"),
+                                 tmp_path)
+
+    assert published() == set(ALL[:2])
+    with (metadata / "index.json").open("r+b") as f:
+        f.truncate(sysupdate.MAX_INDEX + 1)          # sparse: no disk space spent
+    with pytest.raises(BakeryError) as err:
+        published()
+    assert err.value.message.startswith(
+        "https://github.com/example/bakery/releases/download/metadata/index.json: ")
+    assert f"larger than {sysupdate.MAX_INDEX} bytes" in err.value.message

@@ -3,7 +3,8 @@
 missing and never rebuilds a published image.
 
 Where "published" is read: a directory holding index.json (what `doit release` writes), a
-URL serving that directory, or the GitHub metadata release's index.json asset."""
+URL serving that directory, or the GitHub metadata release's index.json asset; read within
+the one bound of a published index (sysupdate.MAX_INDEX) from each."""
 from __future__ import annotations
 
 import json
@@ -16,8 +17,6 @@ from sysext_bakery.inputs import read_bounded
 from sysext_bakery.model.image import Image
 from sysext_bakery.publish import sysupdate
 
-MAX_INDEX = 64 << 20      # index.json, from a --from URL or directory alike
-
 
 def published(location: str, github_repo: str | None, metadata_tag: str, mirror: str | None,
               root: Path) -> set[str]:
@@ -27,7 +26,8 @@ def published(location: str, github_repo: str | None, metadata_tag: str, mirror:
     if github_repo:
         url = f"https://github.com/{github_repo}/releases/download/{metadata_tag}/{sysupdate.INDEX}"
         from sysext_bakery.upstream.net import make_get
-        reply = make_get(mirror)(url, {"Accept": "application/octet-stream"})
+        get = make_get(mirror, max_bytes=sysupdate.MAX_INDEX)
+        reply = get(url, {"Accept": "application/octet-stream"})
         if reply.status == 404:
             return _nothing(url)
         if reply.status != 200:
@@ -46,7 +46,7 @@ def published(location: str, github_repo: str | None, metadata_tag: str, mirror:
             raise BakeryError(f"--from {location}: not a directory",
                               "name the published directory (it holds index.json)")
         return _nothing(str(index))
-    body = read_bounded(index, str(index), "published index", limit=MAX_INDEX)
+    body = read_bounded(index, str(index), "published index", limit=sysupdate.MAX_INDEX)
     return _ids(sysupdate.parse_index(body, str(index)))
 
 
@@ -73,7 +73,7 @@ def _read_url(url: str) -> bytes | None:
     """The published index over http(s): not an upstream file, so no BAKERY_MIRROR here."""
     from sysext_bakery.http import Http
     with Http(None, upstream=False, hint="check the --from URL") as http:
-        reply = http.get(url, max_bytes=MAX_INDEX)
+        reply = http.get(url, max_bytes=sysupdate.MAX_INDEX)
         if reply.status == 404:
             return None
         http.check(reply, url)

@@ -30,6 +30,10 @@ PUBLIC_KEY = "bakery-signing-key.gpg"
 INDEX = "index.json"
 NOOP = "noop.conf"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# index.json grows by ~400 bytes an image ever published, SHA256SUMS by ~100: 64 MiB is far
+# past any real release, and bounds every read of a published metadata file (the index,
+# SHA256SUMS, its signature, the keyring) wherever it comes from (a directory, a URL, GitHub)
+MAX_INDEX = 64 << 20
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,13 @@ def discovery_limits(env: Mapping[str, str] = os.environ) -> Limits:
     return limits
 
 
-def make_get(mirror: str | None, client: Http | None = None) -> Get:
+def make_get(mirror: str | None, client: Http | None = None, max_bytes: int = MAX_BODY) -> Get:
+    """`max_bytes`: the largest answer read, http.MAX_BODY (an API page) unless the caller
+    reads something of its own bound (`doit plan --github`: a published index.json)."""
     http = client or Http(mirror, limits=discovery_limits(), hint="check BAKERY_MIRROR, the network or the recipe's [upstream]")
 
     def get(url: str, headers: Mapping[str, str]) -> Reply:
-        reply = http.get(url, headers=headers, max_bytes=MAX_BODY)
+        reply = http.get(url, headers=headers, max_bytes=max_bytes)
         if reply.status == 404 and not is_url(reply.url):
             http.check(reply, url)      # a recorded answer missing from a mirror directory
         # messages name the upstream URL that was asked for, never the mirror's
