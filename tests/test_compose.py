@@ -279,3 +279,23 @@ def test_reboot_signal_follows_what_was_merged(tmp_path):
     (ext / "docker.raw").symlink_to("/opt/extensions/docker/docker-27.5.0-x86-64.raw")
     sh(compose.SIGNAL_REBOOT)            # sysupdate moved the link
     assert sentinel.exists()
+
+
+def test_the_published_directory_is_read_within_the_index_limit(tmp_path):
+    """compose reads index.json and SHA256SUMS under the bound every reader of a published
+    index uses (sysupdate.MAX_INDEX), from a URL as from a directory."""
+    from sysext_bakery import http
+    dest = tmp_path / "published"
+    dest.mkdir()
+    with (dest / "index.json").open("wb") as f:
+        f.truncate(http.MAX_BODY + 1)              # sparse: past an API answer's bound
+    with serve(dest) as url:
+        assert len(compose.reader(url)("index.json", True)) == http.MAX_BODY + 1
+    with (dest / "SHA256SUMS").open("wb") as f:
+        f.truncate(release.MAX_INDEX + 1)
+    with pytest.raises(BakeryError) as err:
+        compose.reader(str(dest))("SHA256SUMS", True)
+    assert err.value.message.startswith(f"{dest / 'SHA256SUMS'}: larger than "), err.value.message
+    with pytest.raises(BakeryError, match="missing"):
+        compose.reader(str(dest))("noop.conf", True)
+    assert compose.reader(str(dest))("SHA256SUMS.gpg", False) is None

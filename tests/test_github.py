@@ -458,6 +458,22 @@ def test_a_published_file_that_is_not_utf8_is_named_before_any_request(tmp_path,
     assert gh.log == []
 
 
+@pytest.mark.parametrize("name", ["SHA256SUMS", "index.json"])
+def test_a_published_file_past_the_index_limit_is_named_before_any_request(tmp_path, github,
+                                                                           project, name):
+    gh, api = github
+    fake_image(tmp_path, "docker", "24.0.9", b"amd")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    with (dest / name).open("ab") as f:
+        f.truncate(release.MAX_INDEX + 1)          # sparse: no disk space spent
+    with pytest.raises(BakeryError) as err:
+        gh_publisher.publish_github(dest, "owner/bakery", release.ReleaseConfig("https://x.invalid/"),
+                                    project, {"GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": api})
+    assert err.value.message.startswith(f"{dest / name}: larger than "), err.value.message
+    assert gh.log == []
+
+
 # ---- where the token may go: the API and its one upload origin ---------------------------
 
 class Elsewhere:

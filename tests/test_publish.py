@@ -594,3 +594,29 @@ def test_sums_parse_names_bytes_that_are_not_utf8():
     with pytest.raises(BakeryError) as err:
         sums.parse(line + b"\xfe" + line, "S")
     assert err.value.message == "S: line 2: not valid UTF-8 (byte 0xfe)"
+
+
+@pytest.mark.parametrize("name", ["SHA256SUMS", "index.json", "bakery-signing-key.gpg"])
+def test_a_published_file_past_the_index_limit_is_refused_unread(tmp_path, name):
+    """What the publisher reads back from its directory is bounded (sysupdate.MAX_INDEX):
+    a damaged or replaced file is named, not read whole into memory."""
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    with (dest / name).open("ab") as f:
+        f.truncate(release.MAX_INDEX + 1)          # sparse: no disk space spent
+    with pytest.raises(BakeryError) as err:
+        run(tmp_path, dest, allow_unsigned=True)
+    assert err.value.message.startswith(f"{dest / name}: larger than "), err.value.message
+    assert f"published {name}" in err.value.message
+
+
+def test_a_provenance_file_past_the_input_limit_is_refused_unread(tmp_path):
+    from sysext_bakery.inputs import MAX_BYTES
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    [prov] = (tmp_path / "state/images").glob("*.json")
+    with prov.open("ab") as f:
+        f.write(b" " * MAX_BYTES)
+    with pytest.raises(BakeryError) as err:
+        run(tmp_path, tmp_path / "pub")
+    assert err.value.message.startswith(f"{prov}: larger than "), err.value.message

@@ -29,6 +29,7 @@ from sysext_bakery.model.url import parse_base_url
 from sysext_bakery.model.version import version_key
 from sysext_bakery.publish import provision
 from sysext_bakery.publish import sysupdate
+from sysext_bakery.publish.directory import read_published
 from sysext_bakery.publish.sysupdate import NOOP, PublishedImage
 
 BUTANE = "config.butane.yaml"
@@ -79,15 +80,12 @@ def reader(where: str) -> Read:
 
     def read(name: str, required: bool) -> bytes | None:
         path = directory / name
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
+        if not path.exists():
             if required:
                 raise BakeryError(f"{path}: missing", "is this a directory published by "
-                                  "`doit release`? (it holds index.json and SHA256SUMS)") from None
+                                  "`doit release`? (it holds index.json and SHA256SUMS)")
             return None
-        except OSError as e:
-            raise BakeryError(f"{path}: cannot read: {e.strerror}") from None
+        return read_published(path)
     return read
 
 
@@ -97,7 +95,7 @@ def _get(url: str, required: bool) -> bytes | None:
     from sysext_bakery.http import Http
 
     with Http(upstream=False, hint="check --from: the URL the release is served at") as http:
-        reply = http.get(url)
+        reply = http.get(url, max_bytes=sysupdate.MAX_INDEX)
         if reply.status == 404 and not required:
             return None
         http.check(reply, url)
