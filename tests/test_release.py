@@ -187,6 +187,9 @@ OF = "pub/index.json: not a bakery index.json: "
     ({"images": [entry(replaces="docker-flatcar")]}, "images[0] ('docker'): 'replaces' is a JSON string, expected an array"),
     ({"images": [entry(conflicts=[None])]}, "images[0] ('docker'): 'conflicts'[0] is a JSON null, expected a string"),
     ({"images": [entry(replaces=["../x"])]}, "images[0] ('docker'): 'replaces'[0]: name '../x' must be"),
+    # the file names the publishers read and write in the published directory
+    ({"images": [entry(name="../x")]}, "images[0] ('../x'): name '../x' must be"),
+    ({"images": [entry(version="1/../../x")]}, "images[0] ('docker'): version '1/../../x'"),
 ])
 def test_an_index_entry_of_the_wrong_shape_names_entry_key_and_type(doc, said):
     """index.json is read back from directories, URLs and GitHub that may be damaged: each

@@ -22,7 +22,7 @@ from sysext_bakery.inputs import brief, brief_key, decode_utf8, parse_toml
 from sysext_bakery.build import sums
 from sysext_bakery.publish import provision
 from sysext_bakery.model.reply import json_field, json_type, parse_json
-from sysext_bakery.model.version import version_key
+from sysext_bakery.model.version import version_key, version_problem
 
 SUMS = sums.NAME
 SIGNATURE = f"{SUMS}.gpg"
@@ -138,7 +138,8 @@ def parse_provenance(text: str | bytes, origin: str) -> PublishedImage:
 
 def _image(entry: Any, where: str, of: str, hint: str) -> PublishedImage:
     """One image record as read back (a provenance file, an index.json entry): every field
-    of its type (json_field's rule), arch and sha256 as the pack step writes them."""
+    of its type (json_field's rule); name, version, arch and sha256 as the pack step writes
+    them."""
     def field(key: str, kind: type, optional: bool = False) -> Any:
         return json_field(entry, key, kind, where, hint, of, optional=optional)
 
@@ -149,7 +150,10 @@ def _image(entry: Any, where: str, of: str, hint: str) -> PublishedImage:
         source_of = f"{of}: sources[{n}]"
         sources.append((json_field(source, "url", str, where, hint, source_of),
                         json_field(source, "sha256", str, where, hint, source_of, optional=True)))
-    problem = ((arch not in ARCHES and f"arch {brief(arch)} is not one of {', '.join(ARCHES)}")
+    # name and version make the file names read and written in the published directory:
+    # a tampered `../x` must not reach outside it
+    problem = (naming.name_problem(name) or version_problem(version)
+               or (arch not in ARCHES and f"arch {brief(arch)} is not one of {', '.join(ARCHES)}")
                or (not _SHA256.fullmatch(sha256)
                    and f"sha256 {brief(sha256)} is not 64 lower-case hex digits")
                or (size < 0 and f"size {size} is negative"))
