@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -620,3 +621,13 @@ def test_a_provenance_file_past_the_input_limit_is_refused_unread(tmp_path):
     with pytest.raises(BakeryError) as err:
         run(tmp_path, tmp_path / "pub")
     assert err.value.message.startswith(f"{prov}: larger than "), err.value.message
+
+
+def test_a_template_that_is_not_utf8_is_named(tmp_path):
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "release/templates", templates)
+    broken = templates / publish.TEMPLATES[0]
+    broken.write_bytes(b"[Transfer]\n\xff\n")
+    with pytest.raises(BakeryError) as err:
+        publish.load_templates(templates)
+    assert f"{broken}: line 2: not valid UTF-8" in str(err.value)

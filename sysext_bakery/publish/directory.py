@@ -25,7 +25,7 @@ from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import disk_errors, file_digest, stage_file, write_atomic
-from sysext_bakery.inputs import read_bounded
+from sysext_bakery.inputs import read_bounded, read_text
 from sysext_bakery.build.provenance import git_revision
 from sysext_bakery.publish import keys
 from sysext_bakery.publish.sign import (Signer, export_public_keys, keyring_fingerprints, sign,
@@ -127,7 +127,7 @@ def load_templates(templates_dir: Path) -> dict[str, str]:
     if missing:
         raise BakeryError(f"{templates_dir}: missing template(s) {', '.join(missing)}",
                           "restore them from git: git checkout -- release/templates")
-    return {t: (templates_dir / t).read_text() for t in TEMPLATES}
+    return {t: read_text(templates_dir / t, what="template") for t in TEMPLATES}
 
 
 def publish_directory(built: list[tuple[PublishedImage, Path]], dest: Path,
