@@ -7,6 +7,7 @@ imports requests and urllib3. Everything else speaks HTTP through `Http`.
     http.get_text(url, hint=...) / http.get_json(url, hint=...)   # BakeryError on HTTP >= 400
     with http.open(url, headers, deadline) as stream: stream.chunks()   # downloads (fetch)
     Http(upstream=False, headers=auth).request(method, url, ...)    # REST clients (GitHub)
+    http.request("POST", url, data=path)      # a file body: streamed, with its Content-Length
 
 Upstream URLs (`upstream=True`, the default) must be https, may not hold `.`/`..` path
 segments, and are mapped through `BAKERY_MIRROR` (`mirror_url`): an http(s) base URL, or a
@@ -24,9 +25,11 @@ thread-safe: one `Http` per thread.
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator, Mapping
 from urllib.parse import urljoin
 
 import requests
@@ -166,14 +169,16 @@ class Http:
                               hint or self.hint)
 
     def request(self, method: str, url: str, *, params: Mapping[str, Any] | None = None,
-                data: bytes | None = None, json: Any = None,
+                data: bytes | Path | None = None, json: Any = None,
                 headers: Mapping[str, str] | None = None, max_bytes: int = MAX_BODY,
                 label: str | None = None) -> Reply:
-        """One request to `url` as given (no mirror), its whole body read."""
+        """One request to `url` as given (no mirror), its whole answer read. A `data` file is
+        sent streamed from the start (`_file_body`), never read whole."""
         label = label or url
         deadline = Deadline(self.limits.deadline)
-        with self._send(method, url, label, deadline, params=params, data=data, json=json,
-                        headers=headers) as stream:
+        with _file_body(data, self.redact(label)) as body, \
+                self._send(method, url, label, deadline, params=params, data=body, json=json,
+                           headers=headers) as stream:
             body = bytearray()
             try:
                 for chunk in stream.chunks():
@@ -227,3 +232,22 @@ class Http:
 
     def _from(self, label: str, source: str) -> str:
         return "" if source == label else f" (from {self.redact(source)})"
+
+
+@contextmanager
+def _file_body(data: bytes | Path | None, label: str) -> Iterator[bytes | BinaryIO | None]:
+    """A request body as requests gets it: bytes as they are; a file opened afresh for this
+    request, so each request sends it whole from its start (an image may be GBs: requests
+    sends an open file in urllib3's blocks with its fstat size as Content-Length, and urllib3
+    seeks back to where it began before each of its own retries and redirects)."""
+    if not isinstance(data, Path):
+        yield data
+        return
+    try:
+        f = open(data, "rb")
+    except OSError as e:
+        raise BakeryError(f"{label}: cannot read {data}: {e.strerror or e}",
+                          "the file to send went missing or is unreadable") from None
+    with f:
+        # requests sends an empty file chunked; an empty body is plain Content-Length: 0
+        yield f if os.fstat(f.fileno()).st_size else b""

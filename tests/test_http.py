@@ -238,6 +238,23 @@ def test_a_post_is_not_retried_on_5xx_but_on_429(httpserver):
     assert len(httpserver.log) == 3
 
 
+def test_a_file_body_is_sent_whole_with_its_length_on_every_attempt(httpserver, tmp_path):
+    """A Path body is streamed from the file (not read whole by the caller), with its size as
+    Content-Length; urllib3's own retry (a 429) sends it again from its start."""
+    body = bytes(range(256)) * 4096   # 1 MiB
+    (tmp_path / "image.raw").write_bytes(body)
+    client = Http(upstream=False, limits=FAST)
+    httpserver.expect_ordered_request("/up", method="POST").respond_with_data(
+        "", status=429, headers={"Retry-After": "0"})
+    httpserver.expect_ordered_request("/up", method="POST").respond_with_data("done", status=201)
+    assert client.request("POST", httpserver.url_for("/up"), data=tmp_path / "image.raw").status == 201
+    assert [(r.headers.get("Content-Length"), r.headers.get("Transfer-Encoding"), r.get_data())
+            for r, _ in httpserver.log] == [(str(len(body)), None, body)] * 2
+    with pytest.raises(BakeryError, match=r"/up: cannot read .*missing\.raw: No such file"):
+        client.request("POST", httpserver.url_for("/up"), data=tmp_path / "missing.raw")
+    assert len(httpserver.log) == 2   # nothing sent for a file that cannot be read
+
+
 def test_a_plain_403_is_not_retried(httpserver):
     httpserver.expect_request("/example.org/x").respond_with_data("no", status=403)
     assert Http(httpserver.url_for("/"), limits=FAST).get("https://example.org/x").status == 403
