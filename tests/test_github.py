@@ -6,8 +6,11 @@ import email.utils
 import hashlib
 import http.server
 import json
+import os
+import socket
 import threading
 import time
+import tracemalloc
 import urllib.parse
 from pathlib import Path
 
@@ -16,12 +19,14 @@ import pytest
 
 from sysext_bakery.publish import github as gh_publisher
 from sysext_bakery.publish import sysupdate as release
+from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model import github as github_api
-from sysupdate import gpg_key  # noqa: F401
+from sysupdate import gpg_key, write_provenance  # noqa: F401
 from test_publish import fake_image, run
 
 TOKEN = "ghp_secret_token_value_123"
+CUT = 1 << 20   # bytes of a cut-off upload's body the emulator reads
 
 
 class FakeGitHub:
@@ -36,6 +41,11 @@ class FakeGitHub:
         self.raw: list[bytes] = []   # bodies answered (200, JSON) before real answers: hostile ones
         self.mangle: list = []   # functions applied in turn to the next successful JSON answers
         self.redirects: dict[str, str] = {}   # method -> Location: its next request gets a 307
+        # uploads cut off after CUT bytes of their body: answered with the status early (the
+        # rest read and dropped), or, for None, the connection dropped; nothing is stored
+        self.cut_uploads: list[int | None] = []
+        self.upload_headers: list[tuple[str | None, str | None]] = []   # Content-Length, TE
+        self.keep = True   # keep uploaded bytes as "data" (off: only their digest and size)
         self.next_id = 1
 
     def new_id(self) -> int:
@@ -60,12 +70,50 @@ def make_handler(gh: FakeGitHub, base: list[str]):
             self.end_headers()
             self.wfile.write(data)
 
+        def receive(self, length: int) -> tuple[bytes | None, int, str] | None:
+            """An upload's body read in pieces, as (data if kept, size, digest); None if the
+            connection ended first: like GitHub, nothing of it is stored."""
+            digest, kept, left = hashlib.sha256(), bytearray(), length
+            while left:
+                piece = self.rfile.read(min(left, 1 << 20))
+                if not piece:
+                    self.close_connection = True
+                    return None
+                digest.update(piece)
+                left -= len(piece)
+                if gh.keep:
+                    kept += piece
+            return (bytes(kept) if gh.keep else None), length, "sha256:" + digest.hexdigest()
+
+        def cut(self, status: int | None, length: int) -> None:
+            self.rfile.read(min(length, CUT))
+            self.close_connection = True
+            if status is None:
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.reply(status, {"message": "Server Error"}, {"Retry-After": "0"})
+            self.wfile.flush()
+            left = length - min(length, CUT)
+            while left and (piece := self.rfile.read(min(left, 1 << 20))):
+                left -= len(piece)
+
         def handle_any(self, method: str) -> None:
             url = urllib.parse.urlsplit(self.path)
             query = dict(urllib.parse.parse_qsl(url.query))
             length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
             gh.log.append((method, url.path))
+            upload = url.path.startswith("/uploads/")
+            if upload:
+                gh.upload_headers.append((self.headers.get("Content-Length"),
+                                          self.headers.get("Transfer-Encoding")))
+                if gh.cut_uploads:
+                    return self.cut(gh.cut_uploads.pop(0), length)
+                received = self.receive(length)
+                if received is None:
+                    return
+                body = b""
+            else:
+                body = self.rfile.read(length) if length else b""
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return self.reply(401, {"message": "Bad credentials"})
             if method in gh.redirects:
@@ -89,9 +137,9 @@ def make_handler(gh: FakeGitHub, base: list[str]):
                        for a in gh.assets.values()):
                     return self.reply(422, {"message": "Validation Failed",
                                             "errors": [{"code": "already_exists"}]})
-                asset = {"id": gh.new_id(), "name": query["name"], "size": len(body),
-                         "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
-                         "release_id": rid, "data": body}
+                data, size, digest = received
+                asset = {"id": gh.new_id(), "name": query["name"], "size": size,
+                         "digest": digest, "release_id": rid, "data": data}
                 gh.assets[asset["id"]] = asset
                 gh.uploads.append((rid, query["name"]))
                 if gh.fail_after:
@@ -261,6 +309,84 @@ def test_an_upload_that_did_not_land_is_retried(github, capsys):
     err = capsys.readouterr().err
     assert "retrying POST http://127.0.0.1:" in err and "(HTTP 502), attempt 1/5" in err
     assert TOKEN not in err
+
+
+def random_file(path: Path, size: int) -> bytes:
+    """`size` random bytes written to `path` a MiB at a time; returns their sha256 (hex)."""
+    digest = hashlib.sha256()
+    with path.open("wb") as f:
+        for _ in range(size >> 20):
+            block = os.urandom(1 << 20)
+            digest.update(block)
+            f.write(block)
+    return digest.hexdigest()
+
+
+def test_an_image_is_hashed_and_uploaded_streamed_from_its_file(tmp_path, github):
+    """A 64 MiB image goes up without being read whole into memory: the sync peaks far
+    below the image's size (the emulator, in this process too, keeps only digests), the
+    upload carries the file's size as Content-Length, and the asset's digest is the one its
+    SHA256SUMS names."""
+    gh, api = github
+    gh.keep = False
+    size = 64 << 20
+    image = tmp_path / "docker-24.0.9-x86-64.raw"
+    sha = random_file(image, size)
+    manifest = sums.render({image.name: sha}).encode()
+    client = gh_publisher.GitHub("owner/bakery", TOKEN, api, backoff=0.01)
+    rel = client.release("docker-24.0.9", None, "body")
+    tracemalloc.start()
+    try:
+        uploaded = client.sync(rel, {image.name: image, "SHA256SUMS": manifest})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert uploaded == [image.name, "SHA256SUMS"]
+    assert peak < size // 8, f"the upload peaked at {peak >> 20} MiB"
+    assets = {a["name"]: a for a in gh.assets.values()}
+    assert (assets[image.name]["size"], assets[image.name]["digest"]) == (size, f"sha256:{sha}")
+    assert assets["SHA256SUMS"]["digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
+    assert gh.upload_headers[0] == (str(size), None)   # Content-Length, not chunked
+
+    # synced again: compared by digest and size, nothing goes up
+    gh.log.clear()
+    assert client.sync(rel, {image.name: image, "SHA256SUMS": manifest}) == []
+    assert not [p for m, p in gh.log if m in ("POST", "DELETE")]
+
+
+@pytest.mark.parametrize("cut", [None, 500, 429])
+def test_an_upload_cut_off_midway_is_sent_again_whole(tmp_path, github, monkeypatch, capsys, cut):
+    """The first attempt's body is cut off after a MiB: the connection dropped (a broken
+    POST, retried by the publisher), a 500 (likewise) or a 429 (retried by urllib3 itself).
+    The next attempt sends the file from its start, so the asset holds every byte."""
+    monkeypatch.setenv("BAKERY_READ_TIMEOUT", "20")   # a body short of its length stalls
+    gh, api = github
+    image = tmp_path / "a.raw"
+    sha = random_file(image, 24 << 20)   # more than the socket buffers hold
+    client = gh_publisher.GitHub("owner/bakery", TOKEN, api, backoff=0.01)
+    rel = client.release("docker-24.0.9", None, "body")
+    gh.cut_uploads = [cut]
+    assert client.sync(rel, {"a.raw": image, "SHA256SUMS": f"{sha}  a.raw\n".encode()}) == [
+        "a.raw", "SHA256SUMS"]
+    assert not gh.cut_uploads and gh.uploads == [(rel["id"], "a.raw"), (rel["id"], "SHA256SUMS")]
+    assert assets_of(gh, "docker-24.0.9")["a.raw"] == image.read_bytes()
+    asset = next(a for a in gh.assets.values() if a["name"] == "a.raw")
+    assert asset["digest"] == f"sha256:{sha}"
+    assert gh.upload_headers[:2] == [(str(24 << 20), None)] * 2
+    err = capsys.readouterr().err
+    assert ("(HTTP 429), attempt 1/5" if cut == 429 else "retrying POST http://127.0.0.1:") in err
+    assert TOKEN not in err
+
+
+def test_an_empty_file_is_uploaded_with_content_length_zero(tmp_path, github):
+    """requests would send an empty file chunked; it goes as an empty body instead."""
+    gh, api = github
+    (tmp_path / "empty.conf").write_bytes(b"")
+    client = gh_publisher.GitHub("owner/bakery", TOKEN, api, backoff=0.01)
+    rel = client.release("docker-24.0.9", None, "body")
+    assert client.sync(rel, {"empty.conf": tmp_path / "empty.conf"}) == ["empty.conf"]
+    assert gh.upload_headers == [("0", None)]
+    assert assets_of(gh, "docker-24.0.9") == {"empty.conf": b""}
 
 
 def test_images_go_up_before_the_manifest(tmp_path, github, project):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +16,7 @@ from sysext_bakery import run
 from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import file_digest
 from sysext_bakery.http import Http, Limits, Reply
 from sysext_bakery.model import github as github_api
 from sysext_bakery.model.reply import json_field, json_type, parse_json
@@ -35,6 +37,21 @@ UPLOAD_HOST_HINT = ("the token only goes to the upload host of the configured AP
 RELEASE_FIELDS: dict[str, type] = {"id": int, "upload_url": str}
 ASSETS_PER_PAGE = 100     # GitHub's maximum
 ASSET_FIELDS: dict[str, type] = {"id": int, "name": str}
+
+
+@dataclass(frozen=True)
+class Content:
+    """What one asset must hold: bytes (a text asset), or a file (an image, up to GitHub's
+    2 GiB), hashed by a streamed read and uploaded streamed, never read whole."""
+    data: bytes | Path
+    sha256: str   # hex
+    size: int
+
+    @classmethod
+    def of(cls, data: bytes | Path) -> Content:
+        if isinstance(data, Path):
+            return cls(data, file_digest(data), data.stat().st_size)
+        return cls(data, hashlib.sha256(data).hexdigest(), len(data))
 
 
 class GitHub:
@@ -157,23 +174,22 @@ class GitHub:
             page += 1
 
     def sync(self, rel: dict, files: Mapping[str, bytes | Path]) -> list[str]:
-        """Upload `files` (asset name -> content) to `rel`, images first and SHA256SUMS(.gpg)
-        last, so the release never lists a manifest before its images. Assets whose sha256
+        """Upload `files` (asset name -> bytes, or a file streamed from disk) to `rel`,
+        images first and SHA256SUMS(.gpg) last, so the release never lists a manifest before its images. Assets whose sha256
         already matches are skipped; a different text asset is replaced, a different image
         is refused. Returns the uploaded names."""
         upload_url = self.upload_url(rel, f"{self.api}/repos/{self.repo}/releases/{rel['id']}")
         existing = {a["name"]: a for a in self.assets(rel)}
         uploaded = []
         for name in sorted(files, key=upload_order):
-            content = files[name]
-            data = content.read_bytes() if isinstance(content, Path) else content
+            content = Content.of(files[name])
             asset = existing.get(name)
-            if asset and not _replace_asset(rel, asset, data):
+            if asset and not _replace_asset(rel, asset, content):
                 continue
             if asset:
                 self.request("DELETE", f"{self.api}/repos/{self.repo}/releases/assets/{asset['id']}",
                              ok=(204, 404))
-            self._upload(rel, upload_url, name, data)
+            self._upload(rel, upload_url, name, content)
             uploaded.append(name)
         return uploaded
 
@@ -186,11 +202,13 @@ class GitHub:
                          ok=(204, 404))
         return [name for name, _ in stale]
 
-    def _upload(self, rel: dict, upload_url: str, name: str, data: bytes) -> dict:
+    def _upload(self, rel: dict, upload_url: str, name: str, content: Content) -> dict:
         """Upload one asset. A retried upload that had landed would meet a 422 (name taken),
         so after a failure the assets are listed: ours, complete, counts as uploaded; a
-        broken leftover of ours is deleted before the next try."""
-        sha = "sha256:" + hashlib.sha256(data).hexdigest()
+        broken leftover of ours is deleted before the next try. A file is sent streamed, and
+        each attempt opens it afresh (`Http.request`), so a retry after a body cut off midway
+        sends it whole again."""
+        sha = "sha256:" + content.sha256
 
         def landed() -> dict | None:
             asset = next((a for a in self.assets(rel) if a["name"] == name), None)
@@ -198,14 +216,14 @@ class GitHub:
                 return None
             if asset.get("state", "uploaded") == "uploaded" and (
                     asset.get("digest") == sha
-                    or (asset.get("digest") is None and asset.get("size") == len(data))):
+                    or (asset.get("digest") is None and asset.get("size") == content.size)):
                 return asset
             self.request("DELETE", f"{self.api}/repos/{self.repo}/releases/assets/{asset['id']}",
                          ok=(204, 404))
             return None
 
         return self._ensure(f"{upload_url}?name={name}", lambda: self.http.request(
-            "POST", upload_url, params={"name": name}, data=data,
+            "POST", upload_url, params={"name": name}, data=content.data,
             headers={"Content-Type": "application/octet-stream"}), landed, ASSET_FIELDS)
 
 
@@ -220,16 +238,16 @@ def upload_order(name: str) -> tuple[int, str]:
     return (0 if name.endswith(".raw") else last.get(name, 1), name)
 
 
-def _replace_asset(rel: dict, asset: dict, data: bytes) -> bool:
-    """Whether `asset` must be replaced by `data`; False if it already holds it. A published
-    image never changes, on GitHub as in the directory."""
-    sha = hashlib.sha256(data).hexdigest()
+def _replace_asset(rel: dict, asset: dict, content: Content) -> bool:
+    """Whether `asset` must be replaced by `content`; False if it already holds it. A
+    published image never changes, on GitHub as in the directory."""
+    sha = content.sha256
     digest = asset.get("digest")
     if digest == f"sha256:{sha}":
         return False
     if not asset["name"].endswith(".raw"):
         return True
-    if digest is None and asset.get("size") == len(data):
+    if digest is None and asset.get("size") == content.size:
         return False   # a GitHub that gives no digest: the image is there, never replace it
     raise BakeryError(
         f"GitHub release {rel.get('tag_name')}: asset {asset['name']} is already published "
