@@ -10,6 +10,7 @@ print, and a message must stay one screen long.
 from __future__ import annotations
 
 import json
+import os
 import reprlib
 import sys
 import tomllib
@@ -73,7 +74,11 @@ def read_bounded(path: Path, shown: str, what: str = "file", limit: int = MAX_BY
     """The bytes of an input file, refused past `limit` (MAX_BYTES) without reading more."""
     try:
         with path.open("rb") as f:
-            data = f.read(limit + 1)
+            # read(n) reserves n bytes up front: ask for the file's size, not the limit
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, limit) + 1)
+            if size < len(data) <= limit:
+                data += f.read(limit + 1 - len(data))   # it grew meanwhile, or is no plain file
     except OSError as e:
         raise BakeryError(f"{shown}: cannot read the {what}: {e.strerror or e}") from None
     if len(data) > limit:

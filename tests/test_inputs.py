@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,33 @@ def test_inputs_and_network_answers_share_one_nesting_rule_with_their_own_limits
     assert parse_json("[" * 64 + "]" * 64, "u", "h") and parse_json(str(1 << 63), "u", "h")
     with pytest.raises(BakeryError, match="^u: not valid JSON: nested too deeply"):
         parse_json('{"a": ' + "[" * 64 + "]" * 64 + "}", "u", "h")
+
+
+def test_a_small_file_under_a_large_limit_is_read_without_reserving_the_limit(tmp_path):
+    path = tmp_path / "index.json"
+    path.write_bytes(b"{}" * 1000)
+    tracemalloc.start()
+    try:
+        data = inputs.read_bounded(path, str(path), limit=64 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data == b"{}" * 1000
+    assert peak < 1 << 20, f"reading 2 kB peaked at {peak >> 20} MiB"
+
+
+@pytest.mark.parametrize("size, refused", [(100, False), (101, True)])
+def test_the_limit_holds_for_files_without_a_size(size, refused):
+    """A pipe (st_size 0) is read up to the limit all the same."""
+    import os
+    import threading
+    r, w = os.pipe()
+    threading.Thread(target=lambda: (os.write(w, b"x" * size), os.close(w)), daemon=True).start()
+    try:
+        if refused:
+            with pytest.raises(BakeryError, match="larger than"):
+                inputs.read_bounded(Path(f"/proc/self/fd/{r}"), "the pipe", limit=100)
+        else:
+            assert inputs.read_bounded(Path(f"/proc/self/fd/{r}"), "the pipe", limit=100) == b"x" * 100
+    finally:
+        os.close(r)
