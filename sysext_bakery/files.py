@@ -5,7 +5,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -98,7 +97,7 @@ def file_signature(st: os.stat_result) -> Signature:
 # then exits with the worker threads mid-task, none of their `finally` runs, so the names they
 # made would stay. They are kept here instead, from their making until renamed into place or
 # removed, and the exiting main thread removes what is left (`remove_temporaries`). One lock
-# orders every making, settling and removal: a name is removed by its maker or by the stop,
+# orders every making, forgetting and removal: a name is removed by its maker or by the stop,
 # never both (a maker's late unlink could hit another process's new file of that name), and
 # nothing new is made once the stop has begun.
 _temporaries: dict[str, None] = {}      # an ordered set of paths
@@ -108,7 +107,7 @@ STOP_WAIT = 5.0                         # seconds the stop waits for a maker ins
 
 
 def make_temp_file(**mkstemp: str | Path) -> tuple[int, str]:
-    """`tempfile.mkstemp(**mkstemp)`, kept for the stop until `settled` or `discard`ed."""
+    """`tempfile.mkstemp(**mkstemp)`, kept for the stop until `forget` or `discard`."""
     with _temporaries_lock:
         _refuse_when_stopping()
         fd, name = tempfile.mkstemp(**mkstemp)  # type: ignore[arg-type]
@@ -123,18 +122,19 @@ def keep_for_stop(path: Path | str) -> None:
         _temporaries[str(path)] = None
 
 
-def settled(path: Path | str) -> None:
-    """Call once the temporary `path` was renamed into place: the stop leaves its name alone
-    (were it removed meanwhile, it was a name already gone)."""
+def forget(path: Path | str) -> None:
+    """Call once the temporary `path` is no longer this thread's to remove (renamed into
+    place, or taken by another process's clean-up): the stop leaves that name alone."""
     with _temporaries_lock:
         _temporaries.pop(str(path), None)
 
 
 def discard(path: Path | str) -> None:
-    """Remove the temporary `path` (a file, or a directory with what it holds) and forget it;
-    nothing when the stop removed it already."""
+    """Remove the temporary file `path` and forget it; nothing when the stop removed it
+    already."""
     with _temporaries_lock:
-        if _temporaries.pop(str(path), 0) is None:
+        if str(path) in _temporaries:
+            del _temporaries[str(path)]
             _remove(str(path))
 
 
@@ -162,11 +162,8 @@ def _refuse_when_stopping() -> None:
 
 
 def _remove(name: str) -> None:
-    if os.path.isdir(name) and not os.path.islink(name):
-        shutil.rmtree(name, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name)
 
 
 def _forget_in_child() -> None:

@@ -13,15 +13,22 @@ for subclasses that only reorder what doit's dispatcher releases (doit is pinned
 pyproject.toml; tests/test_schedule.py fails if the names this relies on move). A serial run
 is left alone: one job cannot overlap anything.
 
-The same subclasses keep Ctrl-C and SIGTERM for the main thread of every process of the run
-(`tidy.stop_signals_to_main_thread`): the threads multiprocessing's queues start to feed
-their pipes, and `-P thread`'s workers, would otherwise take a signal meant for a main
-thread waiting in a download, which then ran on until its read timed out.
+The same subclasses see that Ctrl-C and SIGTERM stop a run promptly. The kernel gives a
+signal sent to a process to any thread not blocking it, and Python runs the handler in the
+main thread only, when that thread next runs Python code; a main thread waiting in a socket
+read or on a lock is not woken by a signal another thread took:
+- the threads multiprocessing's queues start to feed their pipes block the stop signals, so
+  a `-n` child's main thread, waiting in a download, takes them (`tidy.stop_signals_held`);
+- under `-P thread` the workers start programs (mksquashfs, gpg), which would inherit a
+  blocked mask, so they keep theirs open; the main thread instead waits for results in
+  slices (`SIGNAL_POLL`) and so runs a handler within one slice, whichever thread the
+  signal went to.
 """
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.queues
+import queue
 from collections import deque
 from collections.abc import Generator
 from typing import Any
@@ -34,6 +41,7 @@ from sysext_bakery.build import tidy
 LANE = "bakery_lane"   # task meta key
 NETWORK = "network"    # its value for tasks that mostly wait on downloads
 
+SIGNAL_POLL = 0.25     # seconds: how soon a -P thread run sees a stop signal a worker took
 _HOLD = "hold on"      # doit's dispatcher: nothing is ready until a running task ends
 
 
@@ -111,12 +119,17 @@ def _queue() -> _Queue:
     return _Queue(ctx=multiprocessing.get_context())
 
 
-class _Worker(MThreadRunner.DaemonThread):
-    """A `-P thread` job."""
+class _PollingQueue(queue.Queue):  # type: ignore[type-arg]
+    """`-P thread`'s queues: a `get` without a timeout waits in slices of SIGNAL_POLL."""
 
-    def run(self) -> None:
-        tidy.stop_signals_to_main_thread()
-        super().run()
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if not block or timeout is not None:
+            return super().get(block, timeout)
+        while True:
+            try:
+                return super().get(timeout=SIGNAL_POLL)
+            except queue.Empty:
+                continue
 
 
 class ProcessRunner(_Reordering, MRunner):
@@ -126,7 +139,7 @@ class ProcessRunner(_Reordering, MRunner):
 
 class ThreadRunner(_Reordering, MThreadRunner):
     """`doit -n N -P thread`."""
-    Child = staticmethod(_Worker)
+    Queue = staticmethod(_PollingQueue)
 
 
 def install() -> None:

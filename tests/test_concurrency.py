@@ -17,6 +17,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import REPO
 from sysext_bakery import run
 from sysext_bakery.build import actions, sums, tidy
 from sysext_bakery.errors import BakeryError
@@ -192,7 +193,7 @@ def worker():
     _, held = files.make_temp_file(dir=here, prefix="held.")
     _, moved = files.make_temp_file(dir=here, prefix="moved.")
     os.replace(moved, here / "final")
-    files.settled(moved)
+    files.forget(moved)
     seen.update(held=Path(held).name, moved=Path(moved).name)
     made.set()
     go_on.wait(10)
@@ -217,7 +218,7 @@ print(json.dumps(seen))
 
 def test_a_stop_removes_the_names_threads_still_hold_and_nothing_else(tmp_path):
     """files.remove_temporaries, as a stopped -P thread run calls it: it removes what a worker
-    still holds, not a name renamed into place (`settled`); the worker's own later discard
+    still holds, not a name renamed into place (`forget`); the worker's own later discard
     leaves a new file of that name alone (one of them removes it, never both), and nothing is
     made once the stop began."""
     done = subprocess.run([sys.executable, "-c", STOP_SCENARIO, str(tmp_path)],
@@ -227,6 +228,17 @@ def test_a_stop_removes_the_names_threads_still_hold_and_nothing_else(tmp_path):
     assert seen["removed"] == [seen["held"]]
     assert seen["refused"], "a temporary file was made after the stop"
     assert seen["left"] == sorted(["final", seen["held"], seen["moved"]])
+
+
+def _child_of(pid: int) -> int:
+    """The one child process of `pid`."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} started no child")
 
 
 def _session(sid: int) -> list[int]:
@@ -239,40 +251,128 @@ def _session(sid: int) -> list[int]:
     return pids
 
 
-def _threads_open_to(signals: set[int], pids: list[int]) -> tuple[list[str], list[str]]:
-    """The threads of `pids` other than their main ones: all of them, and those that do not
-    block every one of `signals` (as "pid/tid")."""
-    others, open_ = [], []
+def _threads(pids: list[int]) -> dict[str, int]:
+    """The threads of `pids` other than their main ones ("pid/tid") and the signals each
+    blocks (a mask: bit n-1 for signal n); a thread or process that ends meanwhile is left
+    out."""
+    found = {}
     for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            if int(task.name) == pid:
-                continue
-            others.append(f"{pid}/{task.name}")
-            blocked = int(re.search(r"^SigBlk:\s*([0-9a-f]+)$", (task / "status").read_text(),
-                                    re.M).group(1), 16)
-            if any(not blocked & (1 << (s - 1)) for s in signals):
-                open_.append(f"{pid}/{task.name}")
-    return others, open_
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                if int(task.name) == pid:
+                    continue
+                with contextlib.suppress(OSError):
+                    status = (task / "status").read_text()
+                    found[f"{pid}/{task.name}"] = int(
+                        re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+    return found
 
 
-@pytest.mark.parametrize("jobs", [["-n", "2"], ["-n", "2", "-P", "thread"]],
-                         ids=["processes", "threads"])
-def test_only_main_threads_take_the_stop_signals(project, upstream, jobs):
-    """The kernel gives a signal sent to a process to any thread not blocking it, and Python
-    handles it in the main thread only: a main thread waiting in a download would miss a
-    Ctrl-C that, say, a queue's feeder thread took, and run on until the read timed out."""
+def _started(project, upstream, jobs):
     gated = GatedMirror(upstream.root)
     env = {**os.environ, "BAKERY_MIRROR": gated.url, "BAKERY_ARCH": "x86-64"}
     proc = subprocess.Popen([sys.executable, "-m", "doit", *jobs, "build:wasmtime"],
                             cwd=project.root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return gated, proc
+
+
+def test_only_main_threads_of_doit_n_take_the_stop_signals(project, upstream):
+    """The kernel gives a signal sent to a process to any thread not blocking it, and Python
+    handles it in the main thread only: a -n child's main thread waiting in a download would
+    miss a Ctrl-C its queue's feeder thread took, and run on until the read timed out."""
+    gated, proc = _started(project, upstream, ["-n", "2"])
     try:
         assert gated.asked.wait(60), "the build never reached its download"
-        others, open_ = _threads_open_to({signal.SIGINT, signal.SIGTERM}, _session(proc.pid))
+        threads = _threads(_session(proc.pid))
     finally:
         gated.gate.set()
         out, err = proc.communicate(timeout=120)
         gated.close()
-    assert others, "no thread besides the main ones: nothing was checked"
-    assert open_ == [], f"threads that would take Ctrl-C or SIGTERM: {open_} of {others}"
+    stop = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    assert threads, "no thread besides the main ones: nothing was checked"
+    assert [t for t, blocked in threads.items() if blocked & stop != stop] == [], threads
     assert proc.returncode == 0, out + err
+
+
+def test_a_stop_signal_a_worker_thread_took_still_stops_a_thread_run(project, upstream):
+    """Under -P thread the workers start programs, so they keep the stop signals open (a
+    blocked mask is inherited across exec); the main thread must see a signal the kernel gave
+    to a worker all the same. kill(2) with a thread's id offers the signal to that thread
+    first."""
+    gated, proc = _started(project, upstream, ["-n", "2", "-P", "thread"])
+    try:
+        assert gated.asked.wait(60), "the build never reached its download"
+        workers = _threads([proc.pid])
+        assert workers, "no worker thread"
+        stop = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+        assert [t for t, blocked in workers.items() if blocked & stop] == [], \
+            "workers block the stop signals: the programs they start would too"
+        os.kill(int(next(iter(workers)).split("/")[1]), signal.SIGTERM)
+        stopped = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - stopped
+        left = _temporaries(project.root / "build")
+    finally:
+        gated.close()
+    assert proc.returncode == 128 + signal.SIGTERM, out + err
+    assert took < 15, f"the run took {took:.0f} s to see the signal"
+    assert left == []
+    assert "Traceback" not in out + err
+
+
+SECOND_SIGNAL = """
+import atexit, os, sys, time
+from sysext_bakery.build import tidy
+
+tidy.exit_on_signals()
+if sys.argv[1] == "child":
+    pid = os.fork()           # as doit -n does: the handlers are inherited
+    if pid:
+        os.waitpid(pid, 0)    # the parent: killed by the test once the child has reported
+        os._exit(0)
+
+
+def wait_for_children():      # as multiprocessing joins doit -n's children at exit
+    print("waiting", flush=True)
+    time.sleep(1.5)
+    print("clean-up done", flush=True)
+
+
+try:
+    print("ready", flush=True)
+    time.sleep(30)
+except BaseException as stopping:
+    print("stopping", type(stopping).__name__, flush=True)
+    if sys.argv[1] == "child":
+        wait_for_children()   # a clean-up that takes a while; the second signal comes now
+        os._exit(3)           # doit's child reports to doit instead
+    atexit.register(wait_for_children)
+    raise
+"""
+
+
+@pytest.mark.parametrize("who", ["doit", "child"])
+def test_a_second_stop_signal(tmp_path, who):
+    """doit, already stopping, ends at once on a second signal (a user's second Ctrl-C while
+    it waits for its children), with the status for that signal and no atexit traceback;
+    a -n child ignores it and finishes its clean-up (doit's own SIGTERM after Ctrl-C)."""
+    script = tmp_path / "second.py"
+    script.write_text(SECOND_SIGNAL)
+    proc = subprocess.Popen([sys.executable, str(script), who], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline() == "ready\n"
+    target = proc.pid if who == "doit" else _child_of(proc.pid)
+    os.kill(target, signal.SIGINT)
+    assert proc.stdout.readline().startswith("stopping")
+    assert proc.stdout.readline() == "waiting\n"
+    os.kill(target, signal.SIGTERM)
+    if who == "doit":
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert "clean-up done" not in out
+    else:
+        assert proc.stdout.readline() == "clean-up done\n"
+        out, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err

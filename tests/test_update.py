@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import signal
 import threading
-import time
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -377,12 +376,23 @@ def test_ctrl_c_during_discovery_drops_what_has_not_started(monkeypatch):
         return "found"
     monkeypatch.setattr(update_run.upstream, "discover", discover)
 
+    handled = threading.Event()
+
+    def on_sigint(signum, frame):
+        handled.set()
+        raise KeyboardInterrupt
+
     def interrupt():
         assert all_busy.wait(30)
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-        time.sleep(0.2)
+        handled.wait(30)     # the busy discoveries end only once Ctrl-C is under way
         release.set()
-    threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        update_run.discover_all(_recipes(3 * update_run.DISCOVERY_THREADS), get=None)
+    before = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            update_run.discover_all(_recipes(3 * update_run.DISCOVERY_THREADS), get=None)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert handled.is_set()
     assert len(started) == update_run.DISCOVERY_THREADS

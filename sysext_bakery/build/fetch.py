@@ -22,7 +22,7 @@ from sysext_bakery.build.checksums import MAX_TEXT, parse_checksum
 from sysext_bakery.build import tidy
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import (DISK_FULL, Signature, discard, disk_errors, file_signature,
-                                 make_temp_file, settled)
+                                 make_temp_file, forget)
 from sysext_bakery.http import CHUNK, BodyBroken, Deadline, Http, Limits, Stream
 from sysext_bakery.model.image import CHECKSUMS
 from sysext_bakery.model.url import is_url, mirror_url, url_filename
@@ -162,8 +162,8 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Exp
         fd, tmp_name = make_temp_file(dir=tmpdir, prefix=f"{url_filename(url)}.")
         if tidy.claim(fd):
             break
-        os.close(fd)          # a concurrent clean_cache took it for a stale one
-        discard(tmp_name)
+        os.close(fd)          # a concurrent clean_cache took it for a stale one (and removed it)
+        forget(tmp_name)
     tmp = Path(tmp_name)
     guard = os.dup(fd)   # holds the flock until the rename: closing `out` must not drop it
     try:
@@ -187,7 +187,7 @@ def _fetch_into_cache(http: Http, url: str, source: str, expected: checksums.Exp
         # whole and hashed by now (`out` closed): the entry is never half a file, even when
         # a stop removes the temporary name at this moment (then the rename fails)
         os.replace(tmp, cache / actual)
-        settled(tmp)
+        forget(tmp)
         # the inode written and hashed (the rename moved its ctime), not whatever the name
         # holds by the time the caller looks
         sig = file_signature(os.fstat(guard))

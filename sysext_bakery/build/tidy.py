@@ -83,20 +83,15 @@ def run_id() -> str | None:
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
-def stop_signals_to_main_thread() -> None:
-    """Call first thing in a thread the bakery or doit starts: the stop signals are then for
-    the main thread alone. The kernel hands a signal sent to a process to any thread that does
-    not block it, Python runs the handler only in the main thread, and a main thread waiting in
-    a socket read is not woken by a signal another thread took: the run would go on until that
-    read timed out (a minute), Ctrl-C or not."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-
-
 @contextlib.contextmanager
 def stop_signals_held() -> Iterator[None]:
-    """Around code that may start a thread no bakery code runs in (multiprocessing's queue
-    feeder): the thread inherits the blocked signals (`stop_signals_to_main_thread`), and a
-    stop signal arriving meanwhile is handled when the block ends."""
+    """Around code that starts threads which only wait (multiprocessing's queue feeders, the
+    discovery pool): they are born with the stop signals blocked, so those signals go to the
+    main thread. The kernel gives a signal sent to a process to any thread not blocking it,
+    Python runs the handler in the main thread only, and a main thread waiting in a socket
+    read is not woken by a signal another thread took: the run went on until the read timed
+    out. Not for threads that start programs: a blocked mask is inherited across exec. A stop
+    signal arriving meanwhile is handled when the block ends."""
     before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
@@ -110,29 +105,33 @@ def exit_on_signals() -> None:
     its temporary file, as it would for KeyboardInterrupt, but doit ends quietly instead of
     printing KeyboardInterrupt's traceback. Children of doit -n N inherit the handler.
 
-    A child that has begun to stop ignores further stop signals: Ctrl-C reaches it from the
-    terminal and doit, unwinding, terminates it too, which would otherwise cut its clean-up
-    short. doit itself stays interruptible, so a second Ctrl-C still ends a run stuck ending.
+    A second stop signal, once the first is being handled: a `-n` child ignores it, since
+    Ctrl-C reaches it from the terminal and doit, unwinding, terminates it too, which would
+    cut its clean-up short; doit itself ends at once (a user's second Ctrl-C while it waits
+    for its children), leaving any temporary names to the next run.
 
     Under -P thread the workers' `finally` never runs (the interpreter exits without them):
     their temporary names (`files.make_temp_file`) are removed as the process exits."""
     doit = os.getpid()
     atexit.register(remove_temporaries)
-    ending = False       # in a -n child: it has begun to stop
+    ending = False       # this process has begun to stop
 
-    def child_already_ending() -> bool:
+    def again(signum: int) -> bool:
+        """Whether this process had begun to stop already: then doit ends now."""
         nonlocal ending
-        if os.getpid() == doit:
+        if not ending:
+            ending = True
             return False
-        already, ending = ending, True
-        return already
+        if os.getpid() == doit:
+            os._exit(128 + signum)
+        return True
 
     def stop(signum: int, frame: object) -> None:
-        if not child_already_ending():
+        if not again(signum):
             raise SystemExit(128 + signum)
 
     def interrupt(signum: int, frame: object) -> None:
-        if child_already_ending():
+        if again(signum):
             return
         if os.getpid() != doit:
             # doit's own path for Ctrl-C in a -n child ends it and tells doit

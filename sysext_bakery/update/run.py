@@ -184,10 +184,16 @@ def discover_all(recipes: list[Recipe], get: upstream.Get
             return e
     if len(recipes) <= 1:
         return {r.name: one(r) for r in recipes}
-    with ThreadPoolExecutor(max_workers=min(DISCOVERY_THREADS, len(recipes)),
-                            initializer=tidy.stop_signals_to_main_thread) as pool:
-        # Ctrl-C: map drops the discoveries not yet started
-        return dict(zip([r.name for r in recipes], pool.map(one, recipes)))
+    with ThreadPoolExecutor(max_workers=min(DISCOVERY_THREADS, len(recipes))) as pool:
+        try:
+            with tidy.stop_signals_held():   # map starts the threads: they leave Ctrl-C to us
+                found = pool.map(one, recipes)
+            return dict(zip([r.name for r in recipes], found))
+        except BaseException:
+            # Ctrl-C, SIGTERM: the discoveries under way end (bounded by the HTTP timeouts),
+            # the others are dropped
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def apply(text: str, results: list[RecipeUpdate]) -> str:
