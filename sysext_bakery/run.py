@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +98,10 @@ def run(argv: list[str], *, what: str, hint: str | None = None, input: bytes | N
 def _run(argv: list[str], input: bytes | None, env: dict[str, str], timeout: float,
          stdout: IO[bytes] | None, announce: str | None) -> subprocess.CompletedProcess:
     """subprocess.run, announcing `announce` (if given) while it waits."""
-    with subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else None,
-                          stdout=stdout if stdout is not None else subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=env) as proc:
+    with _started(lambda: subprocess.Popen(
+            argv, stdin=subprocess.PIPE if input is not None else None,
+            stdout=stdout if stdout is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE, env=env)) as proc:
         start = time.monotonic()
         if announce:
             _say(f"{announce} …")
@@ -141,13 +143,74 @@ def spawn(argv: list[str], *, what: str, stdin: IO[bytes] | int | None = None,
     program = Path(argv[0]).name
     child = child_env(env, secrets)
     try:
-        return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
-                                errors="surrogateescape" if text else None, env=child)
+        return _started(lambda: subprocess.Popen(
+            argv, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
+            errors="surrogateescape" if text else None, env=child))
     except FileNotFoundError:
         raise BakeryError(f"{what}: {program}: command not found", install_hint(program)) from None
     except OSError as e:
         raise BakeryError(f"{what}: cannot start {program}: {e.strerror}",
                           install_hint(program)) from None
+
+
+# --- children a stop must not leave running ---------------------------------------------------
+# Under `doit -P thread` a stop unwinds the main thread only, and the interpreter exits with the
+# worker threads mid-task: a worker waiting on mksquashfs or a decompressor never kills it, and
+# it would run on (and write on) after doit ended. Every child started here is kept (weakly:
+# a reaped and forgotten one goes by itself) for the exiting main thread to kill
+# (`kill_children`, at exit); no child starts once that began.
+_children: "weakref.WeakSet[subprocess.Popen]" = weakref.WeakSet()
+_children_lock = threading.Lock()
+_children_stopping = False
+KILL_WAIT = 5.0     # seconds the stop waits, in all, for its killed children to go
+
+
+def _started(start):
+    """`start()` (a Popen), kept for `kill_children`; refused once the stop began."""
+    with _children_lock:
+        if _children_stopping:
+            raise SystemExit(1)    # a worker thread the exiting interpreter is about to drop
+        proc = start()
+        _children.add(proc)
+    return proc
+
+
+def kill_children() -> list[int]:
+    """Kill every child still running that `run` or `spawn` started, and refuse new ones: for
+    the main thread as the process exits (atexit); the pids killed."""
+    global _children_stopping
+    got = _children_lock.acquire(timeout=KILL_WAIT)
+    try:
+        _children_stopping = True
+        live = [proc for proc in list(_children) if proc.returncode is None]
+    finally:
+        if got:
+            _children_lock.release()
+    killed = []
+    for proc in live:
+        try:
+            proc.kill()            # a no-op for one reaped meanwhile
+        except OSError:
+            continue
+        killed.append(proc.pid)
+    deadline = time.monotonic() + KILL_WAIT
+    for proc in live:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except (subprocess.TimeoutExpired, OSError):
+            pass                   # unkillable (D state), or a worker reaped it: leave it
+    return killed
+
+
+def _forget_children_in_child() -> None:
+    # a forked child (doit -n) owns none of its parent's children
+    global _children, _children_lock, _children_stopping
+    _children = weakref.WeakSet()
+    _children_lock = threading.Lock()
+    _children_stopping = False
+
+
+os.register_at_fork(after_in_child=_forget_children_in_child)
 
 
 def kill(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:

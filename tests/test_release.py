@@ -190,6 +190,11 @@ OF = "pub/index.json: not a bakery index.json: "
     # the file names the publishers read and write in the published directory
     ({"images": [entry(name="../x")]}, "images[0] ('../x'): name '../x' must be"),
     ({"images": [entry(version="1/../../x")]}, "images[0] ('docker'): version '1/../../x'"),
+    # a stream names the stream's transfer files (<name>-<stream>.conf) and goes into their
+    # MatchPattern=: neither a path nor a line of its own
+    ({"images": [entry(stream="24/../../x")]}, "images[0] ('docker'): stream '24/../../x': "),
+    ({"images": [entry(stream="24\n[Source]")]}, "images[0] ('docker'): stream '24\\n[Source]': "),
+    ({"images": [entry(stream="24-1")]}, "images[0] ('docker'): stream '24-1': "),
 ])
 def test_an_index_entry_of_the_wrong_shape_names_entry_key_and_type(doc, said):
     """index.json is read back from directories, URLs and GitHub that may be damaged: each
@@ -199,6 +204,27 @@ def test_an_index_entry_of_the_wrong_shape_names_entry_key_and_type(doc, said):
         release.parse_index(json.dumps(doc), "pub/index.json")
     assert err.value.message.startswith(OF + said), err.value.message
     assert "pub/index.json" in err.value.hint
+
+
+def test_a_tampered_stream_in_a_published_index_writes_nothing_anywhere(tmp_path):
+    """A republish renders <name>-<stream>.conf from the published index.json: a stream of
+    `../` wrote transfer files outside the published directory."""
+    import hashlib
+    dest = tmp_path / "pub" / "site"
+    dest.mkdir(parents=True)
+    (dest / "docker-24.0.9-x86-64.raw").write_bytes(b"image")
+    sha = hashlib.sha256(b"image").hexdigest()
+    (dest / "SHA256SUMS").write_text(f"{sha}  docker-24.0.9-x86-64.raw\n")
+    (dest / "index.json").write_text(json.dumps({"images": [
+        entry(sha256=sha, size=5, stream="24/../../../evil")]}))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    config = release.ReleaseConfig(base_url="https://example.com/ext/")
+    with pytest.raises(BakeryError) as err:
+        publish.publish_directory([], dest, config, publish.load_templates(REPO / "release/templates"),
+                                  None, None, allow_unsigned=True)
+    assert "stream '24/../../../evil'" in err.value.message
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.name != ".publish.lock")
+    assert after == before
 
 
 def test_an_index_entry_reads_back_as_written_and_absent_optional_fields_are_none():

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import DISK_FULL, discard, keep_for_stop, remove_temporaries
 
@@ -111,9 +112,11 @@ def exit_on_signals() -> None:
     for its children), leaving any temporary names to the next run.
 
     Under -P thread the workers' `finally` never runs (the interpreter exits without them):
-    their temporary names (`files.make_temp_file`) are removed as the process exits."""
+    their temporary names (`files.make_temp_file`) are removed as the process exits, after the
+    programs they started (`run.kill_children`) are killed."""
     doit = os.getpid()
     atexit.register(remove_temporaries)
+    atexit.register(run.kill_children)     # first (atexit runs last in first): the writers go
     ending = False       # this process has begun to stop
 
     def again(signum: int) -> bool:

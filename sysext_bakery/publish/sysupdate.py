@@ -150,9 +150,14 @@ def _image(entry: Any, where: str, of: str, hint: str) -> PublishedImage:
         source_of = f"{of}: sources[{n}]"
         sources.append((json_field(source, "url", str, where, hint, source_of),
                         json_field(source, "sha256", str, where, hint, source_of, optional=True)))
-    # name and version make the file names read and written in the published directory:
-    # a tampered `../x` must not reach outside it
+    stream = field("stream", str, optional=True)
+    # name, version and stream make the file names read and written in the published
+    # directory (a stream its transfer files, <name>-<stream>.conf, and their MatchPattern=):
+    # a tampered `../x` must not reach outside it, nor a line break into a transfer file. A
+    # stream is a version's prefix, spelled like a version.
     problem = (naming.name_problem(name) or version_problem(version)
+               or (stream is not None and (why := version_problem(stream))
+                   and f"stream {brief(stream)}: {why}")
                or (arch not in ARCHES and f"arch {brief(arch)} is not one of {', '.join(ARCHES)}")
                or (not _SHA256.fullmatch(sha256)
                    and f"sha256 {brief(sha256)} is not 64 lower-case hex digits")
@@ -161,7 +166,7 @@ def _image(entry: Any, where: str, of: str, hint: str) -> PublishedImage:
         raise BakeryError(f"{where}: {of}: {problem}", hint)
     return PublishedImage(
         name=name, version=version, arch=arch, sha256=sha256, size=size,
-        stream=field("stream", str, optional=True), sources=tuple(sources),
+        stream=stream, sources=tuple(sources),
         revision=field("revision", str, optional=True), built=field("built", str, optional=True),
         replaces=_names(entry, "replaces", where, of, hint),
         conflicts=_names(entry, "conflicts", where, of, hint))
