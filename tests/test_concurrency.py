@@ -144,6 +144,35 @@ def _temporaries(build):
             *tidy.stale_in_tree(build)]
 
 
+def _started(project, upstream, jobs):
+    gated = GatedMirror(upstream.root)
+    env = {**os.environ, "BAKERY_MIRROR": gated.url, "BAKERY_ARCH": "x86-64"}
+    proc = subprocess.Popen([sys.executable, "-m", "doit", *jobs, "build:wasmtime"],
+                            cwd=project.root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return gated, proc
+
+
+def _stops_cleanly(project, gated, proc, signum, send) -> None:
+    """`send()` the stop signal `signum` mid-download: the run ends soon with the shell's
+    status for it, no traceback and no temporary name left."""
+    try:
+        send()
+        stopped = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - stopped
+        left = _temporaries(project.root / "build")
+    finally:
+        gated.close()
+    assert proc.returncode == 128 + signum, out + err
+    assert took < 15, f"the run took {took:.0f} s to stop: it waited for the download"
+    assert left == []
+    assert "Traceback" not in out + err
+
+
+STOP_MASK = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))   # as in SigBlk
+
+
 @pytest.mark.parametrize("jobs", [[], ["-n", "2"], ["-n", "2", "-P", "thread"]],
                          ids=["serial", "-n 2", "-P thread"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
@@ -155,29 +184,13 @@ def test_a_signal_mid_download_removes_the_temporary_file(project, upstream, sig
     must not cut its clean-up short. Under -P thread the download runs
     in a worker thread the interpreter drops as it exits: the run must neither wait for it
     (the mirror holds it for a minute) nor leave its file or its lock behind."""
-    gated = GatedMirror(upstream.root)
-    env = {**os.environ, "BAKERY_MIRROR": gated.url, "BAKERY_ARCH": "x86-64"}
-    proc = subprocess.Popen([sys.executable, "-m", "doit", *jobs, "build:wasmtime"],
-                            cwd=project.root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    gated, proc = _started(project, upstream, jobs)
     tmp = project.root / "build/cache/.tmp"
-    try:
-        assert gated.asked.wait(60), "the build never reached its download"
-        assert [p.name for p in tmp.iterdir()], "no temporary download to remove"
-        if signum == signal.SIGINT:
-            os.killpg(proc.pid, signum)
-        else:
-            proc.send_signal(signum)
-        stopped = time.monotonic()
-        out, err = proc.communicate(timeout=60)
-        took = time.monotonic() - stopped
-        left = _temporaries(project.root / "build")
-    finally:
-        gated.close()
-    assert proc.returncode == 128 + signum, out + err
-    assert took < 15, f"the run took {took:.0f} s to stop: it waited for the download"
-    assert left == []
-    assert "Traceback" not in out + err
+    assert gated.asked.wait(60), "the build never reached its download"
+    assert [p.name for p in tmp.iterdir()], "no temporary download to remove"
+    _stops_cleanly(project, gated, proc, signum,
+                   lambda: os.killpg(proc.pid, signum) if signum == signal.SIGINT
+                   else proc.send_signal(signum))
 
 
 STOP_SCENARIO = """
@@ -268,15 +281,6 @@ def _threads(pids: list[int]) -> dict[str, int]:
     return found
 
 
-def _started(project, upstream, jobs):
-    gated = GatedMirror(upstream.root)
-    env = {**os.environ, "BAKERY_MIRROR": gated.url, "BAKERY_ARCH": "x86-64"}
-    proc = subprocess.Popen([sys.executable, "-m", "doit", *jobs, "build:wasmtime"],
-                            cwd=project.root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    return gated, proc
-
-
 def test_only_main_threads_of_doit_n_take_the_stop_signals(project, upstream):
     """The kernel gives a signal sent to a process to any thread not blocking it, and Python
     handles it in the main thread only: a -n child's main thread waiting in a download would
@@ -289,9 +293,9 @@ def test_only_main_threads_of_doit_n_take_the_stop_signals(project, upstream):
         gated.gate.set()
         out, err = proc.communicate(timeout=120)
         gated.close()
-    stop = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
     assert threads, "no thread besides the main ones: nothing was checked"
-    assert [t for t, blocked in threads.items() if blocked & stop != stop] == [], threads
+    assert [t for t, blocked in threads.items() if blocked & STOP_MASK != STOP_MASK] == [], \
+        threads
     assert proc.returncode == 0, out + err
 
 
@@ -301,24 +305,14 @@ def test_a_stop_signal_a_worker_thread_took_still_stops_a_thread_run(project, up
     to a worker all the same. kill(2) with a thread's id offers the signal to that thread
     first."""
     gated, proc = _started(project, upstream, ["-n", "2", "-P", "thread"])
-    try:
-        assert gated.asked.wait(60), "the build never reached its download"
-        workers = _threads([proc.pid])
-        assert workers, "no worker thread"
-        stop = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
-        assert [t for t, blocked in workers.items() if blocked & stop] == [], \
-            "workers block the stop signals: the programs they start would too"
-        os.kill(int(next(iter(workers)).split("/")[1]), signal.SIGTERM)
-        stopped = time.monotonic()
-        out, err = proc.communicate(timeout=60)
-        took = time.monotonic() - stopped
-        left = _temporaries(project.root / "build")
-    finally:
-        gated.close()
-    assert proc.returncode == 128 + signal.SIGTERM, out + err
-    assert took < 15, f"the run took {took:.0f} s to see the signal"
-    assert left == []
-    assert "Traceback" not in out + err
+    assert gated.asked.wait(60), "the build never reached its download"
+    workers = _threads([proc.pid])
+    assert workers, "no worker thread"
+    assert [t for t, blocked in workers.items() if blocked & STOP_MASK] == [], \
+        "workers block the stop signals: the programs they start would too"
+    worker = int(next(iter(workers)).split("/")[1])
+    _stops_cleanly(project, gated, proc, signal.SIGTERM,
+                   lambda: os.kill(worker, signal.SIGTERM))
 
 
 SECOND_SIGNAL = """
