@@ -153,6 +153,7 @@ def pointing_to(upload_url: str):
     ("https://API.GitHub.com:443", "https://uploads.github.com"),
     ("https://api.octocorp.ghe.com", "https://uploads.octocorp.ghe.com"),   # Enterprise Cloud
     ("https://ghe.example.com/api/v3", "https://ghe.example.com"),         # Enterprise Server
+    ("https://api.corp.example/api/v3/", "https://api.corp.example"),     # ... named api.*
     ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),                    # an emulation
     ("http://[::1]:8080/", "http://[::1]:8080"),
     ("ftp://api.github.com", None), ("api.github.com", None), ("https://:80", None),

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 API = "https://api.github.com"
 HOST = "api.github.com"
+GHES_PATH = "/api/v3"          # where GitHub Enterprise Server serves the REST API
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -25,12 +26,14 @@ def upload_origin(api: str) -> str | None:
     host uploads to its `uploads.` sibling: api.github.com to uploads.github.com, GitHub
     Enterprise Cloud's api.NAME.ghe.com to uploads.NAME.ghe.com. Any other API uploads to its
     own origin: GitHub Enterprise Server (https://HOST/api/v3 uploads to
-    https://HOST/api/uploads/...) and a loopback emulation of the API."""
+    https://HOST/api/uploads/..., even when HOST starts with `api.`) and a loopback emulation
+    of the API."""
     origin = _origin(api)
     if origin is None:
         return None
     scheme, host, port = origin
-    if host.startswith("api."):
+    # Enterprise Server answers under /api/v3 of its own host, whatever that host is called
+    if host.startswith("api.") and not urlsplit(api).path.rstrip("/").endswith(GHES_PATH):
         host = "uploads." + host.removeprefix("api.")
     return _render(scheme, host, port)
 

@@ -29,7 +29,7 @@ ANSWER_HINT = ("the server did not answer like GitHub's REST API: check GITHUB_A
                "proxy in between")
 UPLOAD_HOST_HINT = ("the token only goes to the upload host of the configured API "
                     "(uploads.github.com for api.github.com, uploads.X for api.X, else the "
-                    "API's own host): check GITHUB_API_URL and any proxy in between; an answer "
+                    "API's own host, as for an Enterprise Server's /api/v3): check GITHUB_API_URL and any proxy in between; an answer "
                     "naming another host is broken or tampered with, so nothing was uploaded "
                     "to it")
 # The documented fields the publisher reads with [] (the others it reads with .get and
