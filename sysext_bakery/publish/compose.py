@@ -29,7 +29,6 @@ from sysext_bakery.model.url import parse_base_url
 from sysext_bakery.model.version import version_key
 from sysext_bakery.publish import provision
 from sysext_bakery.publish import sysupdate
-from sysext_bakery.publish.directory import read_published
 from sysext_bakery.publish.sysupdate import NOOP, PublishedImage
 
 BUTANE = "config.butane.yaml"
@@ -85,7 +84,7 @@ def reader(where: str) -> Read:
                 raise BakeryError(f"{path}: missing", "is this a directory published by "
                                   "`doit release`? (it holds index.json and SHA256SUMS)")
             return None
-        return read_published(path)
+        return sysupdate.read_published(path)
     return read
 
 

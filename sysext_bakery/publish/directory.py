@@ -104,12 +104,6 @@ def _fsync_dir(path: Path) -> None:
 
 # ---- the publish directory ---------------------------------------------------------------
 
-def read_published(path: Path) -> bytes:
-    """A metadata file of a published directory (index.json, SHA256SUMS, its signature, the
-    keyring), read back within sysupdate.MAX_INDEX: it may have been damaged or replaced."""
-    return read_bounded(path, str(path), f"published {path.name}", limit=sysupdate.MAX_INDEX)
-
-
 def built_images(images_dir: Path, state_dir: Path) -> list[tuple[PublishedImage, Path]]:
     """(image, .raw path) for every provenance file in state_dir/images whose image exists."""
     found = []
@@ -147,7 +141,7 @@ def _key_plan(dest: Path, config: ReleaseConfig, signer: Signer | None, allow_un
               rotate_key: bool) -> tuple[Signer | None, tuple[str, ...]]:
     """The signer (with the key that is to sign) and the fingerprints of the keyring."""
     key_file = dest / sysupdate.PUBLIC_KEY
-    published = keyring_fingerprints(read_published(key_file)) if key_file.is_file() else ()
+    published = keyring_fingerprints(sysupdate.read_published(key_file)) if key_file.is_file() else ()
     signed_before = key_file.exists() or (dest / sysupdate.SIGNATURE).exists()
     if signer is not None and signer.available:
         signer = dataclasses.replace(signer, key=keys.choose_key(
@@ -166,8 +160,8 @@ def _publish_locked(built, dest: Path, config: ReleaseConfig, templates, signer,
     signer, keyring = _key_plan(dest, config, signer, allow_unsigned, rotate_key)
     built = [(_with_build_facts(image, raw, revision), raw) for image, raw in built]
     sums_path, index_path = dest / sysupdate.SUMS, dest / sysupdate.INDEX
-    published = sums.parse(read_published(sums_path), str(sums_path)) if sums_path.exists() else {}
-    index = ({i.filename: i for i in sysupdate.parse_index(read_published(index_path), str(index_path))}
+    published = sums.parse(sysupdate.read_published(sums_path), str(sums_path)) if sums_path.exists() else {}
+    index = ({i.filename: i for i in sysupdate.parse_index(sysupdate.read_published(index_path), str(index_path))}
              if index_path.exists() else {})
     present, ignored = _present_images(dest, published, index, built)
     for name in ignored:
@@ -251,7 +245,7 @@ def _signature(dest: Path, signer: Signer, manifest: bytes) -> bytes | None:
     """A signature of `manifest` by the signer's key: the published one if it is that
     (kept, so a run with nothing new changes nothing), else a new one."""
     sig_path = dest / sysupdate.SIGNATURE
-    current = read_published(sig_path) if sig_path.is_file() else b""
+    current = sysupdate.read_published(sig_path) if sig_path.is_file() else b""
     own_key = export_public_keys(signer, (signer.key,))
     if current and signature_valid(manifest, current, own_key):
         return None
@@ -265,7 +259,7 @@ def _write_manifest(dest: Path, data: bytes, signature: bytes | None) -> list[st
     names written."""
     sums_path, sig_path = dest / sysupdate.SUMS, dest / sysupdate.SIGNATURE
     changes = {}
-    if not sums_path.is_file() or read_published(sums_path) != data:
+    if not sums_path.is_file() or sysupdate.read_published(sums_path) != data:
         changes[sums_path] = data
     if signature is not None:
         changes[sig_path] = signature

@@ -21,7 +21,6 @@ from sysext_bakery.http import Http, Limits, Reply
 from sysext_bakery.model import github as github_api
 from sysext_bakery.model.reply import json_field, json_type, parse_json
 from sysext_bakery.model.url import redact, url_problem
-from sysext_bakery.publish.directory import read_published
 from sysext_bakery.publish.sysupdate import PublishedImage, ReleaseConfig
 
 PERMISSION_HINT = "check GITHUB_TOKEN's permissions (contents: write) and the repository name"
@@ -306,8 +305,8 @@ def publish_github(dest: Path, repo: str | None, config: ReleaseConfig, root: Pa
     index_path, sums_path = dest / sysupdate.INDEX, dest / sysupdate.SUMS
     if not index_path.is_file() or not sums_path.is_file():
         raise BakeryError(f"{dest} holds no published release", "run doit release first")
-    images = sysupdate.parse_index(read_published(index_path), str(index_path))
-    all_sums = sums.parse(read_published(sums_path), str(sums_path))
+    images = sysupdate.parse_index(sysupdate.read_published(index_path), str(index_path))
+    all_sums = sums.parse(sysupdate.read_published(sums_path), str(sums_path))
 
     uploaded: list[str] = []
     groups: dict[tuple[str, str], list[PublishedImage]] = {}

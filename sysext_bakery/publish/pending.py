@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.inputs import read_bounded
 from sysext_bakery.model.image import Image
 from sysext_bakery.publish import sysupdate
 
@@ -46,7 +45,7 @@ def published(location: str, github_repo: str | None, metadata_tag: str, mirror:
             raise BakeryError(f"--from {location}: not a directory",
                               "name the published directory (it holds index.json)")
         return _nothing(str(index))
-    body = read_bounded(index, str(index), "published index", limit=sysupdate.MAX_INDEX)
+    body = sysupdate.read_published(index)
     return _ids(sysupdate.parse_index(body, str(index)))
 
 

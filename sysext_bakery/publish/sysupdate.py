@@ -11,14 +11,14 @@ import json
 import re
 import string
 from dataclasses import dataclass, field
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping
 
 from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.model.url import BaseUrl, parse_base_url
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.inputs import brief, brief_key, decode_utf8, parse_toml
+from sysext_bakery.inputs import brief, brief_key, decode_utf8, parse_toml, read_bounded
 from sysext_bakery.build import sums
 from sysext_bakery.publish import provision
 from sysext_bakery.model.reply import json_field, json_type, parse_json
@@ -34,6 +34,12 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # past any real release, and bounds every read of a published metadata file (the index,
 # SHA256SUMS, its signature, the keyring) wherever it comes from (a directory, a URL, GitHub)
 MAX_INDEX = 64 << 20
+
+
+def read_published(path: Path) -> bytes:
+    """A metadata file of a published directory (index.json, SHA256SUMS, its signature, the
+    keyring), read back within MAX_INDEX: it may have been damaged or replaced."""
+    return read_bounded(path, str(path), f"published {path.name}", limit=MAX_INDEX)
 
 
 @dataclass(frozen=True)
