@@ -303,3 +303,16 @@ def test_doits_run_command_still_picks_its_parallel_runners_by_the_names_install
     schedule.install()
     assert cmd_run.MRunner is schedule.ProcessRunner and cmd_run.MThreadRunner is schedule.ThreadRunner
     assert issubclass(schedule.ProcessRunner, MRunner) and issubclass(schedule.ThreadRunner, MThreadRunner)
+
+
+def test_doits_parallel_runners_still_make_their_queues_from_the_class_attribute() -> None:
+    """ProcessRunner and ThreadRunner replace `Queue` (signal-safe feeders, a polling wait:
+    schedule.py); doit's run_tasks must still call self.Queue() for both of its queues."""
+    import inspect
+
+    from doit.runner import MRunner, MThreadRunner
+    source = inspect.getsource(MRunner.run_tasks)
+    assert source.count("self.Queue()") == 2
+    assert MThreadRunner.run_tasks is MRunner.run_tasks
+    assert schedule.ProcessRunner.Queue is not MRunner.Queue
+    assert schedule.ThreadRunner.Queue is not MThreadRunner.Queue
