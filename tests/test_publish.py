@@ -597,6 +597,89 @@ def test_sums_parse_names_bytes_that_are_not_utf8():
     assert err.value.message == "S: line 2: not valid UTF-8 (byte 0xfe)"
 
 
+# every name the bakery itself lists, or a hand-made manifest of a published directory would
+PLAIN_NAMES = ["docker-24.0.9-x86-64.raw", "docker.conf", "docker-24.transfer", "noop.conf",
+               "docker.butane.yaml", "docker-arm64.ign", "bakery-signing-key.gpg", "index.json",
+               "a name with spaces.raw", "ünïcode.raw"]
+
+
+def test_sums_parse_keeps_every_plain_file_name():
+    text = "".join(f"{'ab' * 32}  {name}\n" for name in PLAIN_NAMES)
+    assert sums.parse(text, "S") == {name: "ab" * 32 for name in PLAIN_NAMES}
+    assert sums.parse(sums.render(sums.parse(text, "S")), "S") == sums.parse(text, "S")
+
+
+@pytest.mark.parametrize("name, said", [
+    ("../x.raw", "file name '../x.raw' contains '/'"),
+    ("sub/x.raw", "file name 'sub/x.raw' contains '/'"),
+    ("/etc/x.raw", "file name '/etc/x.raw' contains '/'"),
+    (".", "'.' is not a file name"),
+    ("..", "'..' is not a file name"),
+    ("x\x00.raw", "file name 'x\\x00.raw' contains a control character"),
+    ("x\x1b[2J.raw", "file name 'x\\x1b[2J.raw' contains a control character"),
+    ("x\x7f.raw", "file name 'x\\x7f.raw' contains a control character"),
+    ("x\x85.raw", "file name 'x\\x85.raw' contains a control character"),
+    ("SHA256SUMS", "lists SHA256SUMS, which cannot be in its own manifest"),
+    ("SHA256SUMS.gpg", "lists SHA256SUMS.gpg, which cannot be in its own manifest"),
+])
+def test_sums_parse_refuses_a_name_that_is_not_a_plain_file_name(name, said):
+    """SHA256SUMS is read back from published directories that may be damaged or tampered
+    with: a listed name is a file of that directory, never a path out of it."""
+    text = f"{'ab' * 32}  ok.raw\n{'cd' * 32} *{name}\n"
+    with pytest.raises(BakeryError) as err:
+        sums.parse(text, "pub/SHA256SUMS")
+    assert err.value.message == f"pub/SHA256SUMS:2: {said}"
+    assert "remove it to have it rewritten" in err.value.hint
+
+
+def test_sums_parse_refuses_a_digest_that_is_not_hex():
+    with pytest.raises(BakeryError) as err:
+        sums.parse(f"{'zz' * 32}  docker.raw\n", "S")
+    assert err.value.message.startswith("S:1: not a sha256sum line: ")
+    assert sums.parse(f"{'AB' * 32}  docker.raw\n", "S") == {"docker.raw": "ab" * 32}
+
+
+def test_sums_parse_refuses_one_name_with_two_digests_and_lets_an_exact_repeat_through():
+    """A name listed twice with other digests would let the last line win, and a host
+    check whichever its reader took; the same line twice says one thing."""
+    one, other = f"{'ab' * 32}  docker.raw\n", f"{'cd' * 32}  docker.raw\n"
+    assert sums.parse(one + one.upper().replace("DOCKER.RAW", "docker.raw"), "S") == \
+        {"docker.raw": "ab" * 32}
+    with pytest.raises(BakeryError) as err:
+        sums.parse(one + f"{'ef' * 32}  x.raw\n" + other, "pub/SHA256SUMS")
+    assert err.value.message == (f"pub/SHA256SUMS:3: docker.raw is listed again with another "
+                                 f"sha256 (line 1: {'ab' * 32}, line 3: {'cd' * 32})")
+
+
+def test_a_tampered_published_manifest_is_refused_and_nothing_is_written(tmp_path):
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    fake_image(tmp_path, "docker", "24.0.10", b"two")
+    manifest = (dest / "SHA256SUMS").read_text()
+    (dest / "SHA256SUMS").write_text(manifest + f"{'ab' * 32}  ../outside.raw\n")
+    before = listing(dest)
+    with pytest.raises(BakeryError) as err:
+        run(tmp_path, dest)
+    assert err.value.message == f"{dest / 'SHA256SUMS'}:2: file name '../outside.raw' contains '/'"
+    assert listing(dest) == before and not (tmp_path / "outside.raw").exists()
+
+
+def test_a_damaged_build_manifest_is_named_by_the_pack_step_and_doit_sums_rewrites_it(tmp_path):
+    """build/images/SHA256SUMS is read back by every pack (`sums.update`); `doit sums`
+    writes it from the images alone, which is what the hint promises."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a-1-x86-64.raw").write_bytes(b"a")
+    (images / "SHA256SUMS").write_text(f"{'ab' * 32}  ../a.raw\n")
+    with pytest.raises(BakeryError) as err:
+        sums.update(images, {"a-1-x86-64.raw": "cd" * 32})
+    assert err.value.message == f"{images / 'SHA256SUMS'}:1: file name '../a.raw' contains '/'"
+    (images / "SHA256SUMS").unlink()
+    sums.update(images, {"a-1-x86-64.raw": "cd" * 32})
+    assert sums.parse((images / "SHA256SUMS").read_bytes()) == {"a-1-x86-64.raw": "cd" * 32}
+
+
 @pytest.mark.parametrize("name", ["SHA256SUMS", "index.json", "bakery-signing-key.gpg"])
 def test_a_published_file_past_the_index_limit_is_refused_unread(tmp_path, name):
     """What the publisher reads back from its directory is bounded (sysupdate.MAX_INDEX):

@@ -6,6 +6,7 @@ Each rule is defined here once; tasks, release, torcx, update and compose import
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Iterable
 
 from sysext_bakery.model.arch import ARCHES
@@ -27,6 +28,20 @@ def name_problem(name: str) -> str | None:
     if not NAME_RE.fullmatch(name):
         return (f"name {name!r} must be lower-case letters and digits, in words joined by "
                 "single '-' or '_'")
+    return None
+
+
+def file_name_problem(name: str) -> str | None:
+    """What makes `name` unusable as a file name listed in a directory's SHA256SUMS (images,
+    transfer files, snippets, keyring, index.json: all plain names), or None. A name read
+    back from a damaged or tampered manifest must not reach out of the directory (`/`, `..`)
+    nor carry a line break or escape sequence into a message or a file the bakery writes."""
+    if name in ("", ".", ".."):
+        return f"{name!r} is not a file name"
+    if "/" in name:
+        return f"file name {name!r} contains '/'"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return f"file name {name!r} contains a control character"
     return None
 
 

@@ -25,7 +25,7 @@ from sysext_bakery.model.reply import json_field, json_type, parse_json
 from sysext_bakery.model.version import version_key, version_problem
 
 SUMS = sums.NAME
-SIGNATURE = f"{SUMS}.gpg"
+SIGNATURE = sums.SIGNATURE
 PUBLIC_KEY = "bakery-signing-key.gpg"
 INDEX = "index.json"
 NOOP = "noop.conf"
