@@ -227,6 +227,20 @@ def test_a_tampered_stream_in_a_published_index_writes_nothing_anywhere(tmp_path
     assert after == before
 
 
+def test_two_index_entries_for_one_image_file_with_other_facts_are_refused():
+    """index.json is read back from directories and GitHub that may be damaged: a second
+    entry for one file let the last win (another sha256 for hosts, another revision to
+    tag). The same entry twice says one thing and reads back once."""
+    other = entry(sha256="b" * 64, revision="ab" * 20)
+    with pytest.raises(BakeryError) as err:
+        release.parse_index(json.dumps({"images": [entry(), entry(version="25.0"), other]}),
+                            "pub/index.json")
+    assert err.value.message == (OF + "images[2] ('docker'): docker-24.0.9-x86-64.raw is also "
+                                 "images[0], with another sha256, revision")
+    assert "pub/index.json" in err.value.hint
+    assert release.parse_index(json.dumps({"images": [entry(), entry()]}), "i") == [GOOD]
+
+
 def test_an_index_entry_reads_back_as_written_and_absent_optional_fields_are_none():
     assert release.parse_index(release.index_json([GOOD]), "i") == [GOOD]
     bare = entry(stream=DROP, sources=DROP, revision=None, built=DROP, replaces=DROP,

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping
 
@@ -251,12 +251,25 @@ def index_json(images: Iterable[PublishedImage]) -> str:
 def parse_index(text: str | bytes, origin: str) -> list[PublishedImage]:
     """index.json as `doit release` writes it, read back from a published directory, URL or
     GitHub release that may have been damaged: `{"images": [<entry>, ...]}`, each entry
-    checked like a provenance record (`_image`), named by its position and name."""
+    checked like a provenance record (`_image`), named by its position and name; one entry
+    per image file."""
     hint = f"remove {origin}; the next publish rewrites it from the images"
     where = f"{origin}: not a bakery index.json"
     doc = parse_json(_utf8(text, where, hint), where, hint)
     entries = json_field(doc, "images", list, where, hint, "the index")
-    return [_image(entry, where, _entry_name(n, entry), hint) for n, entry in enumerate(entries)]
+    images: dict[str, tuple[int, PublishedImage]] = {}
+    for n, entry in enumerate(entries):
+        image = _image(entry, where, _entry_name(n, entry), hint)
+        first, seen = images.setdefault(image.filename, (n, image))
+        # one file is one image: with two descriptions a reader would take whichever came
+        # last (another sha256 for hosts to check, another revision to tag). The same entry
+        # twice says one thing; index_json writes each file once, so a republish drops it.
+        if seen != image:
+            differ = [f.name for f in fields(image)
+                      if getattr(seen, f.name) != getattr(image, f.name)]
+            raise BakeryError(f"{where}: {_entry_name(n, entry)}: {image.filename} is also "
+                              f"images[{first}], with another {', '.join(differ)}", hint)
+    return [image for _, image in images.values()]
 
 
 def _entry_name(n: int, entry: Any) -> str:
