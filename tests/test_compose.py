@@ -52,7 +52,7 @@ def publish_catalogue(work: Path, dest: Path, base: str, entries=CATALOGUE, sign
                          raw.stat().st_size, stream, **facts)
     config = release.ReleaseConfig(base_url=base, signing_key=signer.key if signer else None)
     publish.publish_directory(publish.built_images(images, state), dest, config,
-                              publish.load_templates(REPO / "release/templates"), signer, "rev")
+                              publish.load_templates(REPO / "release/templates"), signer, "0123abcd" * 5)
 
 
 @pytest.fixture(scope="module")

@@ -326,5 +326,30 @@ def test_a_published_file_past_the_index_limit_is_named_before_any_request(tmp_p
     assert gh.log == []
 
 
+@pytest.mark.parametrize("change, said", [
+    (lambda images: images[0].update(revision="--output=/tmp/x"),
+     "images[0] ('docker'): revision '--output=/tmp/x' is not a full git commit id"),
+    (lambda images: images.append(dict(images[0], sha256="b" * 64)),
+     "images[1] ('docker'): docker-24.0.9-x86-64.raw is also images[0], with another sha256"),
+])
+def test_a_tampered_index_is_named_before_any_request_or_tag(tmp_path, github, project, change,
+                                                             said):
+    """The revision of index.json becomes the tag's commit (git) and `target_commitish`
+    (GitHub); a second entry for one file another sha256: neither gets that far."""
+    import json
+    gh, api = github
+    fake_image(tmp_path, "docker", "24.0.9", b"amd")
+    dest = tmp_path / "pub"
+    run(tmp_path, dest)
+    doc = json.loads((dest / "index.json").read_text())
+    change(doc["images"])
+    (dest / "index.json").write_text(json.dumps(doc))
+    with pytest.raises(BakeryError) as err:
+        gh_publisher.publish_github(dest, "owner/bakery", release.ReleaseConfig("https://x.invalid/"),
+                                    project, {"GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": api})
+    assert err.value.message.startswith(f"{dest / 'index.json'}: not a bakery index.json: {said}")
+    assert gh.log == [] and not git.Repo(project).tags
+
+
 # ---- where the token may go: the API and its one upload origin ---------------------------
 

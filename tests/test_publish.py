@@ -52,7 +52,7 @@ def run(work: Path, dest: Path, signer=None, allow_unsigned: bool = False, *,
     return publish.publish_directory(
         publish.built_images(work / "images", work / "state"), dest,
         config, publish.load_templates(REPO / "release/templates"),
-        signer, "0123abcd", allow_unsigned, rotate_key)
+        signer, "0123abcd" * 5, allow_unsigned, rotate_key)
 
 
 def listing(dest: Path) -> dict[str, tuple[int, bytes]]:
@@ -99,7 +99,7 @@ def test_index_and_butane_snippets_describe_the_published_files(tmp_path):
     for entry in index:
         assert entry["sha256"] == file_digest(dest / entry["file"])
         # this provenance records neither: the revision published and the image's mtime
-        assert entry["revision"] == "0123abcd" and entry["built"].endswith("Z")
+        assert entry["revision"] == "0123abcd" * 5 and entry["built"].endswith("Z")
         assert entry["sources"] == [{"url": "https://example.invalid/docker-"
                                      f"{entry['version']}.tar.gz", "sha256": "ab" * 32}]
     snippet = yaml.safe_load((dest / "docker.butane.yaml").read_text())
@@ -133,6 +133,18 @@ def test_provenance_revision_and_build_time_win(tmp_path):
     run(tmp_path, dest)
     [entry] = json.loads((dest / "index.json").read_text())["images"]
     assert (entry["revision"], entry["built"]) == ("feedface" * 5, "2025-01-02T03:04:05Z")
+
+
+def test_a_revision_that_is_no_commit_id_is_refused_before_anything_is_written(tmp_path):
+    """It would be written into index.json, which the next publish refuses to read back."""
+    fake_image(tmp_path, "docker", "24.0.9", b"one")
+    with pytest.raises(BakeryError) as err:
+        publish.publish_directory(
+            publish.built_images(tmp_path / "images", tmp_path / "state"), tmp_path / "pub",
+            release.ReleaseConfig(base_url=BASE), publish.load_templates(REPO / "release/templates"),
+            None, "--output=/tmp/x", allow_unsigned=True)
+    assert "revision '--output=/tmp/x' is not a full git commit id" in err.value.message
+    assert not (tmp_path / "pub").exists()
 
 
 def test_butane_snippet_names_keep_their_arch(tmp_path):
@@ -351,7 +363,7 @@ from sysext_bakery.publish import sysupdate as release
 work, dest = Path(sys.argv[1]), Path(sys.argv[2])
 publish.publish_directory(publish.built_images(work / "images", work / "state"), dest,
                           release.ReleaseConfig(base_url=sys.argv[3]),
-                          publish.load_templates(Path(sys.argv[4])), None, "rev")
+                          publish.load_templates(Path(sys.argv[4])), None, "0123abcd" * 5)
 """
 
 

@@ -148,7 +148,7 @@ def test_the_key_that_signs_when_the_secret_holds_two():
 
 GOOD = release.PublishedImage("docker", "24.0.9", "x86-64", "a" * 64, 5, stream="24",
                               sources=(("https://example.invalid/d.tgz", None),),
-                              revision="0123abcd", built="2026-01-01T00:00:00Z",
+                              revision="0123abcd" * 5, built="2026-01-01T00:00:00Z",
                               replaces=("docker-flatcar",), conflicts=("podman",))
 
 
@@ -195,6 +195,15 @@ OF = "pub/index.json: not a bakery index.json: "
     ({"images": [entry(stream="24/../../x")]}, "images[0] ('docker'): stream '24/../../x': "),
     ({"images": [entry(stream="24\n[Source]")]}, "images[0] ('docker'): stream '24\\n[Source]': "),
     ({"images": [entry(stream="24-1")]}, "images[0] ('docker'): stream '24-1': "),
+    # the revision is the commit a release tag points at (target_commitish, git): a commit
+    # id as git rev-parse HEAD prints it, never an option, a ref name or an abbreviation
+    ({"images": [entry(revision="--output=/tmp/x")]},
+     "images[0] ('docker'): revision '--output=/tmp/x' is not a full git commit id"),
+    ({"images": [entry(revision="main")]}, "images[0] ('docker'): revision 'main' is not"),
+    ({"images": [entry(revision="0123abcd")]}, "images[0] ('docker'): revision '0123abcd' is not"),
+    ({"images": [entry(revision="AB" * 20)]}, "images[0] ('docker'): revision 'ABAB"),
+    ({"images": [entry(revision="ab" * 20 + "\n")]}, "images[0] ('docker'): revision 'abab"),
+    ({"images": [entry(revision="ab" * 24)]}, "images[0] ('docker'): revision 'abab"),
 ])
 def test_an_index_entry_of_the_wrong_shape_names_entry_key_and_type(doc, said):
     """index.json is read back from directories, URLs and GitHub that may be damaged: each
@@ -227,6 +236,12 @@ def test_a_tampered_stream_in_a_published_index_writes_nothing_anywhere(tmp_path
     assert after == before
 
 
+def test_a_revision_is_a_sha1_or_sha256_commit_id():
+    for revision in ("0123abcd" * 5, "0123abcd" * 8):
+        assert release.parse_index(json.dumps({"images": [entry(revision=revision)]}),
+                                   "i")[0].revision == revision
+
+
 def test_two_index_entries_for_one_image_file_with_other_facts_are_refused():
     """index.json is read back from directories and GitHub that may be damaged: a second
     entry for one file let the last win (another sha256 for hosts, another revision to
@@ -255,6 +270,9 @@ def test_an_index_entry_reads_back_as_written_and_absent_optional_fields_are_non
     ({"name": DROP}, "the record has no 'name' field"),
     ({"sources": [7]}, "the record: sources[0] is a JSON integer, not an object"),
     ({"replaces": [1]}, "the record: 'replaces'[0] is a JSON integer, expected a string"),
+    ({"revision": "--upload-pack=x"}, "the record: revision '--upload-pack=x' is not a full git "
+                                      "commit id (40 or 64 lower-case hex digits, as git "
+                                      "rev-parse HEAD prints)"),
 ])
 def test_a_provenance_field_of_the_wrong_type_is_named(changes, said):
     doc = entry(**changes)

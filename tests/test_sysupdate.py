@@ -26,7 +26,7 @@ def publish_dir(work: Path, dest: Path, base_url: str, signer=None, *,
                                    signing_key=fingerprint or (signer.key if signer else None),
                                    next_signing_key=next_key)
     built = publish.built_images(work / "images", work / "state")
-    return publish.publish_directory(built, dest, config, templates, signer, "test-revision",
+    return publish.publish_directory(built, dest, config, templates, signer, "0123abcd" * 5,
                                      rotate_key=rotate_key)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,22 @@ from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import write_atomic
 from sysext_bakery.model.image import Image
+
+
+# What `git rev-parse --verify HEAD` prints: a full commit id, 40 hex digits (SHA-1) or 64
+# (a SHA-256 repository), lower case, nothing added.
+_REVISION = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
+def revision_problem(value: str) -> str | None:
+    """What makes `value` unusable as a recorded bakery revision, or None. Read back from
+    provenance and index.json, it becomes the commit a release tag points at
+    (`target_commitish`, GitPython's `repo.commit`): nothing but a commit id may get there,
+    no `--option` nor a branch name."""
+    if _REVISION.fullmatch(value):
+        return None
+    return (f"revision {value[:80]!r} is not a full git commit id (40 or 64 lower-case hex "
+            "digits, as git rev-parse HEAD prints)")
 
 
 @functools.cache
@@ -23,7 +40,9 @@ def git_revision(root: Path) -> str | None:
                        what="reading the bakery's git revision", check=False, timeout=30)
     except BakeryError:      # no git: the revision is simply unknown
         return None
-    return done.text.strip() or None if done.returncode == 0 else None
+    revision = done.text.strip() if done.returncode == 0 else ""
+    # anything else would be refused where it is read back
+    return revision if revision and not revision_problem(revision) else None
 
 
 def record(image: Image, packed: Path, sha256: str, sources: list[dict[str, str]],

@@ -26,7 +26,7 @@ from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import disk_errors, file_digest, stage_file, write_atomic
 from sysext_bakery.inputs import read_bounded, read_text
-from sysext_bakery.build.provenance import git_revision
+from sysext_bakery.build.provenance import git_revision, revision_problem
 from sysext_bakery.publish import keys
 from sysext_bakery.publish.sign import (Signer, export_public_keys, keyring_fingerprints, sign,
                                         signature_valid, signer_from_env)
@@ -131,6 +131,10 @@ def publish_directory(built: list[tuple[PublishedImage, Path]], dest: Path,
     """Publish `built` (image, .raw path) into `dest`. `revision` stands in for the git
     revision of images whose provenance does not record one. Which key signs, and which
     keys the published keyring holds, follow `keys.plan` (`allow_unsigned`, `rotate_key`)."""
+    if revision is not None and (problem := revision_problem(revision)):
+        # it would go into index.json, which the next publish would refuse to read back
+        raise BakeryError(f"publishing {dest}: {problem}", "pass the commit git rev-parse HEAD "
+                          "prints, or None")
     dest.mkdir(parents=True, exist_ok=True)
     with locked(dest):
         return _publish_locked(built, dest, config, templates, signer, revision, allow_unsigned,

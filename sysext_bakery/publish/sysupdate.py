@@ -20,6 +20,7 @@ from sysext_bakery.model.url import BaseUrl, parse_base_url
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.inputs import brief, brief_key, decode_utf8, parse_toml, read_bounded
 from sysext_bakery.build import sums
+from sysext_bakery.build.provenance import revision_problem
 from sysext_bakery.publish import provision
 from sysext_bakery.model.reply import json_field, json_type, parse_json
 from sysext_bakery.model.version import version_key, version_problem
@@ -63,7 +64,7 @@ class PublishedImage:
     size: int
     stream: str | None = None
     sources: tuple[tuple[str, str | None], ...] = ()   # (url, sha256): provenance
-    revision: str | None = None    # bakery git revision that built it
+    revision: str | None = None    # bakery git commit that built it (provenance.revision_problem)
     built: str | None = None       # build time, ISO 8601 UTC
     replaces: tuple[str, ...] = ()   # OS built-in sysexts (docker-flatcar) the snippet masks
     conflicts: tuple[str, ...] = ()  # recipes whose images must not be merged beside this one
@@ -167,13 +168,15 @@ def _image(entry: Any, where: str, of: str, hint: str) -> PublishedImage:
                or (arch not in ARCHES and f"arch {brief(arch)} is not one of {', '.join(ARCHES)}")
                or (not _SHA256.fullmatch(sha256)
                    and f"sha256 {brief(sha256)} is not 64 lower-case hex digits")
-               or (size < 0 and f"size {size} is negative"))
+               or (size < 0 and f"size {size} is negative")
+               or ((revision := field("revision", str, optional=True)) is not None
+                   and revision_problem(revision)))
     if problem:
         raise BakeryError(f"{where}: {of}: {problem}", hint)
     return PublishedImage(
         name=name, version=version, arch=arch, sha256=sha256, size=size,
         stream=stream, sources=tuple(sources),
-        revision=field("revision", str, optional=True), built=field("built", str, optional=True),
+        revision=revision, built=field("built", str, optional=True),
         replaces=_names(entry, "replaces", where, of, hint),
         conflicts=_names(entry, "conflicts", where, of, hint))
 
