@@ -5,6 +5,8 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -50,18 +52,19 @@ def write_atomic(path: Path, data: bytes | str) -> bool:
     tmp = stage_file(path, data)
     try:
         os.replace(tmp, path)
+        forget(tmp)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        discard(tmp)
         raise
     return True
 
 
 def stage_file(path: Path, data: bytes) -> str:
     """`data` in a synced temp file (mode 0644) next to `path`, ready to be renamed over it;
-    for callers that must rename several files back to back."""
+    for callers that must rename several files back to back. The name is kept for the stop
+    (`make_temp_file`): the caller forgets it once renamed, or discards it."""
     with disk_errors(path, "writing"):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = make_temp_file(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -69,7 +72,7 @@ def stage_file(path: Path, data: bytes) -> str:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide published files from a web server
         except BaseException:
-            os.unlink(tmp)
+            discard(tmp)
             raise
     return tmp
 
@@ -99,11 +102,13 @@ def file_signature(st: os.stat_result) -> Signature:
 # removed, and the exiting main thread removes what is left (`remove_temporaries`). One lock
 # orders every making, forgetting and removal: a name is removed by its maker or by the stop,
 # never both (a maker's late unlink could hit another process's new file of that name), and
-# nothing new is made once the stop has begun.
+# nothing new is made once the stop has begun. Directories (stage's work trees) are kept the same
+# way (`make_temp_dir`) and removed with all they hold.
 _temporaries: dict[str, None] = {}      # an ordered set of paths
 _temporaries_lock = threading.Lock()
 _stopping = False
 STOP_WAIT = 5.0                         # seconds the stop waits for a maker inside its syscall
+_RMTREE_PASSES = 5                      # rmtree passes over a tree a dropped worker still fills
 
 
 def make_temp_file(**mkstemp: str | Path) -> tuple[int, str]:
@@ -113,6 +118,26 @@ def make_temp_file(**mkstemp: str | Path) -> tuple[int, str]:
         fd, name = tempfile.mkstemp(**mkstemp)  # type: ignore[arg-type]
         _temporaries[name] = None
     return fd, name
+
+
+def make_temp_dir(**mkdtemp: str | Path) -> str:
+    """`tempfile.mkdtemp(**mkdtemp)`, kept for the stop until `forget` or `discard`; the stop
+    and `discard` remove it with all it holds."""
+    with _temporaries_lock:
+        _refuse_when_stopping()
+        name = tempfile.mkdtemp(**mkdtemp)  # type: ignore[call-overload]
+        _temporaries[name] = None
+    return name
+
+
+@contextlib.contextmanager
+def temp_dir(**mkdtemp: str | Path) -> Iterator[str]:
+    """`tempfile.TemporaryDirectory(**mkdtemp)` whose name a stop removes too (`make_temp_dir`)."""
+    name = make_temp_dir(**mkdtemp)
+    try:
+        yield name
+    finally:
+        discard(name)
 
 
 def keep_for_stop(path: Path | str) -> None:
@@ -130,8 +155,8 @@ def forget(path: Path | str) -> None:
 
 
 def discard(path: Path | str) -> None:
-    """Remove the temporary file `path` and forget it; nothing when the stop removed it
-    already."""
+    """Remove the temporary file or directory tree `path` and forget it; nothing when the
+    stop removed it already, or when it is not kept (renamed into place and forgotten)."""
     with _temporaries_lock:
         if str(path) in _temporaries:
             del _temporaries[str(path)]
@@ -142,7 +167,8 @@ def remove_temporaries() -> list[str]:
     """Remove every temporary name still kept, and refuse new ones: for the main thread as
     the process exits (atexit), when only threads it no longer waits for can hold any."""
     global _stopping
-    # a maker holds the lock only across one mkstemp: bounded all the same, as every wait
+    # a maker holds the lock across one mkstemp or mkdtemp, a discard across one removal (a
+    # stage tree's rmtree): bounded all the same, as every wait
     got = _temporaries_lock.acquire(timeout=STOP_WAIT)
     try:
         _stopping = True
@@ -162,8 +188,22 @@ def _refuse_when_stopping() -> None:
 
 
 def _remove(name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name)
+    try:
+        info = os.lstat(name)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        return
+    # at the stop, a dropped worker may still be writing into the tree (stage's work
+    # directory): what it adds behind rmtree's back is taken on the next pass, and once the
+    # top is gone its writes fail
+    for _ in range(_RMTREE_PASSES):
+        shutil.rmtree(name, ignore_errors=True)
+        if not os.path.lexists(name):
+            return
+
 
 
 def _forget_in_child() -> None:

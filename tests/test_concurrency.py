@@ -207,7 +207,13 @@ def worker():
     _, moved = files.make_temp_file(dir=here, prefix="moved.")
     os.replace(moved, here / "final")
     files.forget(moved)
-    seen.update(held=Path(held).name, moved=Path(moved).name)
+    tree = files.make_temp_dir(dir=here, prefix="tree.")      # a stage work directory
+    os.makedirs(Path(tree) / "usr/bin")
+    (Path(tree) / "usr/bin/tool").write_text("half staged")
+    placed = files.make_temp_dir(dir=here, prefix="placed.")
+    os.rename(placed, here / "staged")
+    files.forget(placed)
+    seen.update(held=Path(held).name, moved=Path(moved).name, tree=Path(tree).name)
     made.set()
     go_on.wait(10)
     Path(held).write_text("another process's new file of that name")
@@ -231,16 +237,16 @@ print(json.dumps(seen))
 
 def test_a_stop_removes_the_names_threads_still_hold_and_nothing_else(tmp_path):
     """files.remove_temporaries, as a stopped -P thread run calls it: it removes what a worker
-    still holds, not a name renamed into place (`forget`); the worker's own later discard
+    still holds (a directory with all it holds), not a name renamed into place (`forget`); the worker's own later discard
     leaves a new file of that name alone (one of them removes it, never both), and nothing is
     made once the stop began."""
     done = subprocess.run([sys.executable, "-c", STOP_SCENARIO, str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
-    assert seen["removed"] == [seen["held"]]
+    assert seen["removed"] == [seen["held"], seen["tree"]]
     assert seen["refused"], "a temporary file was made after the stop"
-    assert seen["left"] == sorted(["final", seen["held"], seen["moved"]])
+    assert seen["left"] == sorted(["final", "staged", seen["held"], seen["moved"]])
 
 
 def _child_of(pid: int) -> int:

@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -24,7 +23,8 @@ from sysext_bakery.model.url import BaseUrl, parse_base_url
 from sysext_bakery.publish import sysupdate
 from sysext_bakery.build import sums
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import disk_errors, file_digest, stage_file, write_atomic
+from sysext_bakery.files import (discard, disk_errors, file_digest, forget, make_temp_file,
+                                 stage_file, write_atomic)
 from sysext_bakery.inputs import read_bounded, read_text
 from sysext_bakery.build.provenance import git_revision, revision_problem
 from sysext_bakery.publish import keys
@@ -64,7 +64,7 @@ def copy_verified(src: Path, dest: Path, sha256: str) -> None:
 
 def _copy_verified(src: Path, dest: Path, sha256: str) -> None:
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    fd, tmp = make_temp_file(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
         with src.open("rb") as fin, os.fdopen(fd, "wb") as fout:
             while chunk := fin.read(1 << 20):
@@ -77,9 +77,9 @@ def _copy_verified(src: Path, dest: Path, sha256: str) -> None:
                               f"file says {sha256}", sysupdate.repack_hint(src.stem))
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
+        forget(tmp)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        discard(tmp)
         raise
 
 
@@ -267,10 +267,18 @@ def _write_manifest(dest: Path, data: bytes, signature: bytes | None) -> list[st
         changes[sums_path] = data
     if signature is not None:
         changes[sig_path] = signature
-    staged = [(path, stage_file(path, content)) for path, content in changes.items()]
-    with sums.locked(dest):   # the lock of every SHA256SUMS rewrite, also in a build tree
-        for path, tmp in staged:
-            os.replace(tmp, path)
+    staged: list[tuple[Path, str]] = []
+    try:
+        for path, content in changes.items():
+            staged.append((path, stage_file(path, content)))
+        with sums.locked(dest):   # the lock of every SHA256SUMS rewrite, also in a build tree
+            for path, tmp in staged:
+                os.replace(tmp, path)
+                forget(tmp)
+    except BaseException:
+        for _, tmp in staged:
+            discard(tmp)      # those not renamed yet (a renamed one is forgotten)
+        raise
     return [path.name for path, _ in staged]
 
 
