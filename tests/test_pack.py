@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sysext_bakery import files
 from sysext_bakery.build import readback
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.build.pack import COMPRESSIONS, pack
@@ -147,6 +148,7 @@ def test_repacking_replaces_the_image(tree: Path, tmp_path: Path) -> None:
     (tree / "usr/share/tool/NEWS").write_text("new\n")
     pack(tree, out)
     assert readback.read_file(out, "usr/share/tool/NEWS") == b"new\n"
+    assert files._temporaries == {}   # renamed into place and forgotten: a stop leaves it be
 
 
 def test_failed_read_back_leaves_the_old_image_and_no_temp(tree: Path, tmp_path: Path) -> None:
@@ -160,6 +162,7 @@ def test_failed_read_back_leaves_the_old_image_and_no_temp(tree: Path, tmp_path:
         pack(tree, out)
     assert out.read_bytes() == old
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+    assert files._temporaries == {}
 
 
 def test_compare_lists_every_difference_a_bad_image_would_have(tree: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sysext_bakery import files
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.model.image import Image, Install
 from sysext_bakery.build.pack import pack
@@ -139,6 +140,7 @@ def test_a_failed_unpack_leaves_no_entry(tmp_path):
     assert os.listdir(unpacked) == []
     assert sorted(os.listdir(tmp_path)) == [".unpacked", archive.name]
     assert children() == []
+    assert files._temporaries == {}    # discarded: a later stop has nothing of it to remove
 
 
 def test_restaging_from_the_cache_keeps_the_cache_intact(tmp_path):
@@ -148,6 +150,9 @@ def test_restaging_from_the_cache_keeps_the_cache_intact(tmp_path):
     for _ in range(3):
         stage_image(img, [archive], dest, unpacked=unpacked)
         assert listing(dest) == EXPECTED_DOCKER
+        # renamed into place and forgotten, the replaced tree removed: nothing kept for a stop
+        assert files._temporaries == {}
+        assert sorted(os.listdir(tmp_path)) == [".unpacked", archive.name, "out"]
     cached = next(unpacked.iterdir()) / "tree/usr/bin/docker"
     assert cached.read_bytes() == make_elf("x86-64", b"cli") and cached.stat().st_nlink == 2
     shutil.rmtree(dest)

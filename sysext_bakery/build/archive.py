@@ -23,6 +23,7 @@ import zstandard
 
 from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import temp_dir
 from sysext_bakery.build.tree import BUFSIZE, MAX_LINK, check_symlink, member_name, resolve_link
 from sysext_bakery.model.image import COMPRESSED_FILES, single_member_name
 
@@ -201,7 +202,7 @@ def _tar_members(archive: Path, kind: str, where: str) -> Iterator[tuple[Member,
     files_seen: set[str] = set()   # hardlinks may only point back to these
     with _decompressed(archive, _TAR_KINDS[kind]) as plain, \
             tarfile.open(fileobj=plain, mode="r|", bufsize=64 * 1024) as tar, \
-            tempfile.TemporaryDirectory(prefix="bakery-filter.") as scratch:
+            temp_dir(prefix="bakery-filter.") as scratch:
         for info in tar:
             member = _tar_member(info, where, files_seen)
             if member is None:
@@ -272,7 +273,7 @@ def _as_tarinfo(name: str, type: bytes, linkname: str = "") -> tarfile.TarInfo:
 
 def _zip_members(archive: Path, where: str) -> Iterator[tuple[Member, BinaryIO | None]]:
     with zipfile.ZipFile(archive) as zf, \
-            tempfile.TemporaryDirectory(prefix="bakery-filter.") as scratch:
+            temp_dir(prefix="bakery-filter.") as scratch:
         for info in zf.infolist():
             name = member_name(info.filename, where)
             unix = info.external_attr >> 16     # st_mode when the zip was made on unix, else 0

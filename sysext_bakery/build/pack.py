@@ -17,13 +17,12 @@ build/formats.py, so images already built are repacked.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from sysext_bakery import run
 from sysext_bakery.build import readback
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import disk_errors, file_digest
+from sysext_bakery.files import discard, disk_errors, file_digest, forget, make_temp_file
 from sysext_bakery.model.image import COMPRESSIONS
 
 PACK_TIMEOUT = 3600.0   # seconds: xz on a multi-GB tree (ollama, kata) takes minutes
@@ -70,7 +69,9 @@ def pack(tree: Path, out: Path, fmt: str = "squashfs", compression: str = "zstd"
 
 def _pack(tree: Path, out: Path, fmt: str, compression: str) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    # kept for the stop: a -P thread worker's `except` never runs when the run is stopped (its
+    # packer is killed first, run.kill_children, so nothing writes the name once it is removed)
+    fd, tmp_name = make_temp_file(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -86,8 +87,10 @@ def _pack(tree: Path, out: Path, fmt: str, compression: str) -> str:
         digest = file_digest(tmp, fsync=True)   # flushed before it gets its final name
         tmp.chmod(0o644)  # mkstemp made it 0600; images are published
         os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        forget(tmp)
+    except BaseException:
+        discard(tmp)
+        raise
     return digest
 
 

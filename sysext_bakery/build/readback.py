@@ -12,7 +12,6 @@ import mmap
 import os
 import stat
 import struct
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Iterator
 
 from sysext_bakery import run
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import temp_dir
 from sysext_bakery.model import extension_release as release
 
 SQUASHFS_MAGIC = b"hsqs"
@@ -253,7 +253,7 @@ def _erofs_read(path: Path, inner: str) -> bytes:
         if ino.layout in (_FLAT_PLAIN, _FLAT_INLINE):
             return fs.data(ino, inner)
     # Compressed data: let erofs-utils decompress the whole image into a scratch directory.
-    with tempfile.TemporaryDirectory(prefix="bakery-erofs-") as scratch:
+    with temp_dir(prefix="bakery-erofs-") as scratch:
         run.run([run.require("fsck.erofs"), f"--extract={scratch}", "--overwrite", "--no-preserve",
                  str(path)], what=f"{path}: reading {inner}",
                 hint="check that the file is a complete image")

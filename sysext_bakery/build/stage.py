@@ -14,13 +14,11 @@ so images already built are restaged and repacked.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import disk_errors
+from sysext_bakery.files import discard, disk_errors, forget, keep_for_stop, make_temp_dir
 from sysext_bakery.model import extension_release
 from sysext_bakery.model.image import Image, Symlink
 from sysext_bakery.build import hostsetup
@@ -111,7 +109,8 @@ def stage_image(image: Image, downloads: Sequence[Path], dest: Path, *,
 
 def _stage(image: Image, downloads: Sequence[Path], dest: Path, unpacked: Path | None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    # kept for the stop: a -P thread worker's `except` never runs when the run is stopped
+    work = Path(make_temp_dir(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         os.chmod(work, 0o755)
         tree = Tree(work)
@@ -130,18 +129,22 @@ def _stage(image: Image, downloads: Sequence[Path], dest: Path, unpacked: Path |
         validate_tree(work, image.name, image.arch)
         _replace_dir(work, dest)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        discard(work)
         raise
 
 
 def _replace_dir(new: Path, dest: Path) -> None:
+    """Rename the temporary tree `new` (kept for the stop) to `dest`; the tree it replaces
+    goes through a temporary name that is kept too, and is removed."""
     if not os.path.lexists(dest):
         os.rename(new, dest)
+        forget(new)
         return
     old = new.with_name(new.name + ".old")
-    os.rename(dest, old)
-    os.rename(new, dest)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
+    keep_for_stop(old)
+    try:
+        os.rename(dest, old)
+        os.rename(new, dest)
+        forget(new)
+    finally:
+        discard(old)

@@ -112,8 +112,9 @@ def exit_on_signals() -> None:
     for its children), leaving any temporary names to the next run.
 
     Under -P thread the workers' `finally` never runs (the interpreter exits without them):
-    their temporary names (`files.make_temp_file`) are removed as the process exits, after the
-    programs they started (`run.kill_children`) are killed."""
+    their temporary names (`files.make_temp_file`, `make_temp_dir`) are removed as the process
+    exits, after the programs they started (`run.kill_children`) are killed: a packer still
+    running could otherwise write on."""
     doit = os.getpid()
     atexit.register(remove_temporaries)
     atexit.register(run.kill_children)     # first (atexit runs last in first): the writers go

@@ -7,12 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.files import discard, forget, make_temp_dir
 from sysext_bakery.model.image import Source
 from sysext_bakery.build.install import install_source, who_prefix
 from sysext_bakery.build.tree import Tree
@@ -56,7 +55,7 @@ def _unpack(source: Source, download: Path, entry: Path) -> None:
     """Installs the source into a fresh tree, records who placed what, and renames the
     result to `entry` (all or nothing)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    work = Path(make_temp_dir(prefix=f".{entry.name}.", dir=entry.parent))  # kept for the stop
     try:
         os.mkdir(work / "tree", 0o755)
         staged = Tree(work / "tree")
@@ -66,10 +65,11 @@ def _unpack(source: Source, download: Path, entry: Path) -> None:
             json.dumps([[rel, who.removeprefix(prefix)] for rel, who in staged.placed()]))
         try:
             os.rename(work, entry)
+            forget(work)
         except OSError:
             if not entry.is_dir():
                 raise
-            shutil.rmtree(work)        # a parallel stage made the same entry first
+            discard(work)              # a parallel stage made the same entry first
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        discard(work)
         raise
