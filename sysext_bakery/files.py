@@ -158,17 +158,19 @@ def discard(path: Path | str) -> None:
     """Remove the temporary file or directory tree `path` and forget it; nothing when the
     stop removed it already, or when it is not kept (renamed into place and forgotten)."""
     with _temporaries_lock:
-        if str(path) in _temporaries:
-            del _temporaries[str(path)]
-            _remove(str(path))
+        mine = str(path) in _temporaries
+        _temporaries.pop(str(path), None)
+    if mine:
+        # outside the lock: a stage tree's rmtree must not stall other threads' temp names
+        # (a stop meanwhile leaves what is not removed yet to the next run's clean-up)
+        _remove(str(path))
 
 
 def remove_temporaries() -> list[str]:
     """Remove every temporary name still kept, and refuse new ones: for the main thread as
     the process exits (atexit), when only threads it no longer waits for can hold any."""
     global _stopping
-    # a maker holds the lock across one mkstemp or mkdtemp, a discard across one removal (a
-    # stage tree's rmtree): bounded all the same, as every wait
+    # a maker holds the lock across one mkstemp or mkdtemp: bounded all the same, as every wait
     got = _temporaries_lock.acquire(timeout=STOP_WAIT)
     try:
         _stopping = True
@@ -203,7 +205,6 @@ def _remove(name: str) -> None:
         shutil.rmtree(name, ignore_errors=True)
         if not os.path.lexists(name):
             return
-
 
 
 def _forget_in_child() -> None:
