@@ -100,9 +100,11 @@ def file_signature(st: os.stat_result) -> Signature:
 # then exits with the worker threads mid-task, none of their `finally` runs, so the names they
 # made would stay. They are kept here instead, from their making until renamed into place or
 # removed, and the exiting main thread removes what is left (`remove_temporaries`). One lock
-# orders every making, forgetting and removal: a name is removed by its maker or by the stop,
-# never both (a maker's late unlink could hit another process's new file of that name), and
-# nothing new is made once the stop has begun. Directories (stage's work trees) are kept the same
+# orders every making, forgetting, renaming into place (`rename_kept`) and claim to remove: a
+# name is removed by its maker or by the stop, never both (a maker's late unlink could hit
+# another process's new file of that name), and nothing new is made once the stop has begun.
+# A maker's own removal runs outside the lock (a big tree must not stall other threads): a
+# stop meanwhile may leave part of it, for the next run's clean-up (under build/) or /tmp's. Directories (stage's work trees) are kept the same
 # way (`make_temp_dir`) and removed with all they hold.
 _temporaries: dict[str, None] = {}      # an ordered set of paths
 _temporaries_lock = threading.Lock()
@@ -145,6 +147,14 @@ def keep_for_stop(path: Path | str) -> None:
     with _temporaries_lock:
         _refuse_when_stopping()
         _temporaries[str(path)] = None
+
+
+def rename_kept(path: Path | str, dest: Path | str) -> None:
+    """Rename the kept temporary `path` to `dest` and forget it, as one step for the stop:
+    were the stop's removal to reach a tree between the two, it would empty `dest`."""
+    with _temporaries_lock:
+        os.rename(path, dest)
+        _temporaries.pop(str(path), None)
 
 
 def forget(path: Path | str) -> None:

@@ -175,11 +175,12 @@ def _started(start):
     return proc
 
 
-def kill_children() -> list[int]:
+def kill_children(wait: bool = True) -> list[int]:
     """Kill every child still running that `run` or `spawn` started, and refuse new ones: for
-    the main thread as the process exits (atexit); the pids killed."""
+    the main thread as the process exits (atexit); the pids killed. Without `wait` (doit
+    ending at once on a second signal) neither the lock nor the children are waited for."""
     global _children_stopping
-    got = _children_lock.acquire(timeout=KILL_WAIT)
+    got = _children_lock.acquire(timeout=KILL_WAIT if wait else 0)
     try:
         _children_stopping = True
         live = [proc for proc in list(_children) if proc.returncode is None]
@@ -193,8 +194,8 @@ def kill_children() -> list[int]:
         except OSError:
             continue
         killed.append(proc.pid)
-    deadline = time.monotonic() + KILL_WAIT
-    for proc in live:
+    deadline = time.monotonic() + (KILL_WAIT if wait else 0)
+    for proc in live if wait else ():
         try:
             proc.wait(max(0.0, deadline - time.monotonic()))
         except (subprocess.TimeoutExpired, OSError):

@@ -376,3 +376,30 @@ def test_a_second_stop_signal(tmp_path, who):
         assert proc.stdout.readline() == "clean-up done\n"
         out, err = proc.communicate(timeout=30)
     assert "Traceback" not in err, err
+
+
+RENAMED_TREE = """
+import os, sys
+from pathlib import Path
+from sysext_bakery import files
+
+here = Path(sys.argv[1])
+work = Path(files.make_temp_dir(dir=here, prefix=".work."))
+(work / "usr").mkdir()
+(work / "usr/tool").write_text("built")
+files.rename_kept(work, here / "entry")
+print(sorted(files.remove_temporaries()))
+"""
+
+
+def test_a_tree_renamed_into_place_is_out_of_the_stops_reach(tmp_path):
+    """rename_kept renames and forgets as one step: the stop's removal, had it come between
+    the two, would have emptied the tree now in place."""
+    script = tmp_path / "renamed.py"
+    script.write_text(RENAMED_TREE)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=REPO, text=True,
+                          capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"
+    assert (tmp_path / "entry/usr/tool").read_text() == "built"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import discard, disk_errors, forget, keep_for_stop, make_temp_dir
+from sysext_bakery.files import discard, disk_errors, keep_for_stop, make_temp_dir, rename_kept
 from sysext_bakery.model import extension_release
 from sysext_bakery.model.image import Image, Symlink
 from sysext_bakery.build import hostsetup
@@ -137,14 +137,12 @@ def _replace_dir(new: Path, dest: Path) -> None:
     """Rename the temporary tree `new` (kept for the stop) to `dest`; the tree it replaces
     goes through a temporary name that is kept too, and is removed."""
     if not os.path.lexists(dest):
-        os.rename(new, dest)
-        forget(new)
+        rename_kept(new, dest)
         return
     old = new.with_name(new.name + ".old")
     keep_for_stop(old)
     try:
         os.rename(dest, old)
-        os.rename(new, dest)
-        forget(new)
+        rename_kept(new, dest)
     finally:
         discard(old)

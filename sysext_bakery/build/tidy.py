@@ -109,7 +109,8 @@ def exit_on_signals() -> None:
     A second stop signal, once the first is being handled: a `-n` child ignores it, since
     Ctrl-C reaches it from the terminal and doit, unwinding, terminates it too, which would
     cut its clean-up short; doit itself ends at once (a user's second Ctrl-C while it waits
-    for its children), leaving any temporary names to the next run.
+    for its children), killing the programs it started but leaving any temporary names to
+    the next run.
 
     Under -P thread the workers' `finally` never runs (the interpreter exits without them):
     their temporary names (`files.make_temp_file`, `make_temp_dir`) are removed as the process
@@ -127,6 +128,7 @@ def exit_on_signals() -> None:
             ending = True
             return False
         if os.getpid() == doit:
+            run.kill_children(wait=False)   # os._exit skips atexit: no packer may write on
             os._exit(128 + signum)
         return True
 

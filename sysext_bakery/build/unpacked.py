@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 from sysext_bakery.errors import BakeryError
-from sysext_bakery.files import discard, forget, make_temp_dir
+from sysext_bakery.files import discard, make_temp_dir, rename_kept
 from sysext_bakery.model.image import Source
 from sysext_bakery.build.install import install_source, who_prefix
 from sysext_bakery.build.tree import Tree
@@ -64,8 +64,7 @@ def _unpack(source: Source, download: Path, entry: Path) -> None:
         (work / "placed.json").write_text(
             json.dumps([[rel, who.removeprefix(prefix)] for rel, who in staged.placed()]))
         try:
-            os.rename(work, entry)
-            forget(work)
+            rename_kept(work, entry)
         except OSError:
             if not entry.is_dir():
                 raise

@@ -32,8 +32,8 @@ def name_problem(name: str) -> str | None:
 
 
 def file_name_problem(name: str) -> str | None:
-    """What makes `name` unusable as a file name listed in a directory's SHA256SUMS (images,
-    transfer files, snippets, keyring, index.json: all plain names), or None. A name read
+    """What makes `name` unusable as a file name listed in a directory's SHA256SUMS (the
+    bakery lists its images; sha256sum may list any plain name), or None. A name read
     back from a damaged or tampered manifest must not reach out of the directory (`/`, `..`)
     nor carry a line break or escape sequence into a message or a file the bakery writes."""
     if name in ("", ".", ".."):
