@@ -24,7 +24,7 @@ from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import (DISK_FULL, Signature, discard, disk_errors, file_signature,
                                  make_temp_file, forget)
 from sysext_bakery.http import CHUNK, BodyBroken, Deadline, Http, Limits, Stream
-from sysext_bakery.model.image import CHECKSUMS
+from sysext_bakery.model.image import CHECKSUMS, SHA256_HEX
 from sysext_bakery.model.url import is_url, mirror_url, url_filename
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ MAX_RESUMES = 5                    # body breaks tolerated per download
 # A download under its lock ends within its deadline (every attempt included); the slack
 # covers hashing and renaming it. A waiter gives up after that.
 LOCK_SLACK = 60.0
-HEX64 = re.compile(r"[0-9a-f]{64}")
 
 LOCK = "release/lock.toml"
 LOCK_HINT = "check the version and URL pinned in release/lock.toml"
@@ -146,7 +145,7 @@ def _pinned(url: str, sha256: str | None) -> str | None:
     if sha256 is None:
         return None
     digest = sha256.strip().lower()
-    if not HEX64.fullmatch(digest):
+    if not SHA256_HEX.fullmatch(digest):
         raise BakeryError(f"{url}: pinned sha256 {sha256!r} is not 64 hex digits",
                           "fix the sha256 in release/lock.toml (or remove it to re-pin)")
     return digest

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 from pathlib import Path
 from typing import Iterator
 
@@ -12,10 +11,10 @@ from sysext_bakery.errors import BakeryError
 from sysext_bakery.files import write_atomic
 from sysext_bakery.inputs import decode_utf8
 from sysext_bakery.model.naming import file_name_problem
+from sysext_bakery.model.image import SHA256_HEX
 
 NAME = "SHA256SUMS"
 SIGNATURE = f"{NAME}.gpg"     # the detached signature of a signed release's SHA256SUMS
-_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def parse(text: str | bytes, origin: str = NAME) -> dict[str, str]:
@@ -42,7 +41,7 @@ def parse(text: str | bytes, origin: str = NAME) -> dict[str, str]:
             continue
         digest, sep, name = line.partition(" ")
         name = name.lstrip(" *")
-        if not sep or not _DIGEST.fullmatch(digest) or not name:
+        if not sep or not SHA256_HEX.fullmatch(digest.lower()) or not name:
             raise BakeryError(f"{origin}:{n}: not a sha256sum line: {line!r}",
                               "each line must be '<64 hex digits>  <file name>'")
         problem = file_name_problem(name) or (

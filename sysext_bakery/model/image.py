@@ -5,6 +5,8 @@ at recipes or the lock themselves.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,8 @@ ARCHIVE_KINDS = tuple(dict.fromkeys(kind for _, kind in _ARCHIVE_SUFFIXES)) \
     + tuple(COMPRESSED_FILES) + ("file",)
 # how a source's expected digest is stated: a checksum file's algorithm, or GitHub's API
 CHECKSUMS = ("sha256", "sha512", "github-digest")
+# a sha256 as the bakery writes and pins it: 64 lower-case hex digits
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def archive_kind(filename: str) -> str | None:

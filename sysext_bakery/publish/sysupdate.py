@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 
 from sysext_bakery.model import naming
 from sysext_bakery.model.arch import ARCHES
+from sysext_bakery.model.image import SHA256_HEX
 from sysext_bakery.model.url import BaseUrl, parse_base_url
 from sysext_bakery.errors import BakeryError
 from sysext_bakery.inputs import brief, brief_key, decode_utf8, parse_toml, read_bounded
@@ -30,7 +31,6 @@ SIGNATURE = sums.SIGNATURE
 PUBLIC_KEY = "bakery-signing-key.gpg"
 INDEX = "index.json"
 NOOP = "noop.conf"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 # index.json grows by ~400 bytes an image ever published, SHA256SUMS by ~100: 64 MiB is far
 # past any real release, and bounds every read of a published metadata file (the index,
 # SHA256SUMS, its signature, the keyring) wherever it comes from (a directory, a URL, GitHub)
@@ -166,7 +166,7 @@ def _image(entry: Any, where: str, of: str, hint: str) -> PublishedImage:
                or (stream is not None and (why := version_problem(stream))
                    and f"stream {brief(stream)}: {why}")
                or (arch not in ARCHES and f"arch {brief(arch)} is not one of {', '.join(ARCHES)}")
-               or (not _SHA256.fullmatch(sha256)
+               or (not SHA256_HEX.fullmatch(sha256)
                    and f"sha256 {brief(sha256)} is not 64 lower-case hex digits")
                or (size < 0 and f"size {size} is negative")
                or ((revision := field("revision", str, optional=True)) is not None

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 from sysext_bakery.model.arch import ARCHES
 from sysext_bakery.errors import BakeryError
+from sysext_bakery.model.image import SHA256_HEX
 from sysext_bakery.files import write_atomic
 from sysext_bakery.inputs import brief, brief_key, read_text, read_toml
 from sysext_bakery.model.url import url_problem
 from sysext_bakery.model.version import same_version_groups, same_version_phrase, version_problem
 
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
 HEADER = ("# Pinned versions per recipe: per arch, each source's URL and sha256.\n"
           "# A version pinned by hand needs only its table, e.g. [wasmtime.\"29.0.1\"];\n"
           "# URLs then come from the recipe and the sha256 is recorded on first fetch.\n\n")
@@ -118,7 +117,7 @@ def _arches(shown: str, name: str, version: str, arches: object) -> dict[str, li
             if "url" in source and (problem := url_problem(source["url"])):
                 raise BakeryError(f"{where}.{arch}.sources[{i}].url: {problem}",
                                   "remove the entry to re-pin it from the recipe")
-            if source.get("sha256") and not SHA256_RE.fullmatch(source["sha256"]):
+            if source.get("sha256") and not SHA256_HEX.fullmatch(source["sha256"]):
                 raise BakeryError(f"{where}.{arch}.sources[{i}].sha256: expected 64 "
                                   f"lower-case hex digits, got {brief(source['sha256'])}",
                                   "remove it to record it again on the next fetch")
