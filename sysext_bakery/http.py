@@ -176,8 +176,8 @@ class Http:
         sent streamed from the start (`_file_body`), never read whole."""
         label = label or url
         deadline = Deadline(self.limits.deadline)
-        with _file_body(data, self.redact(label)) as body, \
-                self._send(method, url, label, deadline, params=params, data=body, json=json,
+        with _file_body(data, self.redact(label)) as sent, \
+                self._send(method, url, label, deadline, params=params, data=sent, json=json,
                            headers=headers) as stream:
             body = bytearray()
             try:
